@@ -1,0 +1,44 @@
+#pragma once
+// Point-cloud geometry: two clouds, a ground cost and how to scale it (spec/sinkhorn.md §1).
+#include <string>
+
+#include "otcal/array.hpp"
+#include "otcal/detail/cost_math.hpp"
+
+namespace otcal {
+
+struct Cost {
+  CostKind kind = CostKind::sqeuclidean;
+  double p = 2.0;  // pnorm / sq_pnorm exponent, >= 1
+
+  // "sqeuclidean", "euclidean", "cosine", "pnorm:P", "sq_pnorm:P" (moscot's "sq_euclidean",
+  // "pnorm_P" and "sq_pnorm_P" spellings are accepted too).
+  static Cost parse(const std::string& text);
+  std::string name() const;
+  bool translation_invariant() const { return kind != CostKind::cosine; }
+};
+
+struct ScaleCost {
+  enum class Kind { value, mean, max_cost, max_norm, max_bound, median };
+  Kind kind = Kind::value;
+  double value = 1.0;
+
+  static ScaleCost parse(const std::string& text);  // a number, mean, max_cost, max_norm, max_bound, median
+  std::string name() const;
+};
+
+struct GeometryOptions {
+  Cost cost{};
+  ScaleCost scale{};
+};
+
+// x [n, d] and y [m, d], same dtype, host or device views. y empty means y = x.
+struct PointCloud {
+  ConstMatrix x;
+  ConstMatrix y;
+  GeometryOptions options{};
+
+  const ConstMatrix& y_or_x() const { return y.empty() ? x : y; }
+};
+
+}  // namespace otcal

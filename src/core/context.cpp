@@ -1,0 +1,241 @@
+#include "otcal/context.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <iostream>
+#include <mutex>
+
+#include "core/cuda_runtime.hpp"
+#include "otcal/errors.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace otcal {
+
+struct Context::Impl {
+  DeviceKind kind = DeviceKind::cpu;
+  int device = -1;
+  std::string name;
+  std::string note;
+  int threads = 1;
+  std::size_t budget = 0;
+  std::unique_ptr<MemoryResource> base;
+  std::unique_ptr<StatisticsAdaptor> stats;
+  std::unique_ptr<LimitingAdaptor> limited;
+  MemoryResource* output = nullptr;
+  std::unique_ptr<StatisticsAdaptor> output_stats;  // wraps a caller's output resource
+  std::unique_ptr<PinnedHostResource> pinned_base;
+  std::unique_ptr<LimitingAdaptor> pinned;
+  StreamHandle compute = nullptr, copy = nullptr, user = nullptr;
+  std::function<void(const std::string&)> on_warning;
+  std::mutex warn_mutex;
+
+  ~Impl() {
+    // Budgeted buffers must be gone before the streams they were used on.
+    if (kind == DeviceKind::cuda) {
+      detail::cuda_stream_destroy(compute);
+      detail::cuda_stream_destroy(copy);
+    }
+  }
+};
+
+namespace {
+
+std::size_t host_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : 0;
+}
+
+std::size_t host_available_bytes() {
+  const long pages = sysconf(_SC_AVPHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : 0;
+}
+
+int default_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void finish(Context::Impl& c, const ContextOptions& o, std::size_t total, std::size_t free) {
+  std::size_t def = total / 4;
+  if (free > 0) def = std::min(def, free);
+  c.budget = o.memory_budget > 0 ? o.memory_budget : std::max<std::size_t>(def, 1);
+  c.on_warning = o.on_warning;
+  c.stats = std::make_unique<StatisticsAdaptor>(*c.base);
+  c.limited = std::make_unique<LimitingAdaptor>(*c.stats, c.budget);
+  c.output = c.limited.get();
+  c.pinned_base = std::make_unique<PinnedHostResource>();
+  c.pinned = std::make_unique<LimitingAdaptor>(*c.pinned_base, o.pinned_budget);
+  c.user = o.user_stream;
+}
+
+}  // namespace
+
+Context Context::cpu(ContextOptions o) {
+  auto c = std::make_shared<Impl>();
+  c->kind = DeviceKind::cpu;
+  c->threads = o.threads > 0 ? o.threads : default_threads();
+#ifdef _OPENMP
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+#endif
+  c->name = "cpu (" + std::to_string(c->threads) + " thread" + (c->threads == 1 ? "" : "s") + ")";
+  c->note = "cpu requested";
+  c->base = std::make_unique<HostResource>();
+  finish(*c, o, host_memory_bytes(), host_available_bytes());
+  Context ctx(c);
+  if (o.memory_budget > 0 && host_available_bytes() > 0 && o.memory_budget > host_available_bytes())
+    ctx.warn("memory budget " + format_bytes(o.memory_budget) + " exceeds the free host memory " +
+             format_bytes(host_available_bytes()));
+  return ctx;
+}
+
+Context Context::cuda(int device, ContextOptions o) {
+  std::string why;
+  const int count = detail::cuda_device_count(why);
+  if (count == 0) throw DeviceError("no usable CUDA device (" + why + "); use --device cpu or auto");
+  if (device < 0 || device >= count)
+    throw InvalidArgument("CUDA device " + std::to_string(device) + " does not exist: " + std::to_string(count) +
+                          " device(s) visible (ids 0.." + std::to_string(count - 1) + ")");
+  detail::cuda_set_device(device);
+  const DeviceInfo info = detail::cuda_device_info(device);
+  auto c = std::make_shared<Impl>();
+  c->kind = DeviceKind::cuda;
+  c->device = device;
+  c->threads = default_threads();
+  c->name = "cuda:" + std::to_string(device) + " " + info.name;
+  c->note = "cuda:" + std::to_string(device) + " requested";
+  c->base = detail::make_cuda_async_resource(device);
+  c->compute = detail::cuda_stream_create();
+  c->copy = detail::cuda_stream_create();
+  finish(*c, o, info.total_bytes, info.free_bytes);
+  Context ctx(c);
+  if (o.memory_budget > info.free_bytes)
+    ctx.warn("memory budget " + format_bytes(o.memory_budget) + " exceeds the free device memory " +
+             format_bytes(info.free_bytes));
+  return ctx;
+}
+
+Context Context::automatic(ContextOptions o) {
+  std::string why;
+  if (detail::cuda_device_count(why) > 0) {
+    try {
+      Context ctx = cuda(0, o);
+      ctx.impl_->note = "auto picked " + ctx.device_name() + " (a CUDA device works)";
+      return ctx;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  Context ctx = cpu(o);
+  ctx.impl_->note = "auto picked the cpu: " + why;
+  return ctx;
+}
+
+Context Context::from_string(const std::string& device, ContextOptions o) {
+  if (device == "auto") return automatic(o);
+  if (device == "cpu") return cpu(o);
+  if (device == "cuda") return cuda(0, o);
+  if (device.rfind("cuda:", 0) == 0) {
+    const std::string id = device.substr(5);
+    if (!id.empty() && id.find_first_not_of("0123456789") == std::string::npos) return cuda(std::stoi(id), o);
+  }
+  throw InvalidArgument("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
+}
+
+DeviceKind Context::kind() const { return impl_->kind; }
+int Context::device_id() const { return impl_->device; }
+std::string Context::device_name() const { return impl_->name; }
+const std::string& Context::selection_note() const { return impl_->note; }
+int Context::threads() const { return impl_->threads; }
+std::size_t Context::memory_budget() const { return impl_->budget; }
+MemoryResource& Context::workspace() const { return *impl_->limited; }
+MemoryResource& Context::output() const { return *impl_->output; }
+void Context::set_output_resource(MemoryResource* mr) {
+  if (mr == nullptr) {
+    impl_->output_stats.reset();
+    impl_->output = impl_->limited.get();
+  } else {
+    impl_->output_stats = std::make_unique<StatisticsAdaptor>(*mr);
+    impl_->output = impl_->output_stats.get();
+  }
+}
+StatisticsAdaptor& Context::statistics() const { return *impl_->stats; }
+LimitingAdaptor& Context::limiter() const { return *impl_->limited; }
+MemoryResource& Context::pinned_host() const { return *impl_->pinned; }
+StreamHandle Context::compute_stream() const { return impl_->compute; }
+StreamHandle Context::copy_stream() const { return impl_->copy; }
+StreamHandle Context::user_stream() const { return impl_->user; }
+
+void Context::enter_user_stream() const {
+  if (impl_->kind == DeviceKind::cuda && impl_->user != nullptr) detail::cuda_stream_wait(impl_->compute, impl_->user);
+}
+void Context::exit_user_stream() const {
+  if (impl_->kind == DeviceKind::cuda && impl_->user != nullptr) {
+    detail::cuda_stream_wait(impl_->user, impl_->compute);
+    detail::cuda_stream_wait(impl_->user, impl_->copy);
+  }
+}
+void Context::synchronize() const {
+  if (impl_->kind == DeviceKind::cuda) {
+    detail::cuda_stream_synchronize(impl_->compute);
+    detail::cuda_stream_synchronize(impl_->copy);
+  }
+}
+
+void Context::warn(const std::string& message) const {
+  std::lock_guard<std::mutex> lock(impl_->warn_mutex);
+  if (impl_->on_warning) impl_->on_warning(message);
+  else std::cerr << "otcal: warning: " << message << "\n";
+}
+
+SystemInfo system_info() {
+  SystemInfo s;
+  s.built_with_cuda = detail::cuda_built();
+  s.cuda_runtime_version = detail::cuda_runtime_version();
+  std::string why;
+  const int count = detail::cuda_device_count(why);
+  s.cuda_status = count > 0 ? "ok" : why;
+  for (int i = 0; i < count; ++i) s.devices.push_back(detail::cuda_device_info(i));
+  s.cpu_threads = default_threads();
+  s.host_memory_bytes = host_memory_bytes();
+  return s;
+}
+
+PinnedHostResource::PinnedHostResource() {
+  std::string why;
+  pinned_ = detail::cuda_built() && detail::cuda_device_count(why) > 0;
+}
+
+void* PinnedHostResource::do_allocate(StreamHandle s, std::size_t bytes, std::size_t alignment) {
+  if (pinned_) {
+    if (void* p = detail::cuda_pinned_alloc(bytes)) return p;
+  }
+  // Pinned allocation failed or is unavailable: pageable memory, remembered for deallocation.
+  HostResource host;
+  void* p = host.allocate(s, bytes, alignment);
+  std::lock_guard<std::mutex> lock(mutex_);
+  pageable_.insert(p);
+  return p;
+}
+
+void PinnedHostResource::do_deallocate(StreamHandle s, void* p, std::size_t bytes, std::size_t alignment) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pageable_.erase(p) == 0) {
+      detail::cuda_pinned_free(p);
+      return;
+    }
+  }
+  HostResource host;
+  host.deallocate(s, p, bytes, alignment);
+}
+
+}  // namespace otcal

@@ -1,0 +1,33 @@
+#pragma once
+// The few CUDA-runtime services the host layer needs, behind plain C++ declarations so that
+// src/ compiles without CUDA headers. Implemented in cuda/cuda_runtime.cpp (CUDA builds) or
+// src/core/no_cuda.cpp (CPU-only builds).
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "otcal/context.hpp"
+#include "otcal/memory.hpp"
+
+namespace otcal::detail {
+
+bool cuda_built();
+std::string cuda_runtime_version();
+// Number of usable devices; on failure 0 and `why` says what the runtime reported.
+int cuda_device_count(std::string& why);
+DeviceInfo cuda_device_info(int device);
+void cuda_set_device(int device);
+
+// cudaMallocAsync on a dedicated pool with the release threshold at its maximum.
+std::unique_ptr<MemoryResource> make_cuda_async_resource(int device);
+void* cuda_pinned_alloc(std::size_t bytes);  // null on failure
+void cuda_pinned_free(void* p) noexcept;
+
+StreamHandle cuda_stream_create();
+void cuda_stream_destroy(StreamHandle s) noexcept;
+void cuda_stream_synchronize(StreamHandle s);
+// `waiter` waits for all work currently queued on `signaller` (through an event).
+void cuda_stream_wait(StreamHandle waiter, StreamHandle signaller);
+
+}  // namespace otcal::detail
