@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Configures, builds and installs otcal (CUDA backend too when nvcc is found), then builds a
+# consumer project against the installed tree with find_package(otcal).
+# Environment: BUILD_DIR (build), PREFIX (BUILD_DIR/install), OTCAL_CUDA (AUTO),
+#              CUDA_ARCHS (90), OTCAL_NATIVE (ON), JOBS (nproc), EXTRA_CMAKE_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+PREFIX=${PREFIX:-$PWD/$BUILD_DIR/install}
+JOBS=${JOBS:-$(nproc)}
+args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREFIX"
+      -DOTCAL_CUDA="${OTCAL_CUDA:-AUTO}" -DOTCAL_NATIVE="${OTCAL_NATIVE:-ON}")
+if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
+  args+=(-DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}")
+fi
+# shellcheck disable=SC2086
+cmake -S . -B "$BUILD_DIR" "${args[@]}" ${EXTRA_CMAKE_ARGS:-}
+cmake --build "$BUILD_DIR" -j "$JOBS"
+cmake --install "$BUILD_DIR" >/dev/null
+cmake -S tests/consumer -B "$BUILD_DIR/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$BUILD_DIR/consumer" -j "$JOBS"
+echo "ci_build: built $BUILD_DIR, installed to $PREFIX, consumer built"
