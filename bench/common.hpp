@@ -1,0 +1,110 @@
+#pragma once
+// Shared plumbing of the bench binaries (host-layer.md §7): common flags, seeded inputs, timing
+// with warm-up and repeats, memory figures, and the single `OTCAL_BENCH {json}` line each process
+// prints. One configuration per process: the harness (bench/run_sweeps.py) launches each cold,
+// because allocator peaks accumulate within a process.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "otcal/context.hpp"
+#include "otcal/types.hpp"
+
+namespace otcal::bench {
+
+// H100/H200 MUFU ex2 rate at 1.83 GHz (sinkhorn.md §10): 16/clk/SM x 132 SMs.
+inline constexpr double kExpPerSecondHopper = 3.87e12;
+
+// Flags every bench takes.
+struct CommonOptions {
+  std::string device = "cpu";            // auto, cpu, cuda, cuda:N
+  std::string precision = "float64";     // float32 | float64
+  std::string memory_budget = "1GiB";
+  std::optional<index_t> batch_size;     // unset: planned from the budget
+  int repeats = 3;                       // timed runs; the median is reported
+  int warmup = 1;                        // untimed runs first (module load, first-touch pages)
+  std::uint64_t seed = 12345;            // fixed seeds: the same inputs in every process
+  int threads = 0;                       // CPU backend OpenMP threads; 0 = OpenMP's default
+};
+void add_common_options(CLI::App& app, CommonOptions& o);
+
+DType parse_precision(const std::string& text);
+std::size_t budget_bytes(const CommonOptions& o);
+// Warnings are collected (not printed per repeat) so the OTCAL_BENCH line stays the only output.
+Context make_context(const CommonOptions& o, std::vector<std::string>& warnings);
+
+// Row-major [n, d] standard-normal cloud shifted by `shift` in every coordinate.
+template <class T>
+std::vector<T> gaussian_cloud(index_t n, index_t d, std::uint64_t seed, double shift);
+
+struct Timing {
+  std::vector<double> samples_s;
+  double median_s = 0, min_s = 0, max_s = 0;
+};
+// `warmup` untimed calls, then `repeats` timed calls of `run`.
+Timing time_repeats(int warmup, int repeats, const std::function<void()>& run);
+
+// Device-level memory use on CUDA (host-layer.md §7): the largest drop of cudaMemGetInfo free bytes
+// (through otcal::system_info()) below the baseline taken at construction, right after context
+// creation, sampled by a background thread. It includes the CUDA context's later growth and
+// library workspaces that the allocator peak misses. Inactive (reports nothing) on the CPU.
+class DeviceMemorySampler {
+ public:
+  explicit DeviceMemorySampler(const Context& ctx);
+  ~DeviceMemorySampler();
+  DeviceMemorySampler(const DeviceMemorySampler&) = delete;
+  DeviceMemorySampler& operator=(const DeviceMemorySampler&) = delete;
+  // Stops sampling; the peak drop in bytes, or nullopt on the CPU.
+  std::optional<std::int64_t> stop();
+
+ private:
+  std::size_t free_bytes() const;
+  bool active_ = false;
+  int device_ = -1;
+  std::size_t baseline_ = 0;
+  std::atomic<std::size_t> min_free_{0};
+  std::atomic<bool> running_{false};
+  std::thread thread_;
+};
+
+// Peak resident set of this process in bytes (getrusage ru_maxrss).
+std::size_t host_peak_rss_bytes();
+
+// The fields every record carries: bench name, configuration, device, commit, timing, memory.
+struct Record {
+  std::string bench;
+  index_t n = 0, m = 0, d = 0;
+  std::optional<index_t> k;
+  index_t batch_size = 0;  // rows of a tile as requested (0 = planned)
+  index_t tile_rows = 0;   // rows of a tile as used
+  index_t iterations = 0;
+  Timing timing;
+  double work_per_run = 0;          // cost entries (OT) or nnz (calibration) per timed run
+  std::string throughput_unit;
+  std::size_t alloc_peak_bytes = 0;       // ctx.statistics() peak over the whole process
+  std::size_t workspace_peak_bytes = 0;   // the operation's own reported peak
+  std::size_t output_bytes = 0;
+  std::size_t planned_peak_bytes = 0;
+  std::optional<std::int64_t> device_delta_bytes;
+  std::size_t dense_equivalent_bytes = 0;
+  std::optional<double> exp_per_run;      // OT on a GPU: exponentials per timed run
+  nlohmann::json extra = nlohmann::json::object();
+};
+
+nlohmann::json to_json(const Record& r, const CommonOptions& o, const Context& ctx,
+                       const std::vector<std::string>& warnings);
+// Prints `OTCAL_BENCH {json}` on one line to stdout and flushes.
+void print_record(const nlohmann::json& j);
+
+// Runs `body` and turns otcal errors and CLI parse errors into exit codes (2 usage, 1 error).
+int guarded_main(CLI::App& app, int argc, char** argv, const std::function<int()>& body);
+
+}  // namespace otcal::bench
