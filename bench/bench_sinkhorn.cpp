@@ -4,9 +4,11 @@
 // Fixed length: min_iterations = max_iterations = inner_iterations = --iterations, so every run does
 // exactly that many f/g iterations plus one marginal-error evaluation and the reg_ot_cost pass at
 // the end. Explicit epsilon and scale 1, so no cost-statistics pass is timed.
+#include <fstream>
 #include <iostream>
 
 #include "common.hpp"
+#include "otcal/errors.hpp"
 #include "otcal/sinkhorn.hpp"
 
 int main(int argc, char** argv) {
@@ -17,6 +19,7 @@ int main(int argc, char** argv) {
   index_t n = 10000, m = 0, d = 3, iterations = 10;
   double epsilon = 0.5;
   std::string cost = "sqeuclidean";
+  std::string dump_dir;
   bench::add_common_options(app, common);
   app.add_option("--n", n, "points in x")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--m", m, "points in y (default: n)")->check(CLI::NonNegativeNumber);
@@ -24,6 +27,9 @@ int main(int argc, char** argv) {
   app.add_option("--iterations", iterations, "Sinkhorn iterations per run")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--epsilon", epsilon, "absolute epsilon (cost scale 1)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--cost", cost, "ground cost")->capture_default_str();
+  app.add_option("--dump-clouds", dump_dir,
+                 "write x.f64, y.f64 (row-major) and f.f64 (final potentials), raw little-endian float64, to "
+                 "this existing folder, for bench/dense_numpy_sinkhorn.py to run on the same inputs");
 
   return bench::guarded_main(app, argc, argv, [&]() -> int {
     if (m == 0) m = n;
@@ -90,6 +96,19 @@ int main(int argc, char** argv) {
     r.extra["n_tiles"] = last.plan.n_tiles;
     r.extra["reg_ot_cost"] = last.reg_ot_cost;
     r.extra["diverged"] = last.diverged;
+    if (!dump_dir.empty()) {
+      auto dump = [&](const std::string& name, const std::vector<double>& v) {
+        std::ofstream out(dump_dir + "/" + name, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(double)));
+        if (!out) throw InvalidArgument("--dump-clouds: cannot write " + dump_dir + "/" + name);
+      };
+      auto widen = [](const auto& v64, const auto& v32) {
+        return !v64.empty() ? v64 : std::vector<double>(v32.begin(), v32.end());
+      };
+      dump("x.f64", widen(x64, x32));
+      dump("y.f64", widen(y64, y32));
+      dump("f.f64", last.f);
+    }
     bench::print_record(bench::to_json(r, common, ctx, warnings));
     return last.diverged ? 3 : 0;
   });
