@@ -30,7 +30,7 @@ constexpr std::size_t kChunkElements = std::size_t{1} << 16;
 
 [[noreturn]] void fail(const std::string& what, const std::string& path, const std::string& problem,
                        const std::string& advice) {
-  throw InvalidArgument(what + " '" + path + "': " + problem + ". " + advice);
+  throw InvalidArgument(what + " '" + path + "' " + problem + ". " + advice);
 }
 
 const char* kSaveAdvice = "Save it with numpy.save(path, numpy.ascontiguousarray(arr, dtype=numpy.float64)) "
