@@ -18,6 +18,8 @@ namespace {
 constexpr index_t R = kReductionGranule;
 constexpr index_t kRowChunk = 8;  // rows sharing one granule of the other cloud while it is in L1
 constexpr int kLanes = 8;         // fixed-shape accumulation lanes (vectorisable, deterministic)
+// Below this many cost entries a parallel region costs more than it saves.
+constexpr index_t kParallelWork = index_t{1} << 16;
 
 // Costs of one row against columns [j0, j0 + jn) into acc[0..jn).
 template <CostKind K, class T>
@@ -36,16 +38,22 @@ inline void cost_block(const Cloud<T>& rows, const Cloud<T>& cols, index_t i, in
   }
 }
 
+// Max that propagates NaN (a NaN entry must reach the output and the validity flags).
+template <class T>
+inline T nan_max(T v, T m) {
+  return (v > m || v != v) ? v : m;
+}
+
 template <class T>
 inline T lanes_max(const T* v, index_t jn) {
   T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
   index_t j = 0;
   for (; j + kLanes <= jn; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] = v[j + l] > lane[l] ? v[j + l] : lane[l];
-  for (int l = 0; j + l < jn; ++l) lane[l] = v[j + l] > lane[l] ? v[j + l] : lane[l];
+    for (int l = 0; l < kLanes; ++l) lane[l] = nan_max(v[j + l], lane[l]);
+  for (int l = 0; j + l < jn; ++l) lane[l] = nan_max(v[j + l], lane[l]);
   T mx = lane[0];
-  for (int l = 1; l < kLanes; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  for (int l = 1; l < kLanes; ++l) mx = nan_max(lane[l], mx);
   return mx;
 }
 
@@ -105,7 +113,7 @@ class CpuBackend final : public Backend<T> {
 
   void potential_update(const T* lse, const T* log_w, double eps_t, double tau, T* out, index_t n) override {
     const T e = static_cast<T>(eps_t), t = static_cast<T>(tau);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > kParallelWork)
     for (index_t i = 0; i < n; ++i) out[i] = detail::potential_update(lse[i], log_w[i], e, t);
   }
   double marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p, index_t n) override {
@@ -134,7 +142,7 @@ class CpuBackend final : public Backend<T> {
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     for (index_t t0 = 0; t0 < n; t0 += tile) {
       const index_t t1 = std::min(n, t0 + tile);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((t1 - t0) * m * a.rows.d > kParallelWork)
       for (index_t c0 = t0; c0 < t1; c0 += kRowChunk) {
         const index_t c1 = std::min(t1, c0 + kRowChunk);
         // Row states live in the budgeted tile workspace (2 doubles per tile row).
@@ -171,7 +179,7 @@ class CpuBackend final : public Backend<T> {
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     for (index_t t0 = 0; t0 < n; t0 += tile) {
       const index_t t1 = std::min(n, t0 + tile);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((t1 - t0) * m * k > kParallelWork)
       for (index_t i = t0; i < t1; ++i) {
         double* acc = a.acc + (i - t0) * k;
         for (index_t c = 0; c < k; ++c) acc[c] = 0;
@@ -206,7 +214,7 @@ class CpuBackend final : public Backend<T> {
     const index_t tile = std::max<index_t>(tile_rows, 1);
     for (index_t t0 = 0; t0 < n; t0 += tile) {
       const index_t t1 = std::min(n, t0 + tile);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((t1 - t0) * m > kParallelWork)
       for (index_t i = t0; i < t1; ++i) {
         alignas(64) T buf[R];
         double s = 0, s2 = 0, mx = 0;

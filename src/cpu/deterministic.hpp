@@ -13,7 +13,7 @@ double granular_sum(index_t n, F&& term) {
   const index_t R = kReductionGranule;
   const index_t n_gran = (n + R - 1) / R;
   std::vector<double> partial(static_cast<std::size_t>(n_gran), 0.0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > (index_t{1} << 16))
   for (index_t gi = 0; gi < n_gran; ++gi) {
     double s = 0;
     const index_t end = std::min(n, (gi + 1) * R);
@@ -28,7 +28,7 @@ double granular_sum(index_t n, F&& term) {
 template <class F>
 unsigned parallel_or(index_t n, F&& flags) {
   unsigned out = 0;
-#pragma omp parallel for schedule(static) reduction(| : out)
+#pragma omp parallel for schedule(static) reduction(| : out) if (n > (index_t{1} << 16))
   for (index_t i = 0; i < n; ++i) out |= flags(i);
   return out;
 }

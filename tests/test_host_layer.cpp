@@ -1,0 +1,177 @@
+// Host layer: memory adaptors (limit, statistics, scopes), the tile planner, byte parsing, Context.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "otcal/context.hpp"
+#include "otcal/errors.hpp"
+#include "otcal/memory.hpp"
+#include "otcal/planner.hpp"
+
+namespace {
+
+TEST(LimitingAdaptor, RefusesPastTheLimitAndRollsBack) {
+  otcal::HostResource host;
+  otcal::StatisticsAdaptor stats(host);
+  otcal::LimitingAdaptor limit(stats, 4096);
+  void* a = limit.allocate(nullptr, 1000);  // charged 1024
+  EXPECT_EQ(limit.allocated_bytes(), 1024u);
+  void* b = limit.allocate(nullptr, 3072);
+  EXPECT_EQ(limit.allocated_bytes(), 4096u);
+  try {
+    limit.allocate(nullptr, 1);
+    FAIL() << "allocation past the limit succeeded";
+  } catch (const otcal::OutOfBudget& e) {
+    EXPECT_NE(std::string(e.what()).find("4096"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(limit.allocated_bytes(), 4096u) << "a refused allocation must be rolled back";
+  EXPECT_EQ(stats.bytes().value, 1000 + 3072) << "the refused allocation never reached upstream";
+  limit.deallocate(nullptr, a, 1000);
+  limit.deallocate(nullptr, b, 3072);
+  EXPECT_EQ(limit.allocated_bytes(), 0u);
+  EXPECT_EQ(stats.bytes().value, 0);
+}
+
+TEST(StatisticsAdaptor, PeakAndNestedScopes) {
+  otcal::HostResource host;
+  otcal::StatisticsAdaptor stats(host);
+  std::mt19937_64 rng(std::random_device{}());
+  std::uniform_int_distribution<std::size_t> size(1, 1 << 16);
+  const std::size_t outer = size(rng);
+  void* p = stats.allocate(nullptr, outer);
+  stats.push_scope();
+  std::vector<std::pair<void*, std::size_t>> live;
+  std::int64_t cur = 0, peak = 0;
+  for (int i = 0; i < 50; ++i) {
+    if (!live.empty() && rng() % 3 == 0) {
+      stats.deallocate(nullptr, live.back().first, live.back().second);
+      cur -= static_cast<std::int64_t>(live.back().second);
+      live.pop_back();
+    } else {
+      const std::size_t s = size(rng);
+      live.emplace_back(stats.allocate(nullptr, s), s);
+      cur += static_cast<std::int64_t>(s);
+      peak = std::max(peak, cur);
+    }
+  }
+  for (auto& [q, s] : live) stats.deallocate(nullptr, q, s);
+  const auto inner = stats.pop_scope();
+  EXPECT_EQ(inner.peak, peak);
+  EXPECT_EQ(inner.value, 0);
+  EXPECT_EQ(stats.bytes().peak, static_cast<std::int64_t>(outer) + peak)
+      << "outer peak = max(outer peak, value at push + inner peak)";
+  EXPECT_THROW(stats.reset(), otcal::InvalidArgument) << "reset needs no live bytes";
+  stats.deallocate(nullptr, p, outer);
+  stats.reset();
+  EXPECT_EQ(stats.bytes().peak, 0);
+}
+
+TEST(StatisticsAdaptor, ThreadSafeCounts) {
+  otcal::HostResource host;
+  otcal::StatisticsAdaptor stats(host);
+  otcal::LimitingAdaptor limit(stats, std::size_t{1} << 30);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i) {
+        void* p = limit.allocate(nullptr, 512);
+        limit.deallocate(nullptr, p, 512);
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(stats.bytes().value, 0);
+  EXPECT_EQ(stats.allocations().total, 4000);
+  EXPECT_EQ(limit.allocated_bytes(), 0u);
+}
+
+TEST(Planner, FewestTilesEvenedOut) {
+  std::mt19937_64 rng(std::random_device{}());
+  for (int trial = 0; trial < 200; ++trial) {
+    const otcal::index_t n = 1 + static_cast<otcal::index_t>(rng() % 100000);
+    otcal::ByteModel m{"op", rng() % 100000, 1 + rng() % 5000, 1, 1};
+    const std::size_t budget = m.fixed_bytes + otcal::planner_headroom(1 << 30) + (1 + rng() % 200) * m.bytes_per_row +
+                               rng() % (std::size_t{1} << 26);
+    otcal::TilePlan p;
+    try {
+      p = otcal::plan_tiles(n, m, budget);
+    } catch (const otcal::BudgetTooSmall& e) {
+      EXPECT_GT(e.required_bytes(), budget);
+      continue;
+    }
+    const std::size_t avail = budget - m.fixed_bytes - otcal::planner_headroom(budget);
+    const otcal::index_t fit = static_cast<otcal::index_t>(avail / m.bytes_per_row);
+    EXPECT_LE(p.rows, fit);
+    EXPECT_LE(p.planned_peak + otcal::planner_headroom(budget), budget);
+    EXPECT_EQ(p.n_tiles, (n + p.rows - 1) / p.rows);
+    const otcal::index_t fewest = (n + fit - 1) / fit;
+    EXPECT_EQ(p.n_tiles, fewest) << "fewest tiles that fit";
+    EXPECT_LE(p.rows * p.n_tiles - n, p.n_tiles) << "tiles are evened out";
+  }
+}
+
+TEST(Planner, BudgetTooSmallNamesTheMinimumAndItWorks) {
+  otcal::ByteModel m{"sinkhorn", 1'000'000, 4096, 1, 1};
+  try {
+    otcal::plan_tiles(1000, m, 500'000);
+    FAIL();
+  } catch (const otcal::BudgetTooSmall& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(e.required_bytes())), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sinkhorn"), std::string::npos);
+    EXPECT_NO_THROW(otcal::plan_tiles(1000, m, e.required_bytes())) << "the named minimum is enough";
+    EXPECT_THROW(otcal::plan_tiles(1000, m, e.required_bytes() - 64), otcal::BudgetTooSmall);
+  }
+}
+
+TEST(Planner, ExplicitBatchIsCheckedNeverShrunkAndClamped) {
+  otcal::ByteModel m{"op", 1000, 100, 1, 1};
+  EXPECT_THROW(otcal::plan_fixed_batch(500, m, 1 << 20, 0), otcal::InvalidArgument);
+  EXPECT_THROW(otcal::plan_fixed_batch(50000, m, 100000, 20000), otcal::BudgetTooSmall);
+  const auto p = otcal::plan_fixed_batch(500, m, 1 << 20, 7);
+  EXPECT_EQ(p.rows, 7);
+  EXPECT_EQ(p.n_tiles, 72);
+  const auto q = otcal::plan_fixed_batch(500, m, 1 << 20, 9999);
+  EXPECT_EQ(q.rows, 500);
+  EXPECT_TRUE(q.clamped);
+}
+
+TEST(Planner, RowAlignmentKeepsGranules) {
+  otcal::ByteModel m{"op", 0, 8, 256, 256};
+  const auto p = otcal::plan_tiles(100000, m, 1 << 16);
+  EXPECT_EQ(p.rows % 256, 0);
+  EXPECT_GE(p.rows, 256);
+}
+
+TEST(ParseBytes, UnitsAndErrors) {
+  EXPECT_EQ(otcal::parse_bytes("512MiB"), std::size_t{512} << 20);
+  EXPECT_EQ(otcal::parse_bytes("8GiB"), std::size_t{8} << 30);
+  EXPECT_EQ(otcal::parse_bytes("1000"), 1000u);
+  EXPECT_EQ(otcal::parse_bytes("2GB"), 2'000'000'000u);
+  EXPECT_EQ(otcal::parse_bytes("1.5KiB"), 1536u);
+  EXPECT_THROW(otcal::parse_bytes("lots"), otcal::InvalidArgument);
+  EXPECT_THROW(otcal::parse_bytes("12XB"), otcal::InvalidArgument);
+  EXPECT_THROW(otcal::parse_bytes("-5MiB"), otcal::InvalidArgument);
+}
+
+TEST(Context, CpuBudgetStackAndAutomatic) {
+  otcal::Context ctx = otcal::Context::cpu({.memory_budget = 1 << 20});
+  EXPECT_EQ(ctx.kind(), otcal::DeviceKind::cpu);
+  EXPECT_EQ(ctx.memory_budget(), std::size_t{1} << 20);
+  {
+    otcal::Buffer<double> b(ctx.workspace(), 1000);
+    EXPECT_EQ(ctx.statistics().bytes().value, 8000);
+    EXPECT_THROW(otcal::Buffer<double>(ctx.workspace(), 200000), otcal::OutOfBudget);
+  }
+  EXPECT_EQ(ctx.statistics().bytes().value, 0);
+  otcal::Context a = otcal::Context::automatic({});
+  EXPECT_FALSE(a.selection_note().empty());
+  if (otcal::system_info().devices.empty()) {
+    EXPECT_EQ(a.kind(), otcal::DeviceKind::cpu);
+    EXPECT_NE(a.selection_note().find("cpu"), std::string::npos);
+  }
+  EXPECT_THROW(otcal::Context::from_string("tpu"), otcal::InvalidArgument);
+  EXPECT_GT(a.memory_budget(), 0u);
+}
+
+}  // namespace
