@@ -1,0 +1,663 @@
+// CUDA backend of the Sinkhorn primitives (src/core/backend.hpp). The CPU backend
+// (src/cpu/cpu_backend.cpp) is the reference; the element math is the same OTCAL_HD code from
+// include/otcal/detail/. Design (spec/sinkhorn.md §10):
+//
+//  * One thread owns one row; a block owns kRowsPerBlock rows. The other cloud streams through
+//    shared memory in chunks of kChunk points, kSlab coordinates at a time (dimension-major input
+//    makes every slab load coalesced), so shared memory is a fixed 16*32 values whatever d is and
+//    nothing of size n*m or tile*m exists. The kChunk costs of a row live in registers.
+//  * row_lse: per chunk the row takes the max of t = h_j*log2e/eps - c_ij*log2e/(eps*s) in T,
+//    sums exp2(t - max) in T, and merges (max, sum) into a float64 running state (lse_merge:
+//    rescales only the smaller side, never forms (-inf)-(-inf)). The columns are cut into
+//    `parts` fixed ranges of whole chunks (a function of m only). Each part is reduced from the
+//    empty state and the parts are merged in part order. When there are enough rows to fill the
+//    device, one block walks every part itself; otherwise the parts go to different blocks
+//    (grid.y), write (max, sum) partials into the tile state, and a second kernel merges them in
+//    part order. Both paths perform the same operations in the same order, so the result is
+//    bitwise independent of the path and of tile_rows (batch-size invariance on CUDA too).
+//  * Scalar results (errors, mass, moments, flags) are reduced by fixed-shape grids (block
+//    count depends only on n) into per-block partials written straight into a small mapped pinned
+//    host buffer; the host merges them in block order after one stream synchronisation. Nothing
+//    else synchronises the device, and no device memory outside ctx.workspace() is used.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core/backend.hpp"
+#include "cuda_check.hpp"
+#include "otcal/detail/cost_math.hpp"
+#include "otcal/detail/exp2.hpp"
+#include "otcal/detail/lse_math.hpp"
+
+namespace otcal::detail {
+namespace cuda_impl {
+
+constexpr int kRowsPerBlock = 128;     // threads per block, one row each
+constexpr int kChunk = 32;             // points of the other cloud per shared-memory chunk
+constexpr int kSlab = 16;              // coordinates per shared-memory slab
+constexpr index_t kMinChunksPerPart = 64;  // a part is >= 2048 columns, so a partial is worth its state
+constexpr index_t kMaxParts = 64;
+constexpr int kReduceThreads = 256;
+constexpr int kReduceBlocksMax = 256;  // fixed-shape scalar reductions: partials merged on the host
+constexpr int kElementThreads = 256;
+
+// The fixed cut of the other cloud into parts of whole chunks; depends on m only.
+struct PartGeometry {
+  index_t chunks = 0;
+  index_t chunks_per_part = 1;
+  index_t parts = 1;      // parts actually used (<= max_parts)
+  index_t max_parts = 1;  // what lse_partials_per_row reports; monotone in m
+};
+
+inline PartGeometry part_geometry(index_t m) {
+  PartGeometry g;
+  g.chunks = (m + kChunk - 1) / kChunk;
+  g.max_parts = std::clamp<index_t>((g.chunks + kMinChunksPerPart - 1) / kMinChunksPerPart, 1, kMaxParts);
+  g.chunks_per_part = std::max<index_t>(1, (g.chunks + g.max_parts - 1) / g.max_parts);
+  g.parts = std::max<index_t>(1, (g.chunks + g.chunks_per_part - 1) / g.chunks_per_part);
+  return g;
+}
+
+inline unsigned grid_for(index_t n, int threads, index_t cap = 65535) {
+  return static_cast<unsigned>(std::clamp<index_t>((n + threads - 1) / threads, 1, cap));
+}
+
+template <class T>
+struct ChunkShared {
+  T y[kSlab][kChunk];
+  T h[kChunk];     // the other side's potential (or 0 when none)
+  T norm[kChunk];  // the other side's norms (cosine)
+};
+
+// Accumulates the cost terms of row i against chunk [j0, j0 + jn) into acc, and stages the
+// chunk's potential and norms in shared memory. Every thread of the block must call it (it
+// synchronises); inactive threads only help load.
+template <CostKind K, class T>
+__device__ __forceinline__ void chunk_costs(const Cloud<T>& rows, const Cloud<T>& cols, const T* h, index_t i,
+                                            bool active, index_t j0, int jn, T p, ChunkShared<T>& sh,
+                                            T (&acc)[kChunk]) {
+#pragma unroll
+  for (int jj = 0; jj < kChunk; ++jj) acc[jj] = T(0);
+  const int d = cols.d;
+  for (int k0 = 0; k0 < d; k0 += kSlab) {
+    const int kd = min(kSlab, d - k0);
+    __syncthreads();  // the previous slab / chunk is consumed
+    for (int idx = threadIdx.x; idx < kSlab * kChunk; idx += blockDim.x) {
+      const int kk = idx / kChunk, jj = idx % kChunk;
+      sh.y[kk][jj] = (kk < kd && jj < jn) ? cols.x[static_cast<index_t>(k0 + kk) * cols.n + j0 + jj] : T(0);
+    }
+    if (k0 == 0) {
+      for (int jj = threadIdx.x; jj < kChunk; jj += blockDim.x) {
+        sh.h[jj] = jj < jn ? (h != nullptr ? h[j0 + jj] : T(0)) : -std::numeric_limits<T>::infinity();
+        sh.norm[jj] = (jj < jn && cols.norms != nullptr) ? cols.norms[j0 + jj] : T(0);
+      }
+    }
+    __syncthreads();
+    if (active) {
+      for (int kk = 0; kk < kd; ++kk) {
+        const T xk = rows.x[static_cast<index_t>(k0 + kk) * rows.n + i];
+#pragma unroll
+        for (int jj = 0; jj < kChunk; ++jj) acc[jj] += cost_term<K>(xk, sh.y[kk][jj], p);
+      }
+    }
+  }
+}
+
+template <class T>
+struct LseLaunch {
+  Cloud<T> rows, cols;
+  const T* h;
+  T p, h_scale, c_scale;
+  T* out;
+  double* state;        // [part][state_stride] (max, sum) pairs, split path only
+  index_t state_stride; // tile capacity in rows
+  index_t row0, row_count;
+  PartGeometry geo;
+  bool split;
+};
+
+template <CostKind K, class T>
+__global__ void __launch_bounds__(kRowsPerBlock) row_lse_kernel(LseLaunch<T> a) {
+  __shared__ ChunkShared<T> sh;
+  const index_t r = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
+  const bool active = r < a.row_count;
+  const index_t i = a.row0 + r;
+  const index_t m = a.cols.n;
+  const T ni = (active && a.rows.norms != nullptr) ? a.rows.norms[i] : T(0);
+  const index_t part_begin = a.split ? blockIdx.y : 0;
+  const index_t part_end = a.split ? part_begin + 1 : a.geo.parts;
+  LseState total = lse_empty();
+  T acc[kChunk];
+  for (index_t part = part_begin; part < part_end; ++part) {
+    LseState st = lse_empty();
+    const index_t c_begin = part * a.geo.chunks_per_part;
+    const index_t c_end = min(a.geo.chunks, c_begin + a.geo.chunks_per_part);
+    for (index_t c = c_begin; c < c_end; ++c) {
+      const index_t j0 = c * kChunk;
+      const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), m - j0));
+      chunk_costs<K>(a.rows, a.cols, a.h, i, active, j0, jn, a.p, sh, acc);
+      if (!active) continue;
+      T mx = -std::numeric_limits<T>::infinity();
+#pragma unroll
+      for (int jj = 0; jj < kChunk; ++jj) {
+        // Padding lanes carry h = -inf, so t = -inf there; -inf * scale - finite stays -inf.
+        acc[jj] = sh.h[jj] * a.h_scale - cost_finish<K>(acc[jj], a.p, ni, sh.norm[jj]) * a.c_scale;
+        mx = acc[jj] > mx ? acc[jj] : mx;
+      }
+      if (!(mx > -std::numeric_limits<T>::infinity())) continue;  // an all -inf chunk adds nothing
+      T s = T(0);
+#pragma unroll
+      for (int jj = 0; jj < kChunk; ++jj) s += exp2_nonpositive(T(acc[jj] - mx));
+      lse_merge(st, static_cast<double>(mx), static_cast<double>(s));
+    }
+    if (a.split) {
+      if (active) {
+        double* slot = a.state + 2 * (part * a.state_stride + r);
+        slot[0] = st.max;
+        slot[1] = st.sum;
+      }
+    } else {
+      lse_merge(total, st.max, st.sum);
+    }
+  }
+  if (!a.split && active) a.out[i] = static_cast<T>(lse_natural(total));
+}
+
+// Merges the split path's partials in part order: the same lse_merge sequence as the fused path.
+template <class T>
+__global__ void lse_merge_kernel(const double* state, index_t state_stride, index_t parts, index_t row0,
+                                 index_t row_count, T* out) {
+  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= row_count) return;
+  LseState total = lse_empty();
+  for (index_t part = 0; part < parts; ++part) {
+    const double* slot = state + 2 * (part * state_stride + r);
+    lse_merge(total, slot[0], slot[1]);
+  }
+  out[row0 + r] = static_cast<T>(lse_natural(total));
+}
+
+template <class T>
+struct ApplyLaunch {
+  Cloud<T> rows, cols;
+  const T* f;
+  const T* h;
+  const T* v;
+  index_t k;
+  T p;
+  double inv_scale, inv_eps;
+  T* out;
+  double* acc;  // [tile rows, k]
+  index_t row0, row_count;
+};
+
+template <CostKind K, class T>
+__global__ void __launch_bounds__(kRowsPerBlock) row_apply_kernel(ApplyLaunch<T> a) {
+  __shared__ ChunkShared<T> sh;
+  const index_t r = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
+  const bool active = r < a.row_count;
+  const index_t i = a.row0 + r;
+  const index_t m = a.cols.n, k = a.k;
+  const double fi = active ? static_cast<double>(a.f[i]) : 0.0;
+  const bool live = active && fi != -HUGE_VAL;  // rows with f = -inf carry no mass
+  const T ni = (active && a.rows.norms != nullptr) ? a.rows.norms[i] : T(0);
+  double* acc_row = a.acc + r * k;
+  if (active)
+    for (index_t c = 0; c < k; ++c) acc_row[c] = 0.0;
+  const index_t chunks = (m + kChunk - 1) / kChunk;
+  T cost[kChunk];
+  for (index_t ch = 0; ch < chunks; ++ch) {
+    const index_t j0 = ch * kChunk;
+    const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), m - j0));
+    chunk_costs<K>(a.rows, a.cols, a.h, i, active, j0, jn, a.p, sh, cost);
+    if (!live) continue;
+    double pij[kChunk];
+#pragma unroll
+    for (int jj = 0; jj < kChunk; ++jj) {
+      const double c = static_cast<double>(cost_finish<K>(cost[jj], a.p, ni, sh.norm[jj]));
+      pij[jj] = jj < jn ? ::exp((fi + static_cast<double>(sh.h[jj]) - c * a.inv_scale) * a.inv_eps) : 0.0;
+    }
+    for (index_t c = 0; c < k; ++c) {
+      double s = 0.0;
+#pragma unroll
+      for (int jj = 0; jj < kChunk; ++jj)
+        if (pij[jj] != 0.0) s += pij[jj] * static_cast<double>(a.v[(j0 + jj) * k + c]);  // 0 * inf never formed
+      acc_row[c] += s;
+    }
+  }
+  if (active)
+    for (index_t c = 0; c < k; ++c) a.out[i * k + c] = live ? static_cast<T>(acc_row[c]) : T(0);
+}
+
+template <CostKind K, class T>
+__global__ void __launch_bounds__(kRowsPerBlock) cost_moments_kernel(Cloud<T> rows, Cloud<T> cols, T p,
+                                                                     double* partials) {
+  __shared__ ChunkShared<T> sh;
+  const index_t i = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
+  const bool active = i < rows.n;
+  const T ni = (active && rows.norms != nullptr) ? rows.norms[i] : T(0);
+  const index_t chunks = (cols.n + kChunk - 1) / kChunk;
+  double s = 0, s2 = 0, mx = 0;
+  T cost[kChunk];
+  for (index_t ch = 0; ch < chunks; ++ch) {
+    const index_t j0 = ch * kChunk;
+    const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), cols.n - j0));
+    chunk_costs<K>(rows, cols, static_cast<const T*>(nullptr), i, active, j0, jn, p, sh, cost);
+    if (!active) continue;
+    double gs = 0, gs2 = 0;
+#pragma unroll
+    for (int jj = 0; jj < kChunk; ++jj) {
+      if (jj < jn) {
+        const double c = static_cast<double>(cost_finish<K>(cost[jj], p, ni, sh.norm[jj]));
+        gs += c;
+        gs2 += c * c;
+        mx = fmax(mx, fabs(c));
+      }
+    }
+    s += gs;
+    s2 += gs2;
+  }
+  if (active) {
+    partials[3 * i] = s;
+    partials[3 * i + 1] = s2;
+    partials[3 * i + 2] = mx;
+  }
+}
+
+// ---- fixed-shape reductions into per-block partials (host merges them in block order) ----------
+
+template <int W>
+struct Partial {
+  double v[W];
+};
+
+// Each block reduces indices b*B + t + stride*q; W values per index combined by `Op`.
+template <int W, class Term, class Op>
+__global__ void __launch_bounds__(kReduceThreads) reduce_kernel(index_t n, Term term, Op op, double* block_out) {
+  __shared__ double sh[W][kReduceThreads];
+  Partial<W> acc = op.identity();
+  const index_t stride = static_cast<index_t>(gridDim.x) * kReduceThreads;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * kReduceThreads + threadIdx.x; i < n; i += stride)
+    acc = op(acc, term(i));
+  for (int w = 0; w < W; ++w) sh[w][threadIdx.x] = acc.v[w];
+  __syncthreads();
+  for (int half = kReduceThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      Partial<W> a, b;
+      for (int w = 0; w < W; ++w) {
+        a.v[w] = sh[w][threadIdx.x];
+        b.v[w] = sh[w][threadIdx.x + half];
+      }
+      a = op(a, b);
+      for (int w = 0; w < W; ++w) sh[w][threadIdx.x] = a.v[w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0)
+    for (int w = 0; w < W; ++w) block_out[W * blockIdx.x + w] = sh[w][0];
+}
+
+struct SumOp {
+  __device__ Partial<1> identity() const { return {{0.0}}; }
+  __device__ Partial<1> operator()(Partial<1> a, Partial<1> b) const { return {{a.v[0] + b.v[0]}}; }
+};
+
+struct MomentsOp {
+  __device__ Partial<3> identity() const { return {{0.0, 0.0, 0.0}}; }
+  __device__ Partial<3> operator()(Partial<3> a, Partial<3> b) const {
+    return {{a.v[0] + b.v[0], a.v[1] + b.v[1], fmax(a.v[2], b.v[2])}};
+  }
+};
+
+template <class T>
+struct MarginalErrorTerm {
+  const T* pot;
+  const T* lse;
+  const T* w;
+  double eps, rho, p;
+  __device__ Partial<1> operator()(index_t i) const {
+    const double diff = fabs(marginal_from_lse(pot[i], lse[i], eps) - marginal_target(w[i], pot[i], rho));
+    return {{p == 1.0 ? diff : ::pow(diff, p)}};
+  }
+};
+
+template <class T>
+struct MassTerm {
+  const T* pot;
+  const T* lse;
+  double eps;
+  __device__ Partial<1> operator()(index_t i) const { return {{marginal_from_lse(pot[i], lse[i], eps)}}; }
+};
+
+struct MomentsTerm {
+  const double* partials;
+  __device__ Partial<3> operator()(index_t i) const {
+    return {{partials[3 * i], partials[3 * i + 1], partials[3 * i + 2]}};
+  }
+};
+
+// Validity flags: OR per thread, a warp vote (__reduce_or_sync), one shared atomicOr per warp,
+// one word per block.
+template <class Flags>
+__global__ void __launch_bounds__(kReduceThreads) flags_kernel(index_t n, Flags flags, unsigned* block_out) {
+  __shared__ unsigned word;
+  if (threadIdx.x == 0) word = 0u;
+  __syncthreads();
+  unsigned mine = 0u;
+  const index_t stride = static_cast<index_t>(gridDim.x) * kReduceThreads;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * kReduceThreads + threadIdx.x; i < n; i += stride)
+    mine |= flags(i);
+  const unsigned warp = __reduce_or_sync(0xffffffffu, mine);
+  if ((threadIdx.x & 31u) == 0 && warp != 0u) atomicOr(&word, warp);
+  __syncthreads();
+  if (threadIdx.x == 0) block_out[blockIdx.x] = word;
+}
+
+template <class T>
+struct PotentialFlags {
+  const T* pot;
+  const T* w;
+  __device__ unsigned operator()(index_t i) const { return detail::potential_flags(pot[i], w[i]); }
+};
+
+template <class T>
+struct ValueFlags {
+  const T* v;
+  __device__ unsigned operator()(index_t i) const { return detail::value_flags(v[i]); }
+};
+
+// ---- element-wise kernels ----------------------------------------------------------------------
+
+template <class F>
+__global__ void for_each_kernel(index_t n, F f) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+template <class T>
+struct PotentialUpdateOp {
+  const T* lse;
+  const T* log_w;
+  T eps_t, tau;
+  T* out;
+  __device__ void operator()(index_t i) const { out[i] = detail::potential_update(lse[i], log_w[i], eps_t, tau); }
+};
+
+template <class T>
+struct LogWeightsOp {
+  const T* w;
+  T* out;
+  __device__ void operator()(index_t i) const {
+    out[i] = w[i] > T(0) ? ::log(w[i]) : -std::numeric_limits<T>::infinity();
+  }
+};
+
+template <class T>
+struct PointNormsOp {
+  const T* x;
+  index_t n;
+  int d;
+  T* out;
+  __device__ void operator()(index_t i) const {
+    T s = 0;
+    for (int k = 0; k < d; ++k) s += x[k * n + i] * x[k * n + i];
+    out[i] = ::sqrt(s);
+  }
+};
+
+// Row-major device matrix (either dtype) -> dimension-major T.
+template <class S, class T>
+struct TransposeOp {
+  const S* src;
+  index_t n, d;
+  T* dst;
+  __device__ void operator()(index_t e) const {
+    const index_t k = e / n, i = e % n;  // e walks dst contiguously
+    dst[e] = static_cast<T>(src[i * d + k]);
+  }
+};
+
+// ---- the backend -------------------------------------------------------------------------------
+
+template <class T>
+class CudaBackend final : public Backend<T> {
+ public:
+  explicit CudaBackend(const Context& ctx) : ctx_(ctx) {
+    if (ctx.kind() != DeviceKind::cuda)
+      throw DeviceError("the CUDA backend needs a CUDA context (Context::cuda), got " + ctx.device_name());
+    OTCAL_CUDA_CHECK(cudaSetDevice(ctx.device_id()));
+    OTCAL_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, ctx.device_id()));
+    // Per-block partials of the scalar reductions, written by kernels through the mapping: host
+    // memory, so the device budget is untouched and no copy kernel is needed.
+    OTCAL_CUDA_CHECK(cudaHostAlloc(&scratch_host_, kScratchBytes, cudaHostAllocMapped | cudaHostAllocPortable));
+    OTCAL_CUDA_CHECK(cudaHostGetDevicePointer(&scratch_dev_, scratch_host_, 0));
+  }
+  ~CudaBackend() override {
+    (void)cudaStreamSynchronize(stream());
+    (void)cudaFreeHost(scratch_host_);
+    (void)cudaGetLastError();
+  }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  void upload_cloud(const ConstMatrix& h, T* dst) override {
+    const index_t n = h.rows, d = h.cols;
+    if (n * d == 0) return;
+    if (h.location == Location::device) {
+      // Already resident: transpose (and convert) on the device, no temporary.
+      if (h.dtype == DType::float32)
+        launch_for_each(n * d, TransposeOp<float, T>{static_cast<const float*>(h.data), n, d, dst}, "transpose_cloud");
+      else
+        launch_for_each(n * d, TransposeOp<double, T>{static_cast<const double*>(h.data), n, d, dst}, "transpose_cloud");
+      return;
+    }
+    // Host: convert and transpose on the host (cheap next to a solve), one copy, no device temporary.
+    std::vector<T> staged(static_cast<std::size_t>(n * d));
+    for (index_t i = 0; i < n; ++i)
+      for (index_t k = 0; k < d; ++k) staged[static_cast<std::size_t>(k * n + i)] = static_cast<T>(h.at(i, k));
+    copy_to_device_sync(staged.data(), dst, n * d);
+  }
+  void upload(const double* host, T* dst, index_t count) override {
+    if (count <= 0) return;
+    if constexpr (std::is_same_v<T, double>) {
+      copy_to_device_sync(host, dst, count);
+    } else {
+      std::vector<T> staged(host, host + count);
+      copy_to_device_sync(staged.data(), dst, count);
+    }
+  }
+  void download(const T* src, double* host, index_t count) override {
+    if (count <= 0) return;
+    if constexpr (std::is_same_v<T, double>) {
+      OTCAL_CUDA_CHECK(cudaMemcpyAsync(host, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream()));
+      sync();
+    } else {
+      std::vector<T> staged(static_cast<std::size_t>(count));
+      OTCAL_CUDA_CHECK(cudaMemcpyAsync(staged.data(), src, count * sizeof(T), cudaMemcpyDeviceToHost, stream()));
+      sync();
+      for (index_t i = 0; i < count; ++i) host[i] = static_cast<double>(staged[static_cast<std::size_t>(i)]);
+    }
+  }
+  void point_norms(const T* x, index_t n, int d, T* out) override {
+    if (n > 0) launch_for_each(n, PointNormsOp<T>{x, n, d, out}, "point_norms");
+  }
+  void log_weights(const T* w, T* out, index_t n) override {
+    if (n > 0) launch_for_each(n, LogWeightsOp<T>{w, out}, "log_weights");
+  }
+
+  index_t lse_partials_per_row(index_t cols_n) const override { return part_geometry(cols_n).max_parts; }
+
+  void row_lse(const RowLseArgs<T>& a) override {
+    dispatch_cost(a.cost.kind, [&](auto tag) { launch_row_lse<decltype(tag)::value>(a); });
+  }
+  void row_apply(const RowApplyArgs<T>& a) override {
+    dispatch_cost(a.cost.kind, [&](auto tag) { launch_row_apply<decltype(tag)::value>(a); });
+  }
+  CostMoments cost_moments(const Cloud<T>& rows, const Cloud<T>& cols, const CostParams& cost, index_t,
+                           double* partials) override {
+    // tile_rows does not matter here: the partials workspace already holds every row.
+    CostMoments out;
+    if (rows.n == 0) return out;
+    dispatch_cost(cost.kind, [&](auto tag) {
+      cost_moments_kernel<decltype(tag)::value, T><<<grid_for(rows.n, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock,
+                                                     0, stream()>>>(rows, cols, static_cast<T>(cost.p), partials);
+    });
+    OTCAL_CUDA_CHECK_LAUNCH("cost_moments_kernel");
+    const Partial<3> r = reduce<3>(rows.n, MomentsTerm{partials}, MomentsOp{});
+    out.sum = r.v[0];
+    out.sum_sq = r.v[1];
+    out.max_abs = r.v[2];
+    return out;
+  }
+
+  void potential_update(const T* lse, const T* log_w, double eps_t, double tau, T* out, index_t n) override {
+    if (n > 0)
+      launch_for_each(n, PotentialUpdateOp<T>{lse, log_w, static_cast<T>(eps_t), static_cast<T>(tau), out},
+                      "potential_update");
+  }
+  double marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
+                        index_t n) override {
+    return reduce<1>(n, MarginalErrorTerm<T>{pot, lse, w, eps, rho, p}, SumOp{}).v[0];
+  }
+  double transported_mass(const T* pot, const T* lse, double eps, index_t n) override {
+    return reduce<1>(n, MassTerm<T>{pot, lse, eps}, SumOp{}).v[0];
+  }
+  unsigned potential_flags(const T* pot, const T* w, index_t n) override {
+    return reduce_flags(n, PotentialFlags<T>{pot, w});
+  }
+  unsigned value_flags(const T* v, index_t n) override { return reduce_flags(n, ValueFlags<T>{v}); }
+
+  // Public (not private) because extended launch helpers must be callable from dispatch lambdas.
+  template <CostKind K>
+  void launch_row_lse(const RowLseArgs<T>& a) {
+    const index_t n = a.rows.n;
+    if (n == 0) return;
+    LseLaunch<T> L{};
+    L.rows = a.rows;
+    L.cols = a.cols;
+    L.h = a.col_potential;
+    L.p = static_cast<T>(a.cost.p);
+    L.h_scale = static_cast<T>(kLog2e / a.eps);
+    L.c_scale = static_cast<T>(kLog2e / a.eps * a.inv_scale);
+    L.out = a.out;
+    L.geo = part_geometry(a.cols.n);
+    const index_t row_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+    // Enough rows to give every SM a few blocks, or nothing to split: one fused pass over all
+    // rows (tile_rows only sizes the state, which this path does not need).
+    if (L.geo.parts == 1 || row_blocks >= 2 * static_cast<index_t>(sm_count_)) {
+      L.split = false;
+      L.row0 = 0;
+      L.row_count = n;
+      row_lse_kernel<K, T><<<static_cast<unsigned>(row_blocks), kRowsPerBlock, 0, stream()>>>(L);
+      OTCAL_CUDA_CHECK_LAUNCH("row_lse_kernel");
+      return;
+    }
+    if (a.state == nullptr)
+      throw InvalidArgument("row_lse: the CUDA backend needs the tile state workspace (2 * tile_rows * "
+                            "lse_partials_per_row(m) doubles); allocate it from ctx.workspace()");
+    const index_t tile = std::max<index_t>(a.tile_rows, 1);
+    L.split = true;
+    L.state = a.state;
+    L.state_stride = tile;
+    for (index_t t0 = 0; t0 < n; t0 += tile) {
+      L.row0 = t0;
+      L.row_count = std::min(tile, n - t0);
+      const dim3 grid(grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), static_cast<unsigned>(L.geo.parts));
+      row_lse_kernel<K, T><<<grid, kRowsPerBlock, 0, stream()>>>(L);
+      OTCAL_CUDA_CHECK_LAUNCH("row_lse_kernel (split)");
+      lse_merge_kernel<T><<<grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock, 0, stream()>>>(
+          a.state, tile, L.geo.parts, t0, L.row_count, a.out);
+      OTCAL_CUDA_CHECK_LAUNCH("lse_merge_kernel");
+    }
+  }
+
+  template <CostKind K>
+  void launch_row_apply(const RowApplyArgs<T>& a) {
+    const index_t n = a.rows.n;
+    if (n == 0 || a.k <= 0) return;
+    ApplyLaunch<T> L{a.rows, a.cols, a.row_potential, a.col_potential, a.v, a.k, static_cast<T>(a.cost.p),
+                     a.inv_scale, 1.0 / a.eps, a.out, a.acc, 0, 0};
+    const index_t tile = std::max<index_t>(a.tile_rows, 1);
+    for (index_t t0 = 0; t0 < n; t0 += tile) {
+      L.row0 = t0;
+      L.row_count = std::min(tile, n - t0);
+      row_apply_kernel<K, T><<<grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock, 0, stream()>>>(L);
+      OTCAL_CUDA_CHECK_LAUNCH("row_apply_kernel");
+    }
+  }
+
+ private:
+  static constexpr std::size_t kScratchBytes = sizeof(double) * 3 * kReduceBlocksMax;
+
+  cudaStream_t stream() const { return static_cast<cudaStream_t>(ctx_.compute_stream()); }
+  void sync() { OTCAL_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+  void copy_to_device_sync(const T* host, T* dst, index_t count) {
+    OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst, host, count * sizeof(T), cudaMemcpyHostToDevice, stream()));
+    sync();  // the host staging may be pageable and short-lived
+  }
+
+  template <class F>
+  void launch_for_each(index_t n, F f, const char* name) {
+    for_each_kernel<<<grid_for(n, kElementThreads, 4 * 1024), kElementThreads, 0, stream()>>>(n, f);
+    OTCAL_CUDA_CHECK_LAUNCH(name);
+  }
+
+  // Fixed-shape reduction: block count depends on n only; block partials merged here in order.
+  template <int W, class Term, class Op>
+  Partial<W> reduce(index_t n, Term term, Op op) {
+    Partial<W> out{};
+    if (n <= 0) return out;
+    const unsigned blocks = grid_for(n, kReduceThreads, kReduceBlocksMax);
+    double* dev = static_cast<double*>(scratch_dev_);
+    reduce_kernel<W><<<blocks, kReduceThreads, 0, stream()>>>(n, term, op, dev);
+    OTCAL_CUDA_CHECK_LAUNCH("reduce_kernel");
+    sync();
+    const double* host = static_cast<const double*>(scratch_host_);
+    for (unsigned b = 0; b < blocks; ++b) {
+      for (int w = 0; w < W; ++w) {
+        const double v = host[W * b + w];
+        if constexpr (W == 3) {
+          out.v[w] = w == 2 ? std::max(out.v[w], v) : out.v[w] + v;
+        } else {
+          out.v[w] += v;
+        }
+      }
+    }
+    return out;
+  }
+
+  template <class Flags>
+  unsigned reduce_flags(index_t n, Flags flags) {
+    if (n <= 0) return 0u;
+    const unsigned blocks = grid_for(n, kReduceThreads, kReduceBlocksMax);
+    flags_kernel<<<blocks, kReduceThreads, 0, stream()>>>(n, flags, static_cast<unsigned*>(scratch_dev_));
+    OTCAL_CUDA_CHECK_LAUNCH("flags_kernel");
+    sync();
+    unsigned out = 0u;
+    const unsigned* host = static_cast<const unsigned*>(scratch_host_);
+    for (unsigned b = 0; b < blocks; ++b) out |= host[b];
+    return out;
+  }
+
+  Context ctx_;
+  int sm_count_ = 0;
+  void* scratch_host_ = nullptr;
+  void* scratch_dev_ = nullptr;
+};
+
+}  // namespace cuda_impl
+
+template <class T>
+std::unique_ptr<Backend<T>> make_cuda_backend(const Context& ctx) {
+  return std::make_unique<cuda_impl::CudaBackend<T>>(ctx);
+}
+
+template std::unique_ptr<Backend<float>> make_cuda_backend<float>(const Context&);
+template std::unique_ptr<Backend<double>> make_cuda_backend<double>(const Context&);
+
+}  // namespace otcal::detail
