@@ -10,6 +10,7 @@
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
 #include "sinkhorn/problem.hpp"
+#include "sparsify/cost_quantile.hpp"
 
 namespace otcal {
 namespace {
@@ -135,9 +136,9 @@ ResolvedGeometry resolve(Backend<T>& be, MemoryResource& mr, const PointCloud& g
                               "; use mean or max_cost");
       r.scale = ns.max_sq_x + ns.max_sq_y + 2 * std::sqrt(ns.max_sq_x * ns.max_sq_y);
       break;
-    case ScaleCost::Kind::median:
-      throw InvalidArgument("scale_cost median needs the exact quantile of all n*m costs, which this build does not "
-                            "offer for point clouds; use mean, max_cost, max_norm or max_bound");
+    case ScaleCost::Kind::median:  // exact numpy median of all n*m unscaled costs (sparsify.md §7.1)
+      r.scale = detail::cost_percentile<T>(be, rc, s, 50.0);
+      break;
   }
   if (!(r.scale > 0) || !std::isfinite(r.scale))
     throw InvalidArgument("scale_cost " + sc.name() + " resolved to " + num(r.scale) +

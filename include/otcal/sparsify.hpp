@@ -1,0 +1,75 @@
+#pragma once
+// Block-wise sparsifier of the implicit n x m transport plan (spec/sparsify.md), with moscot's
+// semantics (threshold, sampled percentile, min_row, mass) plus an exact global percentile.
+// Rows of the plan are recomputed block by block from (f, g, x, y, eps, s): at most one [bs, m]
+// block of plan values lives in the budgeted workspace at any time.
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "otcal/array.hpp"
+#include "otcal/context.hpp"
+#include "otcal/csr.hpp"
+#include "otcal/geometry.hpp"
+#include "otcal/planner.hpp"
+#include "otcal/sinkhorn.hpp"
+
+namespace otcal {
+
+enum class SparsifyMode { threshold, percentile, min_row, mass };
+enum class PercentileMethod { sampled, exact };
+
+// "threshold", "percentile", "min_row", "mass"; anything else is InvalidArgument.
+SparsifyMode parse_sparsify_mode(const std::string& text);
+const char* sparsify_mode_name(SparsifyMode mode);
+
+struct SparsifyOptions {
+  SparsifyMode mode = SparsifyMode::threshold;
+  std::optional<double> value;
+  std::optional<index_t> batch_size;  // unset: planned from the memory budget (spec §7.3)
+  std::optional<index_t> n_samples;   // sampled percentile; default 1024 (moscot's batch_size default)
+  std::uint64_t seed = 0;             // sampled percentile
+  std::optional<index_t> max_k;       // mass only
+  PercentileMethod percentile_method = PercentileMethod::sampled;
+};
+
+inline constexpr index_t kDefaultPercentileSamples = 1024;
+
+struct SparsifyResult {
+  CsrMatrix csr;
+  double threshold = 0;          // thr used; NaN for mass
+  index_t n_massless_rows = 0;
+  double cost = 0;               // reg_ot_cost of the source (NaN for a bare dense matrix)
+  bool converged = false;
+  bool is_linear = true;
+  index_t batch_size = 0;        // rows per block used
+  TilePlan plan{};
+  MemoryReport memory{};
+  double elapsed_s = 0;
+  std::vector<std::string> warnings;
+};
+
+// Metadata carried over when sparsifying a dense plan given by the caller.
+struct PlanMetadata {
+  double cost = std::numeric_limits<double>::quiet_NaN();
+  bool converged = false;
+};
+
+// The plan of a Sinkhorn solve on `geom`: T_ij = exp((f_i + g_j - c_ij / s) / eps), with the s and
+// eps stored in `result` (never re-resolved). Values have the result's precision.
+SparsifyResult sparsify(const Context& ctx, const PointCloud& geom, const SinkhornResult& result,
+                        const SparsifyOptions& options);
+
+// A dense host row-major [n, m] plan (float32 or float64), rows sliced block by block.
+SparsifyResult sparsify(const Context& ctx, const ConstMatrix& plan, const SparsifyOptions& options,
+                        const PlanMetadata& metadata = {});
+
+// numpy's linear percentile (q in [0, 100]) of all n*m unscaled costs c_ij of `geom`, computed
+// exactly in bounded memory by histogram refinement on the IEEE bit patterns (spec §7.1). Costs
+// are evaluated in `precision`. Used by scale_cost = median (q = 50).
+double exact_cost_quantile(const Context& ctx, const PointCloud& geom, double q,
+                           DType precision = DType::float64);
+
+}  // namespace otcal

@@ -1,0 +1,93 @@
+#pragma once
+// The primitives the sparsify host loop (src/sparsify/sparsify.cpp) is written against. They act
+// on one dense block of plan rows held in the budgeted workspace; the CPU implementation lives in
+// src/cpu/sparsify_cpu.cpp. Kept apart from core/backend.hpp on purpose: the sparsifier only needs
+// "build rows", "row maxima", "key histogram" and "select", never apply/push/pull.
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "core/backend.hpp"
+#include "otcal/array.hpp"
+#include "otcal/context.hpp"
+
+namespace otcal::detail {
+
+// Flags returned by row_max (OR over the block).
+inline constexpr unsigned kBlockNaN = 1u;       // a NaN entry
+inline constexpr unsigned kBlockPosInf = 2u;    // a +inf entry
+inline constexpr unsigned kBlockNegative = 4u;  // an entry < 0 (a dense input that is not a plan)
+
+// Produces rows of a plan (or of a cost matrix) into a dense row-major block.
+template <class T>
+class PlanBlockSource {
+ public:
+  virtual ~PlanBlockSource() = default;
+  virtual index_t rows() const = 0;
+  virtual index_t cols() const = 0;
+  // Rows r0 .. r0 + count - 1, or rows ids[0 .. count) when ids is not null, into out [count, cols].
+  // Entry values are pure functions of (i, j): identical on every call, for every block shape.
+  virtual void build(index_t r0, index_t count, const index_t* ids, T* out) = 0;
+};
+
+// Which entries a histogram pass counts: all entries (pass 1), or those whose key bits above
+// `shift + 16` equal one of `n_prefixes` candidate prefixes. Bin = the 16 key bits at `shift`.
+struct KeyHistogramQuery {
+  int shift = 0;
+  int n_prefixes = 0;              // 0 = count every entry
+  std::uint64_t prefix[2] = {0, 0};
+};
+inline constexpr int kHistogramBits = 16;
+inline constexpr std::size_t kHistogramBins = std::size_t{1} << kHistogramBits;
+
+template <class T>
+class SparsifyBackend {
+ public:
+  virtual ~SparsifyBackend() = default;
+
+  // Plan rows T_ij = exp((f_i + g_j - c_ij * inv_scale) / eps) of resident clouds; f, g resident
+  // (length rows.n, cols.n). The source keeps pointers: all of them must outlive it.
+  virtual std::unique_ptr<PlanBlockSource<T>> cloud_plan_source(const Cloud<T>& rows, const Cloud<T>& cols,
+                                                                const CostParams& cost, double inv_scale, double eps,
+                                                                const T* f, const T* g) = 0;
+  // Unscaled cost rows c_ij.
+  virtual std::unique_ptr<PlanBlockSource<T>> cloud_cost_source(const Cloud<T>& rows, const Cloud<T>& cols,
+                                                                const CostParams& cost) = 0;
+  // Rows sliced from a caller's host matrix (converted to T).
+  virtual std::unique_ptr<PlanBlockSource<T>> dense_source(const ConstMatrix& host) = 0;
+
+  // out_max[r] = max_j block[r, j] (NaN propagates); returns kBlock* flags of the block.
+  virtual unsigned row_max(const T* block, index_t rows, index_t m, T* out_max) = 0;
+
+  // bins[c * kHistogramBins + b] += entries of rows with row_max > 0 (every row when row_max is
+  // null) that match prefix c (or all, c = 0) and have bin b.
+  virtual void key_histogram(const T* block, index_t rows, index_t m, const T* row_max, const KeyHistogramQuery& q,
+                             std::uint64_t* bins) = 0;
+
+  // Element-wise selection (threshold, percentile, min_row): keep block[r, j] iff it is >= thr in
+  // float64 and != 0, for rows with row_max > 0. counts[r] = entries kept.
+  virtual void count_at_least(const T* block, index_t rows, index_t m, const T* row_max, double thr,
+                              std::int64_t* counts) = 0;
+  // Writes the kept entries of row r at offsets[r] .. (host output arrays; columns ascending).
+  virtual void compact_at_least(const T* block, index_t rows, index_t m, const T* row_max, double thr,
+                                const std::int64_t* offsets, std::int32_t* indices32, std::int64_t* indices64,
+                                double* values) = 0;
+
+  // Mass mode (spec §4.4): per row the smallest descending prefix reaching value * row sum, capped
+  // by max_k (0 = none). `order` is workspace [rows, m] of column ids (int32, or int64 when
+  // wide); on return its first counts[r] entries of row r are the kept columns, ascending.
+  virtual void mass_select(const T* block, index_t rows, index_t m, const T* row_max, double value,
+                           index_t max_k, void* order, bool wide, std::int64_t* counts) = 0;
+  virtual void gather_selected(const T* block, index_t rows, index_t m, const void* order, bool wide,
+                               const std::int64_t* counts, const std::int64_t* offsets, std::int32_t* indices32,
+                               std::int64_t* indices64, double* values) = 0;
+};
+
+template <class T>
+std::unique_ptr<SparsifyBackend<T>> make_cpu_sparsify_backend();  // host memory, any context
+
+// The sparsify backend of the context's device (the CPU one until cuda/sparsify.cu exists).
+template <class T>
+std::unique_ptr<SparsifyBackend<T>> make_sparsify_backend(const Context& ctx);
+
+}  // namespace otcal::detail
