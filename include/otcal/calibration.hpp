@@ -1,0 +1,213 @@
+#pragma once
+// Survey-weight calibration (spec/calibration.md): the sparse targets x records constraint system
+// built in O(nnz), exact Deville-Sarndal calibrators (Newton on the dual, as R's survey::grake),
+// a microcalibrate-compatible gradient calibrator with optional L0 gates, and diagnostics.
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "otcal/context.hpp"
+#include "otcal/csr.hpp"
+#include "otcal/planner.hpp"
+#include "otcal/types.hpp"
+
+namespace otcal {
+
+// ---------------------------------------------------------------------------------------------
+// Data model (§1)
+
+// One column of a record table: numbers (NaN = missing) or strings ("" = missing).
+struct TableColumn {
+  std::string name;
+  bool numeric = true;
+  std::vector<double> numbers;
+  std::vector<std::string> strings;
+};
+
+struct RecordTable {
+  index_t n_records = 0;
+  std::vector<TableColumn> columns;
+
+  const TableColumn* find(const std::string& name) const;
+  // Both throw InvalidArgument when the length differs from n_records (n_records is set by the
+  // first column added) or the name is already used.
+  void add_numeric(std::string name, std::vector<double> values);
+  void add_strings(std::string name, std::vector<std::string> values);
+};
+
+struct LinearConstraint {
+  std::string name;
+  std::vector<double> coefficients;  // one per record
+  double target = 0;
+};
+
+struct ConstraintSpec {
+  // column -> (category text -> target), both in the given order. A category's text is its
+  // canonical rendering: decimal integers, strings verbatim. For numeric columns a key that
+  // parses as a number matches by value ("3", "3.0").
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, double>>>> marginal;
+  std::vector<std::pair<std::string, double>> continuous;  // column -> total
+  std::vector<LinearConstraint> linear;
+  std::optional<double> total;            // population total: a row of ones named "total" (last)
+  std::string weight_column = "weight";   // initial weights; all 1 when the column is absent
+};
+
+struct ConstraintSystem {
+  CsrMatrix A;                          // k x n, rows in spec order
+  std::vector<double> targets;          // k
+  std::vector<std::string> names;       // k
+  index_t n_categorical = 0;            // marginal rows come first
+  std::vector<double> design_weights;   // n: the weight column, or ones
+  std::vector<std::string> warnings;    // zero/low support, negative targets, magnitude checks
+  std::size_t planned_peak_bytes = 0;   // workspace peak of the build (ByteModel)
+
+  index_t n_records() const { return A.cols; }
+  index_t n_constraints() const { return A.rows; }
+};
+
+// Workspace model of build_constraints: a category-to-row map per record (int32) and per-row
+// counters; the CSR itself is the output.
+ByteModel constraint_build_model(index_t n_records, index_t max_rows_per_margin);
+
+// §2. Throws InvalidArgument on every validation failure of §1. Emits warnings via ctx.warn().
+ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec);
+
+// Aᵀ (n x k CSR) by the same counting sort, O(nnz).
+CsrMatrix transpose(const CsrMatrix& A);
+
+// ---------------------------------------------------------------------------------------------
+// Exact calibrators (§4)
+
+enum class CalFun { linear, raking, logit };
+
+struct ExactOptions {
+  CalFun calfun = CalFun::linear;
+  double lower = -std::numeric_limits<double>::infinity();  // bounds on g = w / d
+  double upper = std::numeric_limits<double>::infinity();
+  int max_iterations = 50;
+  double epsilon = 1e-7;
+  bool force = false;
+  std::vector<double> variance;  // sigma_i^2 per record (n), or empty = all 1
+};
+
+// ---------------------------------------------------------------------------------------------
+// Gradient calibrator (§3)
+
+struct GradientOptions {
+  int epochs = 32;
+  double learning_rate = 1e-3;
+  double noise_level = 10.0;
+  double dropout_rate = 0.0;
+  std::uint64_t seed = 42;
+  std::optional<index_t> batch_size;      // memory knob only; results identical for every value
+  std::vector<double> normalization_factor;  // per target (k), empty = all 1
+  std::vector<std::string> excluded_targets;
+  bool regularize_with_l0 = false;
+  double l0_lambda = 5e-6;
+  double init_mean = 0.999;
+  double temperature = 0.5;
+  double sparse_learning_rate = 0.2;
+  // §3.8 quirks, microcalibrate behaviour behind explicit options.
+  bool final_weights_last_dropout_draw = false;  // quirk 1
+  bool loss_relative = false;                    // quirk 2: ((S - t)/d)^2 instead of the +1 numerator
+  bool l0_init_dense_result = false;             // quirk 3
+  bool l0_penalty_per_record = false;            // quirk 5
+  bool legacy_eval_gate = false;                 // sigma(log alpha) evaluation gate (l0 < PR #41)
+};
+
+// Workspace model of one gradient epoch: fixed per-record state (theta, Adam m and v, gates)
+// plus per-target accumulators, and per batch row the dropped-out weights.
+ByteModel gradient_model(index_t n_records, index_t n_targets, bool l0);
+
+// nf_j = 1 / |group of j|, rescaled by 1 / mean(nf) (§3.6).
+std::vector<double> normalization_from_groups(const std::vector<std::string>& group_of_target);
+
+// ---------------------------------------------------------------------------------------------
+// Results and diagnostics (§5)
+
+struct TargetDiagnostic {
+  std::string name;
+  double target = 0, estimate = 0, error = 0, abs_error = 0, rel_error = 0, rel_abs_error = 0;
+  bool within_tol = false;
+  bool excluded = false;
+  index_t support = 0;
+  double support_fraction = 0;
+};
+
+struct WeightStatistics {
+  double min = 0, max = 0, mean = 0, std = 0, cv = 0, sum = 0;
+  index_t n_zero = 0, n_negative = 0;
+  double n_eff = 0, efficiency = 0, deff = 0;
+  double g_min = 0, g_max = 0;
+  index_t n_at_lower = 0, n_at_upper = 0;
+  double design_efficiency = 0;  // (Σ d g)² / (Σ d · Σ d g²)
+};
+
+struct HistoryRow {
+  int epoch = 0;        // epoch (gradient) or Newton iteration (exact)
+  std::string stage;    // "dense", "l0" or "newton"
+  double loss = 0;      // gradient loss, or the max misfit ratio for Newton
+  std::vector<double> estimates;  // per target, all targets (excluded ones re-estimated)
+};
+
+struct Diagnostics {
+  std::vector<TargetDiagnostic> targets;
+  double loss = std::numeric_limits<double>::quiet_NaN();
+  double pct_close = 0;
+  double max_error = 0, mean_error = 0, rmse = 0;  // microplex relative errors (0 when t <= 0)
+  double pct_within_10 = 0;                         // percent of targets within_tol
+  WeightStatistics weights;
+  std::vector<std::string> warnings;
+};
+
+struct CalibrationResult {
+  std::vector<double> weights;
+  std::vector<double> g;        // w / d (0 where d = 0)
+  bool converged = false;
+  int n_iterations = 0;
+  double max_ratio = 0;         // exact: max |misfit| / (1 + |t|)
+  std::vector<std::string> worst_targets;
+  std::vector<std::string> dropped_constraints;  // zero row, zero target (§4.3)
+  std::vector<HistoryRow> history;
+  Diagnostics diagnostics;
+  TilePlan plan;                // workspace plan (planned_peak)
+};
+
+CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& options);
+CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& options);
+
+// The gradient loss of §3.3 and its gradient with respect to the log-weights theta at a given
+// epoch (dropout mask of that epoch), evaluated in record batches. Exposed for tests and benches.
+struct LossAndGradient {
+  double loss = 0;
+  std::vector<double> estimates;  // S over the active (non-excluded) targets
+  std::vector<double> gradient;   // dL/dtheta, n
+};
+LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& theta,
+                              const GradientOptions& options, int epoch);
+
+// §5. `excluded` names targets flagged as excluded; bounds are those on g (exact methods).
+Diagnostics diagnose(const ConstraintSystem& sys, const std::vector<double>& weights,
+                     const std::vector<std::string>& excluded = {},
+                     double lower = -std::numeric_limits<double>::infinity(),
+                     double upper = std::numeric_limits<double>::infinity());
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic problems (tests and bench/bench_calibrate_build.cpp)
+
+struct SyntheticSurvey {
+  RecordTable table;
+  ConstraintSpec spec;
+};
+
+// n records with `n_margin_columns` integer categorical columns of `categories_per_column`
+// categories each (every category targeted: margins exhaustive), `n_continuous` positive numeric
+// columns, a design-weight column "weight". Targets are the weighted totals of a perturbed copy of
+// the design weights, so they are consistent and the problem is feasible for every calfun.
+SyntheticSurvey make_synthetic_survey(index_t n_records, int n_margin_columns, int categories_per_column,
+                                      int n_continuous, std::uint64_t seed);
+
+}  // namespace otcal

@@ -1,0 +1,327 @@
+// Constraint-system builder (spec/calibration.md §1-§2): validation, then the targets x records
+// CSR in O(nnz) by counting sort. No dense k x n buffer exists on any path.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "otcal/calibration.hpp"
+#include "otcal/errors.hpp"
+
+namespace otcal {
+
+namespace {
+
+std::string render_number(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e15)
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+  else
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+bool parse_number(const std::string& s, double& out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  out = std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size();
+}
+
+std::string join_limited(const std::vector<std::string>& items, std::size_t limit = 10) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size() && i < limit; ++i) out += (i ? ", " : "") + items[i];
+  if (items.size() > limit) out += ", ... (" + std::to_string(items.size()) + " in all)";
+  return out;
+}
+
+}  // namespace
+
+const TableColumn* RecordTable::find(const std::string& name) const {
+  for (const auto& c : columns)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+void RecordTable::add_numeric(std::string name, std::vector<double> values) {
+  if (find(name)) throw InvalidArgument("record table: column '" + name + "' is already defined");
+  if (columns.empty()) n_records = static_cast<index_t>(values.size());
+  if (static_cast<index_t>(values.size()) != n_records)
+    throw InvalidArgument("record table: column '" + name + "' has " + std::to_string(values.size()) +
+                          " values, expected " + std::to_string(n_records));
+  columns.push_back(TableColumn{std::move(name), true, std::move(values), {}});
+}
+
+void RecordTable::add_strings(std::string name, std::vector<std::string> values) {
+  if (find(name)) throw InvalidArgument("record table: column '" + name + "' is already defined");
+  if (columns.empty()) n_records = static_cast<index_t>(values.size());
+  if (static_cast<index_t>(values.size()) != n_records)
+    throw InvalidArgument("record table: column '" + name + "' has " + std::to_string(values.size()) +
+                          " values, expected " + std::to_string(n_records));
+  columns.push_back(TableColumn{std::move(name), false, {}, std::move(values)});
+}
+
+ByteModel constraint_build_model(index_t n_records, index_t max_rows_per_margin) {
+  ByteModel m;
+  m.operation = "build_constraints";
+  // row-of-record map (int32, n) + per-row counters (int64, largest margin)
+  m.fixed_bytes = align_up(static_cast<std::size_t>(n_records) * 4) +
+                  align_up(static_cast<std::size_t>(std::max<index_t>(max_rows_per_margin, 1)) * 8);
+  m.bytes_per_row = 0;
+  return m;
+}
+
+CsrMatrix transpose(const CsrMatrix& A) {
+  CsrMatrix T;
+  T.rows = A.cols;
+  T.cols = A.rows;
+  T.dtype = A.dtype;
+  const std::int64_t nnz = A.nnz();
+  T.indptr.assign(static_cast<std::size_t>(T.rows) + 1, 0);
+  for (std::int64_t p = 0; p < nnz; ++p) ++T.indptr[static_cast<std::size_t>(A.index(p)) + 1];
+  for (index_t i = 0; i < T.rows; ++i) T.indptr[i + 1] += T.indptr[i];
+  if (T.wide_indices())
+    T.indices64.resize(static_cast<std::size_t>(nnz));
+  else
+    T.indices32.resize(static_cast<std::size_t>(nnz));
+  T.values.resize(static_cast<std::size_t>(nnz));
+  std::vector<std::int64_t> next(T.indptr.begin(), T.indptr.end() - 1);
+  for (index_t r = 0; r < A.rows; ++r)  // rows in order: indices ascending within each record
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
+      const std::int64_t q = next[static_cast<std::size_t>(A.index(p))]++;
+      if (T.wide_indices())
+        T.indices64[q] = r;
+      else
+        T.indices32[q] = static_cast<std::int32_t>(r);
+      T.values[q] = A.values[p];
+    }
+  return T;
+}
+
+ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+  const index_t n = table.n_records;
+  ConstraintSystem sys;
+
+  // ---- validation (§1) -------------------------------------------------------------------------
+  std::vector<const TableColumn*> margin_cols, cont_cols;
+  index_t max_margin_rows = 0;
+  for (const auto& [col, cats] : spec.marginal) {
+    const TableColumn* c = table.find(col);
+    if (!c) throw InvalidArgument("Margin variable '" + col + "' not in data columns");
+    margin_cols.push_back(c);
+    max_margin_rows = std::max<index_t>(max_margin_rows, static_cast<index_t>(cats.size()));
+    for (const auto& [cat, t] : cats) {
+      sys.names.push_back(col + "=" + cat);
+      sys.targets.push_back(t);
+    }
+  }
+  sys.n_categorical = static_cast<index_t>(sys.names.size());
+  for (const auto& [col, t] : spec.continuous) {
+    const TableColumn* c = table.find(col);
+    if (!c) throw InvalidArgument("Continuous variable '" + col + "' not in data columns");
+    if (!c->numeric)
+      throw InvalidArgument("Continuous variable '" + col + "' is not numeric; give it numbers or target it as a margin");
+    for (index_t i = 0; i < n; ++i)
+      if (!std::isfinite(c->numbers[i]))
+        throw InvalidArgument("Continuous variable '" + col + "' has a non-finite value (" + render_number(c->numbers[i]) +
+                              ") at record " + std::to_string(i) + "; fill or drop missing values first");
+    cont_cols.push_back(c);
+    sys.names.push_back(col);
+    sys.targets.push_back(t);
+  }
+  for (const auto& lc : spec.linear) {
+    if (lc.name.empty()) throw InvalidArgument("LinearConstraint name must be non-empty");
+    if (static_cast<index_t>(lc.coefficients.size()) != n)
+      throw InvalidArgument("LinearConstraint '" + lc.name + "' has " + std::to_string(lc.coefficients.size()) +
+                            " coefficients, expected one per record (" + std::to_string(n) + ")");
+    for (double v : lc.coefficients)
+      if (!std::isfinite(v)) throw InvalidArgument("LinearConstraint '" + lc.name + "' has non-finite coefficients");
+    sys.names.push_back(lc.name);
+    sys.targets.push_back(lc.target);
+  }
+  if (spec.total) {
+    sys.names.push_back("total");
+    sys.targets.push_back(*spec.total);
+  }
+  {
+    std::unordered_set<std::string> seen;
+    for (const auto& name : sys.names)
+      if (!seen.insert(name).second)
+        throw InvalidArgument("Duplicate constraint name '" + name + "'; every target row needs a unique name");
+  }
+  for (std::size_t r = 0; r < sys.targets.size(); ++r)
+    if (!std::isfinite(sys.targets[r]))
+      throw InvalidArgument("Target '" + sys.names[r] + "' is not finite (" + render_number(sys.targets[r]) + ")");
+
+  // initial weights
+  sys.design_weights.assign(static_cast<std::size_t>(n), 1.0);
+  if (const TableColumn* wc = table.find(spec.weight_column)) {
+    if (!wc->numeric) throw InvalidArgument("Weight column '" + spec.weight_column + "' is not numeric");
+    for (index_t i = 0; i < n; ++i) {
+      if (!std::isfinite(wc->numbers[i]))
+        throw InvalidArgument("Weight column '" + spec.weight_column + "' has a non-finite value at record " +
+                              std::to_string(i));
+      sys.design_weights[i] = wc->numbers[i];
+    }
+  }
+
+  // ---- workspace and CSR shape -------------------------------------------------------------------
+  const ByteModel model = constraint_build_model(n, max_margin_rows);
+  sys.planned_peak_bytes = model.fixed_bytes;
+  if (model.fixed_bytes + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())  // refuse before allocating
+    throw BudgetTooSmall("build_constraints needs at least " +
+                             format_bytes(model.fixed_bytes + planner_headroom(ctx.memory_budget())) +
+                             " of workspace (a row map of 4 bytes per record); budget is " +
+                             format_bytes(ctx.memory_budget()),
+                         model.fixed_bytes);
+  const index_t k = static_cast<index_t>(sys.names.size());
+  CsrMatrix& A = sys.A;
+  A.rows = k;
+  A.cols = n;
+  A.dtype = DType::float64;
+  std::int64_t nnz = static_cast<std::int64_t>(margin_cols.size()) * n;  // margins are exhaustive
+  for (const TableColumn* c : cont_cols)
+    for (double v : c->numbers) nnz += (v != 0);
+  for (const auto& lc : spec.linear)
+    for (double v : lc.coefficients) nnz += (v != 0);
+  if (spec.total) nnz += n;
+  A.indptr.assign(static_cast<std::size_t>(k) + 1, 0);
+  const bool wide = A.wide_indices();
+  if (wide)
+    A.indices64.resize(static_cast<std::size_t>(nnz));
+  else
+    A.indices32.resize(static_cast<std::size_t>(nnz));
+  A.values.resize(static_cast<std::size_t>(nnz));
+  auto put = [&](std::int64_t pos, index_t i, double v) {
+    if (wide)
+      A.indices64[pos] = i;
+    else
+      A.indices32[pos] = static_cast<std::int32_t>(i);
+    A.values[pos] = v;
+  };
+
+  Buffer<std::int32_t> row_of(ctx.workspace(), static_cast<std::size_t>(n));
+  Buffer<std::int64_t> next(ctx.workspace(), static_cast<std::size_t>(std::max<index_t>(max_margin_rows, 1)));
+
+  index_t row = 0;
+  std::int64_t pos = 0;
+  for (std::size_t m = 0; m < spec.marginal.size(); ++m) {
+    const auto& [col, cats] = spec.marginal[m];
+    const TableColumn* c = margin_cols[m];
+    const index_t rows_here = static_cast<index_t>(cats.size());
+    // 1. category -> row within this margin (-1: untargeted)
+    std::unordered_map<double, std::int32_t> by_value;
+    std::unordered_map<std::string, std::int32_t> by_text;
+    for (index_t j = 0; j < rows_here; ++j) {
+      const std::string& key = cats[j].first;
+      double v;
+      if (c->numeric) {
+        if (key == "True") v = 1;
+        else if (key == "False") v = 0;
+        else if (!parse_number(key, v)) continue;  // cannot occur in a numeric column: an empty row
+        by_value.emplace(v, static_cast<std::int32_t>(j));
+      } else {
+        by_text.emplace(key, static_cast<std::int32_t>(j));
+      }
+    }
+    bool any_untargeted = false;
+#pragma omp parallel for schedule(static) reduction(|| : any_untargeted)
+    for (index_t i = 0; i < n; ++i) {
+      std::int32_t r = -1;
+      if (c->numeric) {
+        const double v = c->numbers[i];
+        if (!std::isnan(v))
+          if (auto it = by_value.find(v); it != by_value.end()) r = it->second;
+      } else {
+        const std::string& s = c->strings[i];
+        if (!s.empty())
+          if (auto it = by_text.find(s); it != by_text.end()) r = it->second;
+      }
+      row_of[i] = r;
+      any_untargeted = any_untargeted || r < 0;
+    }
+    if (any_untargeted) {
+      std::set<std::string> missing;
+      for (index_t i = 0; i < n && missing.size() < 20; ++i)
+        if (row_of[i] < 0) missing.insert(c->numeric ? render_number(c->numbers[i]) : (c->strings[i].empty() ? "nan" : c->strings[i]));
+      throw InvalidArgument("Data contains categories not in targets for '" + col + "': {" +
+                            join_limited(std::vector<std::string>(missing.begin(), missing.end())) +
+                            "}; margins must be exhaustive: add targets for them or recode the column");
+    }
+    // 2. count, exclusive scan, stable scatter in record order
+    for (index_t j = 0; j < rows_here; ++j) next[j] = 0;
+    for (index_t i = 0; i < n; ++i) ++next[row_of[i]];
+    for (index_t j = 0; j < rows_here; ++j) {
+      A.indptr[row + j] = pos;
+      const std::int64_t cnt = next[j];
+      next[j] = pos;
+      pos += cnt;
+    }
+    for (index_t i = 0; i < n; ++i) put(next[row_of[i]]++, i, 1.0);
+    row += rows_here;
+  }
+  // 3. continuous, linear and total rows compact their non-zeros
+  auto dense_row = [&](const double* v) {
+    A.indptr[row] = pos;
+    for (index_t i = 0; i < n; ++i)
+      if (v[i] != 0) put(pos++, i, v[i]);
+    ++row;
+  };
+  for (const TableColumn* c : cont_cols) dense_row(c->numbers.data());
+  for (const auto& lc : spec.linear) dense_row(lc.coefficients.data());
+  if (spec.total) {
+    A.indptr[row] = pos;
+    for (index_t i = 0; i < n; ++i) put(pos++, i, 1.0);
+    ++row;
+  }
+  A.indptr[k] = pos;
+
+  // ---- build-time warnings (§5, §3.8) -----------------------------------------------------------
+  std::vector<std::string> zero_support, low_support, negative, magnitude, zero_sum;
+  for (index_t r = 0; r < k; ++r) {
+    const std::int64_t support = A.indptr[r + 1] - A.indptr[r];
+    double e = 0;
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) e += A.values[p];
+    const double t = sys.targets[r];
+    if (support == 0)
+      zero_support.push_back(sys.names[r]);
+    else if (n > 0 && static_cast<double>(support) < 0.01 * static_cast<double>(n))
+      low_support.push_back(sys.names[r]);
+    if (t < 0) negative.push_back(sys.names[r]);
+    if (e == 0) {
+      zero_sum.push_back(sys.names[r]);
+      e = 1e-4;
+    }
+    if (t == 0 || std::log10(std::fabs(t / e)) > 1) magnitude.push_back(sys.names[r]);
+  }
+  auto warn = [&](const std::vector<std::string>& names, const std::string& what) {
+    if (names.empty()) return;
+    sys.warnings.push_back(std::to_string(names.size()) + " " + what + ": " + join_limited(names));
+    ctx.warn(sys.warnings.back());
+  };
+  warn(zero_support, "target(s) have zero support (no record with a non-zero coefficient; infeasible unless the target is 0)");
+  warn(low_support, "target(s) are supported by fewer than 1% of records");
+  warn(negative, "target(s) are negative");
+  warn(zero_sum, "column(s) have a zero estimate sum");
+  warn(magnitude, "target(s) are zero or more than an order of magnitude from their unit-weight column sum");
+  return sys;
+}
+
+std::vector<double> normalization_from_groups(const std::vector<std::string>& group_of_target) {
+  std::unordered_map<std::string, double> size;
+  for (const auto& g : group_of_target) size[g] += 1;
+  std::vector<double> nf(group_of_target.size());
+  double mean = 0;
+  for (std::size_t j = 0; j < nf.size(); ++j) mean += (nf[j] = 1.0 / size[group_of_target[j]]);
+  if (!nf.empty()) mean /= static_cast<double>(nf.size());
+  for (double& v : nf) v /= mean;
+  return nf;
+}
+
+}  // namespace otcal
