@@ -37,7 +37,13 @@ std::size_t CommonOptions::budget_bytes() const {
 Context CommonOptions::make_context() const {
   ContextOptions o;
   o.memory_budget = budget_bytes();
-  return with_flag("--device", [&] { return Context::from_string(device, o); });
+  try {
+    return with_flag("--device", [&] { return Context::from_string(device, o); });
+  } catch (const DeviceError& e) {  // e.g. cuda asked for in a CPU-only build, or no such device
+    const std::string msg = e.what();
+    throw DeviceError("--device " + device + ": " + msg +
+                      (msg.find("--device") == std::string::npos ? " (use --device auto or cpu)" : ""));
+  }
 }
 
 nlohmann::json CommonOptions::to_json() const {

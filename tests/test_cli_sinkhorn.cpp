@@ -1,0 +1,318 @@
+// `otcal sinkhorn` end to end: the real binary (OTCAL_CLI) on .npy files. A good run must write
+// potentials bitwise equal to otcal::sinkhorn called in-process on the same inputs (and close to
+// the dense float64 reference), plus a complete result.json; every bad input must fail with a
+// message naming the flag and leave nothing behind.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "io/npy.hpp"
+#include "otcal/context.hpp"
+#include "otcal/sinkhorn.hpp"
+#include "support/reference.hpp"
+
+namespace fs = std::filesystem;
+using otcal::DType;
+using otcal::index_t;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "otcal_cli_test-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string cli() {
+  const char* p = std::getenv("OTCAL_CLI");
+  return p ? p : "";
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Runs the tool with `args` (already shell-safe: test paths have no spaces), in `dir`.
+RunResult run_cli(const TempDir& dir, const std::string& args) {
+  const std::string cmd = "cd " + dir.path.string() + " && " + cli() + " " + args + " > " + dir.file("stdout.txt") +
+                          " 2> " + dir.file("stderr.txt");
+  const int status = std::system(cmd.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(dir.file("stdout.txt"));
+  r.err = slurp(dir.file("stderr.txt"));
+  fs::remove(dir.file("stdout.txt"));
+  fs::remove(dir.file("stderr.txt"));
+  return r;
+}
+
+std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
+
+void save(const TempDir& dir, const std::string& name, const std::vector<double>& v, std::vector<index_t> shape,
+          DType dt = DType::float64) {
+  otcal::io::write_npy(dir.file(name), v.data(), shape, dt);
+}
+
+std::vector<double> normalized(std::vector<double> w) {
+  double s = 0;
+  for (double v : w) s += v;
+  for (double& v : w) v /= s;
+  return w;
+}
+
+class CliSinkhorn : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cli().empty() || !fs::exists(cli())) GTEST_SKIP() << "OTCAL_CLI is not set to the otcal binary";
+    seed_ = fresh_seed();
+    clouds_ = ref::random_clouds(n_, m_, d_, seed_);
+    a_ = normalized(ref::random_weights(n_, seed_ + 1));
+    b_ = normalized(ref::random_weights(m_, seed_ + 2));
+    save(dir_, "x.npy", clouds_.x, {n_, d_});
+    save(dir_, "y.npy", clouds_.y, {m_, d_});
+    save(dir_, "a.npy", a_, {n_});
+    save(dir_, "b.npy", b_, {m_});
+  }
+  std::uint64_t seed_ = 0;
+  const index_t n_ = 37, m_ = 29, d_ = 3;  // primes: remainder tiles everywhere
+  ref::Clouds clouds_;
+  std::vector<double> a_, b_;
+  TempDir dir_;
+};
+
+TEST_F(CliSinkhorn, GoodRunMatchesInProcessSolveBitwise) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  for (DType precision : {DType::float64, DType::float32}) {
+    const std::string prec = otcal::dtype_name(precision);
+    SCOPED_TRACE(prec);
+    const std::string out = "out_" + prec;
+    const RunResult r = run_cli(dir_, "sinkhorn --x x.npy --y y.npy --a a.npy --b b.npy --out " + out +
+                                          " --cost sqeuclidean --scale-cost mean --epsilon 0.05 --threshold 1e-6"
+                                          " --batch-size 7 --device cpu --precision " + prec);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("iteration"), std::string::npos) << "progress expected on stderr: " << r.err;
+    for (const char* f : {"f.npy", "g.npy", "result.json"}) EXPECT_TRUE(fs::exists(dir_.path / out / f)) << f;
+
+    // The same solve in-process, from the same files.
+    const auto x = otcal::io::read_npy(dir_.file("x.npy"), "x");
+    const auto y = otcal::io::read_npy(dir_.file("y.npy"), "y");
+    otcal::PointCloud geom{otcal::ConstMatrix::of(x.data.data(), n_, d_), otcal::ConstMatrix::of(y.data.data(), m_, d_),
+                           {otcal::Cost::parse("sqeuclidean"), otcal::ScaleCost::parse("mean")}};
+    otcal::SinkhornOptions o;
+    o.epsilon = 0.05;
+    o.threshold = 1e-6;
+    o.precision = precision;  // batch size left to the planner: results must not depend on it
+    const otcal::SinkhornResult want = otcal::sinkhorn(otcal::Context::cpu(), geom, otcal::ConstVector::of(a_.data(), n_),
+                                                       otcal::ConstVector::of(b_.data(), m_), o);
+    const auto f = otcal::io::read_npy(dir_.file(out + "/f.npy"), "f");
+    const auto g = otcal::io::read_npy(dir_.file(out + "/g.npy"), "g");
+    EXPECT_EQ(f.dtype, precision);
+    EXPECT_EQ(g.dtype, precision);
+    ASSERT_EQ(f.shape, std::vector<index_t>{n_});
+    ASSERT_EQ(g.shape, std::vector<index_t>{m_});
+    for (index_t i = 0; i < n_; ++i) ASSERT_EQ(f.data[i], want.f[i]) << "f[" << i << "]";
+    for (index_t j = 0; j < m_; ++j) ASSERT_EQ(g.data[j], want.g[j]) << "g[" << j << "]";
+
+    const nlohmann::json j = nlohmann::json::parse(slurp(dir_.file(out + "/result.json")));
+    EXPECT_EQ(j.at("converged").get<bool>(), want.converged);
+    EXPECT_FALSE(j.at("diverged").get<bool>());
+    EXPECT_EQ(j.at("n_iters").get<index_t>(), want.n_iters);
+    EXPECT_EQ(j.at("iterations").get<index_t>(), want.n_iters);
+    EXPECT_EQ(j.at("reg_ot_cost").get<double>(), want.reg_ot_cost);
+    EXPECT_EQ(j.at("epsilon").get<double>(), want.epsilon);
+    EXPECT_EQ(j.at("scale").get<double>(), want.scale);
+    ASSERT_EQ(j.at("errors").size(), want.errors.size());
+    for (std::size_t k = 0; k < want.errors.size(); ++k) {
+      if (std::isfinite(want.errors[k])) EXPECT_EQ(j["errors"][k].get<double>(), want.errors[k]);
+      else EXPECT_TRUE(j["errors"][k].is_null()) << "non-finite error " << k << " must be null";
+    }
+    EXPECT_EQ(j.at("n").get<index_t>(), n_);
+    EXPECT_EQ(j.at("m").get<index_t>(), m_);
+    EXPECT_EQ(j.at("d").get<index_t>(), d_);
+    EXPECT_EQ(j.at("cost").get<std::string>(), "sqeuclidean");
+    EXPECT_EQ(j.at("batch_size").get<index_t>(), 7);
+    EXPECT_EQ(j.at("tile_plan").at("rows").get<index_t>(), 7);
+    EXPECT_TRUE(j.at("device").get<std::string>().rfind("cpu", 0) == 0);
+    EXPECT_TRUE(j.contains("device_selection_note"));
+    const auto& mem = j.at("memory");
+    EXPECT_GT(mem.at("peak_bytes").get<std::size_t>(), 0u);
+    EXPECT_LE(mem.at("peak_bytes").get<std::size_t>(), mem.at("planned_peak_bytes").get<std::size_t>());
+    EXPECT_LE(mem.at("planned_peak_bytes").get<std::size_t>(), mem.at("budget_bytes").get<std::size_t>());
+    EXPECT_GE(j.at("elapsed_s").get<double>(), 0.0);
+    EXPECT_TRUE(j.at("warnings").is_array());
+    EXPECT_EQ(j.at("inputs").at("x").get<std::string>(), "x.npy");
+    EXPECT_EQ(j.at("inputs").at("b").get<std::string>(), "b.npy");
+    const auto& opt = j.at("options");
+    for (const char* key : {"cost", "scale_cost", "epsilon", "relative_epsilon", "epsilon_init", "epsilon_decay", "tau_a",
+                            "tau_b", "threshold", "norm_error", "inner_iterations", "min_iterations", "max_iterations",
+                            "parallel_dual_updates", "batch_size", "precision", "memory_budget", "device", "quiet"})
+      EXPECT_TRUE(opt.contains(key)) << key;
+    EXPECT_EQ(opt.at("max_iterations").get<index_t>(), 2000);  // a default, recorded
+    EXPECT_EQ(opt.at("inner_iterations").get<index_t>(), 10);
+
+    if (precision == DType::float64) {  // and the independent dense reference agrees
+      ref::Options ro;
+      ro.epsilon = 0.05;
+      ro.scale = "mean";
+      ro.threshold = 1e-6;
+      const ref::Result rr = ref::sinkhorn(clouds_, a_, b_, "sqeuclidean", 2.0, ro);
+      ASSERT_EQ(rr.n_iters, want.n_iters);
+      for (index_t i = 0; i < n_; ++i) EXPECT_NEAR(f.data[i], rr.f[i], 1e-9 * std::max(1.0, std::fabs(rr.f[i])));
+      for (index_t jx = 0; jx < m_; ++jx) EXPECT_NEAR(g.data[jx], rr.g[jx], 1e-9 * std::max(1.0, std::fabs(rr.g[jx])));
+    }
+  }
+}
+
+TEST_F(CliSinkhorn, QuietDefaultsAndRewritingItsOwnOutput) {
+  // y defaults to x, uniform weights; --quiet silences progress; an earlier otcal output is replaced.
+  for (int round = 0; round < 2; ++round) {
+    const RunResult r = run_cli(dir_, "sinkhorn --x x.npy --out again --quiet --device cpu");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err.find("iteration"), std::string::npos) << r.err;
+  }
+  const nlohmann::json j = nlohmann::json::parse(slurp(dir_.file("again/result.json")));
+  EXPECT_EQ(j.at("m").get<index_t>(), n_);
+  EXPECT_TRUE(j.at("inputs").at("y").is_null());
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_.path)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"a.npy", "again", "b.npy", "x.npy", "y.npy"}));
+}
+
+struct BadCase {
+  std::string name;
+  std::string args;      // appended to "sinkhorn --out out --device cpu --quiet"
+  std::string names;     // stderr must contain this (the flag)
+};
+
+TEST_F(CliSinkhorn, BadInputsFailNamingTheInputAndLeaveNothing) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  // Malformed inputs, written here.
+  std::ofstream(dir_.file("text.npy")) << "1,2,3\n4,5,6\n";
+  const std::vector<std::int64_t> ints(static_cast<std::size_t>(n_ * d_), 1);
+  otcal::io::write_npy(dir_.file("int64.npy"), ints.data(), {n_, d_});
+  save(dir_, "x3d.npy", std::vector<double>(static_cast<std::size_t>(n_ * d_ * 2), 1.0), {n_, d_, 2});
+  save(dir_, "y4.npy", std::vector<double>(static_cast<std::size_t>(m_ * 4), 1.0), {m_, 4});
+  save(dir_, "a_short.npy", std::vector<double>(static_cast<std::size_t>(n_ - 1), 1.0), {n_ - 1});
+  std::vector<double> neg = a_;
+  neg[3] = -0.25;
+  save(dir_, "a_neg.npy", neg, {n_});
+  std::vector<double> xnan = clouds_.x;
+  xnan[5] = std::numeric_limits<double>::quiet_NaN();
+  save(dir_, "x_nan.npy", xnan, {n_, d_});
+  std::vector<double> yinf = clouds_.y;
+  yinf[7] = std::numeric_limits<double>::infinity();
+  save(dir_, "y_inf.npy", yinf, {m_, d_});
+  save(dir_, "b_zero.npy", std::vector<double>(static_cast<std::size_t>(m_), 0.0), {m_});
+  save(dir_, "a_2d.npy", a_, {n_, 1});
+  std::ofstream(dir_.file("existing_file")) << "keep me";
+  fs::create_directory(dir_.path / "foreign");
+  std::ofstream(dir_.file("foreign/notes.txt")) << "mine";
+
+  const std::string xy = " --x x.npy --y y.npy";
+  const std::vector<BadCase> cases = {
+      {"missing x file", " --x nope.npy --y y.npy", "--x"},
+      {"x not npy", " --x text.npy --y y.npy", "--x"},
+      {"x int64", " --x int64.npy --y y.npy", "--x"},
+      {"x 3-D", " --x x3d.npy --y y.npy", "--x"},
+      {"x and y differ in d", " --x x.npy --y y4.npy", "--y"},
+      {"a wrong length", xy + " --a a_short.npy", "--a"},
+      {"a 2-D", xy + " --a a_2d.npy", "--a"},
+      {"negative weight", xy + " --a a_neg.npy", "--a"},
+      {"NaN in x", " --x x_nan.npy --y y.npy", "--x"},
+      {"Inf in y", " --x x.npy --y y_inf.npy", "--y"},
+      {"zero-sum b", xy + " --b b_zero.npy", "--b"},
+      {"epsilon zero", xy + " --epsilon=0", "--epsilon"},
+      {"epsilon negative", xy + " --epsilon=-0.5", "--epsilon"},
+      {"tau_a above 1", xy + " --tau-a 1.5", "--tau-a"},
+      {"tau_b zero", xy + " --tau-b 0", "--tau-b"},
+      {"epsilon decay above 1", xy + " --epsilon-decay 1.5", "--epsilon-decay"},
+      {"unknown cost", xy + " --cost manhattan", "--cost"},
+      {"pnorm below 1", xy + " --cost pnorm:0.5", "--cost"},
+      {"unknown scale", xy + " --scale-cost huge", "--scale-cost"},
+      {"max_norm with euclidean", xy + " --cost euclidean --scale-cost max_norm", "--scale-cost"},
+      {"fixed length not multiple", xy + " --min-iterations 25 --max-iterations 25", "--inner-iterations"},
+      {"min above max", xy + " --min-iterations 30 --max-iterations 20", "--min-iterations"},
+      {"bad budget text", xy + " --memory-budget lots", "--memory-budget"},
+      {"budget below minimum", xy + " --memory-budget 1KiB", "--memory-budget"},
+      {"batch size 0", xy + " --batch-size 0", "--batch-size"},
+      {"unknown device", xy + " --device tpu", "--device"},
+      {"unknown precision", xy + " --precision float16", "--precision"},
+      {"unknown relative epsilon", xy + " --relative-epsilon median", "--relative-epsilon"},
+      {"missing --x flag", " --y y.npy", "--x"},
+  };
+  ASSERT_GE(cases.size(), 12u);
+  auto leftovers = [&](const std::string& out) {
+    std::vector<std::string> extra;
+    for (const auto& e : fs::directory_iterator(dir_.path)) {
+      const std::string nm = e.path().filename().string();
+      if (nm.rfind(out, 0) == 0) extra.push_back(nm);  // out, out.tmp-XXXXXX, out.old-XXXXXX
+    }
+    return extra;
+  };
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    // --device is given once: the unknown-device case overrides it.
+    const std::string device = c.args.find("--device") == std::string::npos ? " --device cpu" : "";
+    const RunResult r = run_cli(dir_, "sinkhorn --out out --quiet" + device + c.args);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(c.names), std::string::npos) << "stderr: " << r.err;
+    EXPECT_TRUE(r.err.find("error") != std::string::npos || r.err.find("required") != std::string::npos) << r.err;
+    EXPECT_TRUE(leftovers("out").empty()) << "left behind: " << leftovers("out").front();
+  }
+
+  // --out that is a file, or somebody else's folder: refused, untouched, nothing beside it.
+  for (const std::string& out : {std::string("existing_file"), std::string("foreign")}) {
+    SCOPED_TRACE(out);
+    const RunResult r = run_cli(dir_, "sinkhorn --x x.npy --y y.npy --device cpu --quiet --out " + out);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("--out"), std::string::npos) << r.err;
+    EXPECT_EQ(leftovers(out), std::vector<std::string>{out});
+  }
+  EXPECT_EQ(slurp(dir_.file("existing_file")), "keep me");
+  EXPECT_EQ(slurp(dir_.file("foreign/notes.txt")), "mine");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_.path / "foreign"), fs::directory_iterator{}), 1);
+}
+
+TEST_F(CliSinkhorn, InfoAndHelpWork) {
+  RunResult r = run_cli(dir_, "info --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* key : {"version", "built_with_cuda", "devices", "openmp_threads", "host_memory_bytes"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_GT(j.at("host_memory_bytes").get<std::size_t>(), 0u);
+  r = run_cli(dir_, "info");
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("OpenMP threads"), std::string::npos);
+  r = run_cli(dir_, "sinkhorn --help");
+  ASSERT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--x", "--y", "--a", "--b", "--out", "--cost", "--scale-cost", "--epsilon", "--relative-epsilon",
+                           "--epsilon-init", "--epsilon-decay", "--tau-a", "--tau-b", "--threshold", "--norm-error",
+                           "--inner-iterations", "--min-iterations", "--max-iterations", "--parallel-dual-updates",
+                           "--batch-size", "--memory-budget", "--device", "--precision", "--quiet"})
+    EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+}
+
+}  // namespace
