@@ -454,7 +454,8 @@ TEST(SparsifyMinRow, PeakedPlanStructure) {
   cp->c.n = cp->c.m = n;
   cp->c.d = 1;
   cp->c.x.resize(n);
-  for (auto& v : cp->c.x) v = U(rng);
+  std::uniform_real_distribution<double> jitter(-0.01, 0.01);
+  for (std::int64_t i = 0; i < n; ++i) cp->c.x[i] = 0.1 * static_cast<double>(i) + jitter(rng);  // spacing ~0.1
   cp->c.y = cp->c.x;
   std::shuffle(cp->c.y.begin(), cp->c.y.end(), rng);
   cp->r.f.assign(n, 0.0);
