@@ -2,6 +2,7 @@
 #include "io/output.hpp"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,12 +38,20 @@ void check_parent(const fs::path& p, const std::string& what) {
                           "' does not exist. Create it first (mkdir -p)");
 }
 
+// mkdtemp/mkstemp create 0700/0600; give outputs the permissions a plain mkdir/creat would.
+void apply_umask(const fs::path& p, ::mode_t base) {
+  const ::mode_t mask = ::umask(0);
+  ::umask(mask);
+  ::chmod(p.c_str(), base & ~mask);
+}
+
 // mkdtemp/mkstemp-style unique sibling: "<base>.<tag>-XXXXXX".
 fs::path make_temp_dir(const fs::path& base, const char* tag, const std::string& what) {
   std::string pattern = base.string() + "." + tag + "-XXXXXX";
   if (::mkdtemp(pattern.data()) == nullptr)
     throw InvalidArgument(what + " '" + base.string() + "': cannot create a temporary folder beside it (" +
                           std::strerror(errno) + "). Check that its folder is writable");
+  apply_umask(pattern, 0777);
   return fs::path(pattern);
 }
 
@@ -128,6 +137,7 @@ AtomicFile::AtomicFile(fs::path file, std::string what) : final_(std::move(file)
                           std::strerror(errno) + "). Check that its folder is writable");
   ::close(fd);
   temp_ = pattern;
+  apply_umask(temp_, 0666);
 }
 
 AtomicFile::~AtomicFile() {
