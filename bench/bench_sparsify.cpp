@@ -1,0 +1,114 @@
+// otcal-bench-sparsify: block-wise sparsification of the implicit transport plan of a fixed-length
+// Sinkhorn solve on seeded Gaussian clouds, one configuration per process; prints one
+// `OTCAL_BENCH {json}` line (host-layer.md §7).
+//
+// The solve is done once, untimed; the timed region is sparsify() alone, and its allocator peak is
+// measured in its own statistics scope so the solve's peak does not mix in.
+#include "common.hpp"
+#include "otcal/errors.hpp"
+#include "otcal/sparsify.hpp"
+
+int main(int argc, char** argv) {
+  using namespace otcal;
+  CLI::App app{"otcal-bench-sparsify: time and peak memory of the block-wise plan sparsifier"};
+  app.name("otcal-bench-sparsify");
+  bench::CommonOptions common;
+  index_t n = 10000, m = 0, d = 3, iterations = 20, max_k = 50;
+  double epsilon = 0.5, value = 0.95;
+  std::string mode = "mass";
+  bench::add_common_options(app, common);
+  app.add_option("--n", n, "points in x")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--m", m, "points in y (default: n)")->check(CLI::NonNegativeNumber);
+  app.add_option("--d", d, "dimension")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--iterations", iterations, "Sinkhorn iterations of the (untimed) solve")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--epsilon", epsilon, "absolute epsilon (cost scale 1)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--mode", mode, "threshold, percentile, min_row or mass")->capture_default_str();
+  app.add_option("--value", value, "the mode's value (mass fraction, threshold, percentile)")->capture_default_str();
+  app.add_option("--max-k", max_k, "mass mode: most entries kept per row")->check(CLI::PositiveNumber)->capture_default_str();
+
+  return bench::guarded_main(app, argc, argv, [&]() -> int {
+    if (m == 0) m = n;
+    std::vector<std::string> warnings;
+    const DType precision = bench::parse_precision(common.precision);
+    Context ctx = bench::make_context(common, warnings);
+    bench::DeviceMemorySampler sampler(ctx);
+
+    std::vector<double> x64, y64;
+    std::vector<float> x32, y32;
+    PointCloud geom;
+    if (precision == DType::float64) {
+      x64 = bench::gaussian_cloud<double>(n, d, common.seed, 0.0);
+      y64 = bench::gaussian_cloud<double>(m, d, common.seed + 1, 0.5);
+      geom.x = ConstMatrix::of(x64.data(), n, d);
+      geom.y = ConstMatrix::of(y64.data(), m, d);
+    } else {
+      x32 = bench::gaussian_cloud<float>(n, d, common.seed, 0.0);
+      y32 = bench::gaussian_cloud<float>(m, d, common.seed + 1, 0.5);
+      geom.x = ConstMatrix::of(x32.data(), n, d);
+      geom.y = ConstMatrix::of(y32.data(), m, d);
+    }
+    geom.options.scale = ScaleCost{ScaleCost::Kind::value, 1.0};
+
+    SinkhornOptions so;
+    so.epsilon = epsilon;
+    so.min_iterations = so.max_iterations = so.inner_iterations = iterations;
+    so.threshold = 0;
+    so.precision = precision;
+    const SinkhornResult solved = sinkhorn(ctx, geom, {}, {}, so);
+
+    SparsifyOptions sp;
+    sp.mode = parse_sparsify_mode(mode);
+    sp.value = value;
+    sp.batch_size = common.batch_size;
+    if (sp.mode == SparsifyMode::mass) sp.max_k = max_k;
+
+    StatisticsAdaptor& stats = ctx.statistics();
+    stats.push_scope();
+    SparsifyResult last;
+    bench::Timing t;
+    try {
+      t = bench::time_repeats(common.warmup, common.repeats, [&] {
+        last = sparsify(ctx, geom, solved, sp);
+        ctx.synchronize();
+      });
+    } catch (...) {
+      stats.pop_scope();
+      throw;
+    }
+    const StatisticsAdaptor::Counter scoped = stats.pop_scope();
+    const auto delta = sampler.stop();
+
+    const auto nnz = static_cast<std::size_t>(last.csr.nnz());
+    const double entries = static_cast<double>(n) * static_cast<double>(m);
+    bench::Record r;
+    r.bench = "sparsify";
+    r.n = n;
+    r.m = m;
+    r.d = d;
+    if (sp.mode == SparsifyMode::mass) r.k = max_k;
+    r.batch_size = common.batch_size.value_or(0);
+    r.tile_rows = last.batch_size;
+    r.iterations = 1;
+    r.timing = t;
+    r.work_per_run = entries;
+    r.throughput_unit = "plan entries/s";
+    r.alloc_peak_bytes = static_cast<std::size_t>(scoped.peak);
+    r.workspace_peak_bytes = last.memory.peak_bytes;
+    r.output_bytes = (static_cast<std::size_t>(n) + 1) * 8 + nnz * (last.csr.wide_indices() ? 8 : 4) +
+                     nnz * dtype_size(precision);
+    r.planned_peak_bytes = last.memory.planned_peak_bytes;
+    r.device_delta_bytes = delta;
+    r.dense_equivalent_bytes = static_cast<std::size_t>(entries) * dtype_size(precision);
+    r.extra["mode"] = mode;
+    r.extra["value"] = value;
+    r.extra["nnz"] = nnz;
+    r.extra["nnz_per_s"] = t.median_s > 0 ? static_cast<double>(nnz) / t.median_s : 0.0;
+    r.extra["solve_iterations"] = solved.n_iters;
+    r.extra["solve_planned_peak_bytes"] = solved.memory.planned_peak_bytes;
+    r.extra["n_tiles"] = last.plan.n_tiles;
+    bench::print_record(bench::to_json(r, common, ctx, warnings));
+    return 0;
+  });
+}
