@@ -44,6 +44,7 @@ constexpr index_t kMaxParts = 64;
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksMax = 256;  // fixed-shape scalar reductions: partials merged on the host
 constexpr int kElementThreads = 256;
+constexpr index_t kMaxGridX = (index_t{1} << 31) - 1;
 
 // The fixed cut of the other cloud into parts of whole chunks; depends on m only.
 struct PartGeometry {
@@ -503,7 +504,7 @@ class CudaBackend final : public Backend<T> {
     CostMoments out;
     if (rows.n == 0) return out;
     dispatch_cost(cost.kind, [&](auto tag) {
-      cost_moments_kernel<decltype(tag)::value, T><<<grid_for(rows.n, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock,
+      cost_moments_kernel<decltype(tag)::value, T><<<grid_for(rows.n, kRowsPerBlock, kMaxGridX), kRowsPerBlock,
                                                      0, stream()>>>(rows, cols, static_cast<T>(cost.p), partials);
     });
     OTCAL_CUDA_CHECK_LAUNCH("cost_moments_kernel");
@@ -566,10 +567,10 @@ class CudaBackend final : public Backend<T> {
     for (index_t t0 = 0; t0 < n; t0 += tile) {
       L.row0 = t0;
       L.row_count = std::min(tile, n - t0);
-      const dim3 grid(grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), static_cast<unsigned>(L.geo.parts));
+      const dim3 grid(grid_for(L.row_count, kRowsPerBlock, kMaxGridX), static_cast<unsigned>(L.geo.parts));
       row_lse_kernel<K, T><<<grid, kRowsPerBlock, 0, stream()>>>(L);
       OTCAL_CUDA_CHECK_LAUNCH("row_lse_kernel (split)");
-      lse_merge_kernel<T><<<grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock, 0, stream()>>>(
+      lse_merge_kernel<T><<<grid_for(L.row_count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(
           a.state, tile, L.geo.parts, t0, L.row_count, a.out);
       OTCAL_CUDA_CHECK_LAUNCH("lse_merge_kernel");
     }
@@ -585,7 +586,7 @@ class CudaBackend final : public Backend<T> {
     for (index_t t0 = 0; t0 < n; t0 += tile) {
       L.row0 = t0;
       L.row_count = std::min(tile, n - t0);
-      row_apply_kernel<K, T><<<grid_for(L.row_count, kRowsPerBlock, index_t{1} << 31), kRowsPerBlock, 0, stream()>>>(L);
+      row_apply_kernel<K, T><<<grid_for(L.row_count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(L);
       OTCAL_CUDA_CHECK_LAUNCH("row_apply_kernel");
     }
   }
