@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <limits>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -101,15 +102,15 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   }
   const index_t ka = static_cast<index_t>(active_rows.size());
 
-  // Workspace: d, u, g, F', v (5 n) + transpose apply out (n) + T (ka²) + accumulator (4 k).
+  // Workspace: d, u, g, F', v, best g (6 n) + transpose apply out (n) + T (ka²) + accumulator (4 k).
   ByteModel model{"calibrate_exact",
-                  6 * align_up(static_cast<std::size_t>(n) * 8) +
+                  7 * align_up(static_cast<std::size_t>(n) * 8) +
                       align_up(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka) * 8) +
                       calib::RowAccumulator::bytes(k),
                   0, 1, 1};
   if (model.fixed_bytes + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())
     throw BudgetTooSmall("calibrate_exact needs at least " + format_bytes(model.fixed_bytes + planner_headroom(ctx.memory_budget())) +
-                             " (6 float64 per record + the " + std::to_string(ka) + "² Newton matrix); budget is " +
+                             " (7 float64 per record + the " + std::to_string(ka) + "² Newton matrix); budget is " +
                              format_bytes(ctx.memory_budget()),
                          model.fixed_bytes);
   res.plan.rows = n;
@@ -118,7 +119,14 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
 
   MemoryResource& mr = ctx.workspace();
   const CsrMatrix At = transpose(A);
-  Buffer<double> d(mr, n), u(mr, n), g(mr, n), dF(mr, n), v(mr, n), tmp(mr, n);
+  Buffer<double> d(mr, n), u(mr, n), g(mr, n), dF(mr, n), v(mr, n), tmp(mr, n), best_g(mr, n);
+  double best_ratio = INFINITY;  // the best iterate is what force returns on failure
+  auto keep_if_best = [&](double r) {
+    if (r < best_ratio) {
+      best_ratio = r;
+      for (index_t i = 0; i < n; ++i) best_g[i] = g[i];
+    }
+  };
   Buffer<double> T(mr, static_cast<std::size_t>(ka * ka));
   calib::RowAccumulator acc(mr, A);
   std::vector<double> S(static_cast<std::size_t>(k)), eta(static_cast<std::size_t>(k), 0.0);
@@ -150,8 +158,11 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   };
   auto ratio_of = [&](const Eigen::VectorXd& misfit) {
     double worst = 0;
-    for (index_t a = 0; a < ka; ++a)
-      worst = std::max(worst, std::fabs(misfit[a]) / (1 + std::fabs(sys.targets[active_rows[a]])));
+    for (index_t a = 0; a < ka; ++a) {
+      const double r = std::fabs(misfit[a]) / (1 + std::fabs(sys.targets[active_rows[a]]));
+      if (!std::isfinite(r)) return std::numeric_limits<double>::infinity();  // NaN never reads as converged
+      worst = std::max(worst, r);
+    }
     return worst;
   };
   auto build_T = [&]() {
@@ -203,6 +214,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       build_T();
       misfit_at_g(misfit);
       Eigen::VectorXd delta = pinv_solve(Tm, misfit);
+      keep_if_best(ratio_of(misfit));
       for (index_t a = 0; a < ka; ++a) eta[active_rows[a]] += delta[a];
       bool finite = recompute();
       while (iter < o.max_iterations && !finite) {  // step halving on non-finite g or F'
@@ -213,7 +225,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       }
       misfit_at_g(misfit);
       ratio = ratio_of(misfit);
-      if (!std::isfinite(ratio)) ratio = INFINITY;
+      keep_if_best(ratio);
       res.history.push_back({iter, "newton", ratio, {}});
       if (ratio < o.epsilon) break;
       ++iter;
@@ -229,6 +241,11 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
 
   res.g.resize(static_cast<std::size_t>(n));
   res.weights.resize(static_cast<std::size_t>(n));
+  if (failed && best_ratio < ratio) {
+    ratio = best_ratio;
+    for (index_t i = 0; i < n; ++i) g[i] = best_g[i];
+    res.max_ratio = ratio;
+  }
   for (index_t i = 0; i < n; ++i) {
     res.g[i] = g[i] * prescale;
     res.weights[i] = sys.design_weights[i] * res.g[i];
@@ -237,6 +254,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     // Name the constraints with the largest ratios.
     std::vector<index_t> order(static_cast<std::size_t>(ka));
     std::iota(order.begin(), order.end(), 0);
+    misfit_at_g(misfit);  // at the returned iterate
     std::vector<double> rat(static_cast<std::size_t>(ka));
     for (index_t a = 0; a < ka; ++a) rat[a] = std::fabs(misfit[a]) / (1 + std::fabs(sys.targets[active_rows[a]]));
     std::sort(order.begin(), order.end(), [&](index_t x, index_t y) { return rat[x] > rat[y]; });
