@@ -1,0 +1,113 @@
+#pragma once
+// Sparsify flags shared by `otcal sparsify` and `otcal solve`: parsing into SparsifyOptions, the
+// context sparsify runs on, writing the SciPy .npz, and the JSON summary.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "cli/common.hpp"
+#include "io/npz.hpp"
+#include "io/output.hpp"
+#include "otcal/sparsify.hpp"
+
+namespace otcal::cli {
+
+struct SparsifyArgs {
+  std::string mode;
+  std::optional<double> value;
+  std::optional<index_t> max_k, n_samples, batch_size;
+  std::uint64_t seed = 0;
+  bool exact = false;
+
+  // `batch_flag` lets `otcal solve` keep --batch-size for the solve.
+  void add_to(CLI::App& sub, const std::string& batch_flag = "--batch-size") {
+    sub.add_option("--mode", mode, "threshold, percentile, min_row or mass")->required();
+    sub.add_option("--value", value,
+                   "threshold: the cut; percentile: in [0, 100]; mass: the row-mass fraction in (0, 1]; min_row: unused");
+    sub.add_option("--max-k", max_k, "mass: at most K entries per row");
+    sub.add_option("--n-samples", n_samples, "percentile (sampled): rows sampled for the statistic (default 1024)");
+    sub.add_option("--seed", seed, "percentile (sampled): seed of the row sample")->capture_default_str();
+    sub.add_flag("--exact", exact, "percentile: the exact global percentile of all entries (no row sampling)");
+    sub.add_option(batch_flag, batch_size,
+                   "Plan rows per block (memory only; default: planned from --memory-budget)");
+  }
+
+  SparsifyOptions options(const std::string& batch_flag = "--batch-size") const {
+    SparsifyOptions o;
+    o.mode = with_flag("--mode", [&] { return parse_sparsify_mode(mode); });
+    o.value = value;
+    o.max_k = max_k;
+    o.n_samples = n_samples;
+    o.seed = seed;
+    o.batch_size = batch_size;
+    if (batch_size && *batch_size < 1)
+      throw InvalidArgument(batch_flag + " " + std::to_string(*batch_size) +
+                            " must be a positive number of rows (omit it to plan from --memory-budget)");
+    if (exact) {
+      if (o.mode != SparsifyMode::percentile) throw InvalidArgument("--exact is only supported with --mode percentile");
+      if (n_samples) throw InvalidArgument("--n-samples and --exact exclude each other: the exact percentile uses every row");
+      o.percentile_method = PercentileMethod::exact;
+    }
+    return o;
+  }
+};
+
+// Library option names -> flags, for messages raised by validation inside sparsify().
+inline std::string sparsify_flagify(const std::string& message) {
+  return flagify(message, {{"mode='", "--mode '"}, {"max_k", "--max-k"}, {"n_samples", "--n-samples"},
+                           {"batch_size", "--batch-size"}, {"value", "--value"}});
+}
+
+// sparsify() with validation errors rewritten to flag names.
+template <class F>
+SparsifyResult run_sparsify(F&& f) {
+  try {
+    return f();
+  } catch (const BudgetTooSmall&) {
+    throw;
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(sparsify_flagify(e.what()));
+  }
+}
+
+// The sparsifier has only a CPU implementation: with --device auto it runs on the CPU (with the
+// same budget) when auto picked a GPU; an explicit cuda device is an error from sparsify().
+inline Context sparsify_context(const CommonOptions& common, const Context& chosen) {
+  if (chosen.kind() == DeviceKind::cuda && common.device == "auto") {
+    ContextOptions o;
+    o.memory_budget = common.budget_bytes();
+    return Context::cpu(o);
+  }
+  return chosen;
+}
+
+inline void write_plan_npz(const std::string& path, const CsrMatrix& csr) { io::write_npz_csr(path, csr); }
+
+inline nlohmann::json sparsify_summary(const SparsifyResult& r, const SparsifyOptions& o, const Context& ctx) {
+  nlohmann::json j;
+  j["mode"] = sparsify_mode_name(o.mode);
+  j["value"] = o.value ? nlohmann::json(*o.value) : nlohmann::json(nullptr);
+  j["percentile_method"] = o.percentile_method == PercentileMethod::exact ? "exact" : "sampled";
+  j["max_k"] = o.max_k ? nlohmann::json(*o.max_k) : nlohmann::json(nullptr);
+  j["shape"] = {r.csr.rows, r.csr.cols};
+  j["nnz"] = r.csr.nnz();
+  j["n_massless_rows"] = r.n_massless_rows;
+  j["rows_left_empty"] = r.n_massless_rows;
+  j["threshold"] = std::isnan(r.threshold) ? nlohmann::json(nullptr)
+                   : std::isinf(r.threshold) ? nlohmann::json("inf")
+                                             : nlohmann::json(r.threshold);
+  j["dtype"] = dtype_name(r.csr.dtype);
+  j["cost"] = finite_or_null(r.cost);
+  j["converged"] = r.converged;
+  j["batch_size"] = r.batch_size;
+  j["tile_plan"] = to_json(r.plan);
+  j["memory"] = to_json(r.memory);
+  j["peak_memory_bytes"] = r.memory.peak_bytes;
+  j["device"] = ctx.device_name();
+  j["elapsed_s"] = r.elapsed_s;
+  j["warnings"] = r.warnings;
+  return j;
+}
+
+}  // namespace otcal::cli
