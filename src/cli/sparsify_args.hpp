@@ -55,7 +55,7 @@ struct SparsifyArgs {
 
 // Library option names -> flags, for messages raised by validation inside sparsify().
 inline std::string sparsify_flagify(const std::string& message) {
-  return flagify(message, {{"mode='", "--mode '"}, {"max_k", "--max-k"}, {"n_samples", "--n-samples"},
+  return flagify(message, {{"max_k", "--max-k"}, {"n_samples", "--n-samples"},
                            {"batch_size", "--batch-size"}, {"value", "--value"}});
 }
 
