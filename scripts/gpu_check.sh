@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# GPU check, run on a machine with an NVIDIA GPU (the lent H100/H200 machines, which have the CUDA
+# toolkit, CMake and a compiler but perhaps not the header-only packages: run
+# scripts/gather_deps.sh here first and carry .deps/ along).
+#
+#   scripts/gpu_check.sh [stage...]      stages: build gpu-tests sanitize bench   (default: all)
+#
+# 1. build       CUDA build (sm_$CUDA_ARCHS, default 90) in $BUILD_DIR against .deps/.
+# 2. gpu-tests   ctest -L gpu.
+# 3. sanitize    compute-sanitizer memcheck and racecheck on the gpu_* test binaries, restricted
+#                by a gtest filter ($SANITIZE_FILTER) because sanitized kernels run 10-100x slower.
+# 4. bench       bench/run_sweeps.py --device cuda (gpu profile: peak/time vs batch and n, Sinkhorn
+#                at n = m = 1e5 and 1e6 for d = 3 and 64, sparsify at 1e5, calibration at
+#                1.5M records x 4k targets), plus the CPU speed check against dense numpy; writes
+#                one results file bench/results/gpu-check-<device>-<date>.json (device, commit, date).
+# Logs go to $LOG_DIR (default $OUT when set, the device machine's returned folder, else
+# $BUILD_DIR/gpu-check-logs). Exit status: non-zero when any stage failed (all stages still run).
+#
+# Environment: BUILD_DIR (build-gpu), CUDA_ARCHS (90), JOBS (nproc), DEPS_DIR (.deps),
+#   SWEEPS (comma list: batch,n_peak,n_time,large,sparsify,calibrate; default all),
+#   SANITIZE_FILTER ('CudaVsCpu/*.ValidityFlags:CudaVsCpu/*.UploadNorms*'), OTT_PATH (OTT-JAX checkout,
+#   optional), PYTHON (/usr/bin/python3 when it has numpy, else python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+CUDA_ARCHS=${CUDA_ARCHS:-90}
+JOBS=${JOBS:-$(nproc)}
+DEPS_DIR=${DEPS_DIR:-$root/.deps}
+SANITIZE_FILTER=${SANITIZE_FILTER:-'CudaVsCpu/*.ValidityFlags:CudaVsCpu/*.UploadNorms*'}
+LOG_DIR=${LOG_DIR:-${OUT:-$BUILD_DIR/gpu-check-logs}}
+mkdir -p "$LOG_DIR"
+if [ -z "${PYTHON:-}" ]; then
+  if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
+export PATH="/usr/local/cuda/bin:$PATH"
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build gpu-tests sanitize bench)
+failed=()
+want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+step() {  # name command...: runs, logs, records failure, never aborts the script
+  local name=$1; shift
+  echo "== $name: $*"
+  if "$@" >"$LOG_DIR/$name.log" 2>&1; then echo "   ok ($LOG_DIR/$name.log)"
+  else echo "   FAILED (rc $?); tail of $LOG_DIR/$name.log:"; tail -n 30 "$LOG_DIR/$name.log"; failed+=("$name"); fi
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >"$LOG_DIR/nvidia-smi.csv" 2>&1 || true
+cat "$LOG_DIR/nvidia-smi.csv"
+
+if want build; then
+  deps_args=()
+  if [ -d "$DEPS_DIR" ]; then
+    deps_args=(-DOTCAL_DEPS_DIR="$DEPS_DIR" -DOTCAL_GTEST_SOURCE_DIR="$DEPS_DIR/googletest")
+  else
+    echo "gpu_check: no $DEPS_DIR; using the system's packages (run scripts/gather_deps.sh where they exist)"
+  fi
+  step configure cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DOTCAL_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DOTCAL_NATIVE=ON "${deps_args[@]}"
+  step build cmake --build "$BUILD_DIR" -j "$JOBS"
+  "$BUILD_DIR/otcal" info >"$LOG_DIR/otcal-info.txt" 2>&1 && cat "$LOG_DIR/otcal-info.txt"
+fi
+
+if want gpu-tests; then
+  step ctest-gpu ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure --timeout 1200
+fi
+
+if want sanitize; then
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for bin in "$BUILD_DIR"/tests/gpu_*; do
+      [ -x "$bin" ] || continue
+      name=$(basename "$bin")
+      for tool in memcheck racecheck; do
+        step "sanitize-$tool-$name" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+          "$bin" --gtest_filter="$SANITIZE_FILTER"
+      done
+    done
+  else
+    echo "gpu_check: compute-sanitizer not found; sanitize stage skipped"; failed+=(sanitize-missing)
+  fi
+fi
+
+if want bench; then
+  sweep_args=(--build "$BUILD_DIR" --device cuda --name gpu-check --dense-numpy --timeout 1800)
+  [ -n "${OTT_PATH:-}" ] && sweep_args+=(--ott "$OTT_PATH")
+  [ -n "${SWEEPS:-}" ] && sweep_args+=(--sweeps "$SWEEPS")
+  step bench "$PYTHON" bench/run_sweeps.py "${sweep_args[@]}"
+  tail -n 12 "$LOG_DIR/bench.log"
+  # Keep a copy of the results next to the logs (the device machine's $OUT comes back).
+  cp bench/results/gpu-check-*.json "$LOG_DIR/" 2>/dev/null || true
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "gpu_check: FAILED stages: ${failed[*]}"
+  exit 1
+fi
+echo "gpu_check: all stages passed"
