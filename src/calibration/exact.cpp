@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdio>
 #include <limits>
 #include <cmath>
 #include <numeric>
@@ -18,6 +19,12 @@ namespace otcal {
 
 namespace {
 
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
 struct Distance {
   CalFun calfun;
   double L, U;
@@ -27,7 +34,7 @@ struct Distance {
     if (f == CalFun::logit) {
       if (!std::isfinite(L) || !std::isfinite(U) || !(L < 1 && 1 < U))
         throw InvalidArgument("Logit calibration requires finite bounds lower < 1 < upper (got " +
-                              std::to_string(L) + ", " + std::to_string(U) + ")");
+                              fmt(L) + ", " + fmt(U) + ")");
       logit_a = (U - L) / ((U - 1) * (1 - L));
     }
   }
@@ -78,8 +85,8 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     throw InvalidArgument("calibrate: design_weights has " + std::to_string(sys.design_weights.size()) +
                           " values, expected one per record (" + std::to_string(n) + ")");
   if (!(o.lower <= 1 && 1 <= o.upper))
-    throw InvalidArgument("calibrate: bounds on g must satisfy lower <= 1 <= upper (got " + std::to_string(o.lower) +
-                          ", " + std::to_string(o.upper) + ")");
+    throw InvalidArgument("calibrate: bounds on g must satisfy lower <= 1 <= upper (got " + fmt(o.lower) +
+                          ", " + fmt(o.upper) + ")");
   if (o.max_iterations < 1) throw InvalidArgument("calibrate: max_iterations must be >= 1");
   if (!(o.epsilon > 0)) throw InvalidArgument("calibrate: epsilon must be > 0");
   if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n)
@@ -93,7 +100,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     if (A.indptr[r + 1] == A.indptr[r]) {
       if (sys.targets[r] != 0)
         throw InvalidArgument("Constraint '" + sys.names[r] + "' has no record with a non-zero coefficient but target " +
-                              std::to_string(sys.targets[r]) + "; it cannot be met: drop it or fix the data");
+                              fmt(sys.targets[r]) + "; it cannot be met: drop it or fix the data");
       res.dropped_constraints.push_back(sys.names[r]);
       continue;
     }
@@ -189,7 +196,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       for (index_t i = 0; i < n; ++i) d[i] *= prescale;
       if (std::isfinite(o.lower) || std::isfinite(o.upper))
         ctx.warn("calibrate: targets are more than 20 times the design totals; design weights were rescaled by " +
-                 std::to_string(prescale) + " and the bounds apply after the rescaling");
+                 fmt(prescale) + " and the bounds apply after the rescaling");
     }
   }
 
@@ -261,10 +268,10 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     std::string worst;
     for (std::size_t j = 0; j < order.size() && j < 5; ++j) {
       res.worst_targets.push_back(sys.names[active_rows[order[j]]]);
-      worst += (j ? ", " : "") + sys.names[active_rows[order[j]]] + " (" + std::to_string(rat[order[j]]) + ")";
+      worst += (j ? ", " : "") + sys.names[active_rows[order[j]]] + " (" + fmt(rat[order[j]]) + ")";
     }
-    const std::string msg = "Calibration failed: eps=" + std::to_string(ratio) + " in " + std::to_string(iter) +
-                            " iterations (epsilon " + std::to_string(o.epsilon) + "); worst targets: " + worst +
+    const std::string msg = "Calibration failed: eps=" + fmt(ratio) + " in " + std::to_string(iter) +
+                            " iterations (epsilon " + fmt(o.epsilon) + "); worst targets: " + worst +
                             ". Check that the targets are consistent (margins summing to the same total) and "
                             "the bounds feasible, or pass force to keep the best weights";
     if (!o.force) throw CalibrationFailed(msg);

@@ -1,0 +1,268 @@
+// `otcal calibrate`: reweight the records of a CSV so weighted totals meet the targets of a JSON
+// spec (spec/calibration.md), writing weights.npy, weights.csv and report.json into --out
+// atomically (all of it or nothing).
+//
+// SPEC.json: {"total": N?, "marginal": {"col": {"cat": target, ...}, ...},
+//             "continuous": {"col": total, ...},
+//             "linear": [{"name": ..., "column": "col" | "coefficients": "file.npy", "target": t}, ...]}
+// Relative .npy paths are resolved against the spec file's folder.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli/command.hpp"
+#include "cli/common.hpp"
+#include "io/csv.hpp"
+#include "io/npy.hpp"
+#include "io/output.hpp"
+#include "otcal/calibration.hpp"
+
+namespace otcal::cli {
+namespace {
+
+struct CalibrateArgs {
+  std::string data, spec, out;
+  std::string weights_column = "weight";
+  std::string method = "linear";
+  double lower = -INFINITY, upper = INFINITY;
+  double epsilon = 1e-7;
+  int max_iterations = 50;
+  bool force = false;
+  int epochs = 32;
+  double learning_rate = 1e-3, dropout = 0.0, noise_level = 10.0;
+  std::uint64_t seed = 42;
+  std::optional<index_t> batch_size;
+  std::optional<double> l0_lambda;
+  CommonOptions common;
+};
+
+using ojson = nlohmann::ordered_json;
+
+double json_number(const ojson& v, const std::string& where, const std::string& spec_path) {
+  if (!v.is_number())
+    throw InvalidArgument("--spec '" + spec_path + "': " + where + " must be a number, got " + v.dump());
+  return v.get<double>();
+}
+
+ConstraintSpec read_spec(const std::string& path, const RecordTable& table, const std::string& weights_column) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InvalidArgument("--spec: cannot open '" + path + "' for reading");
+  ojson j;
+  try {
+    j = ojson::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument("--spec '" + path + "' is not valid JSON: " + std::string(e.what()));
+  }
+  if (!j.is_object()) throw InvalidArgument("--spec '" + path + "': the top level must be a JSON object");
+  ConstraintSpec spec;
+  spec.weight_column = weights_column;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "total") {
+      spec.total = json_number(it.value(), "\"total\"", path);
+    } else if (key == "marginal") {
+      if (!it.value().is_object()) throw InvalidArgument("--spec '" + path + "': \"marginal\" must be an object {column: {category: target}}");
+      for (auto c = it.value().begin(); c != it.value().end(); ++c) {
+        if (!c.value().is_object())
+          throw InvalidArgument("--spec '" + path + "': marginal \"" + c.key() + "\" must be an object {category: target}");
+        std::vector<std::pair<std::string, double>> cats;
+        for (auto k = c.value().begin(); k != c.value().end(); ++k)
+          cats.emplace_back(k.key(), json_number(k.value(), "marginal." + c.key() + "." + k.key(), path));
+        spec.marginal.emplace_back(c.key(), std::move(cats));
+      }
+    } else if (key == "continuous") {
+      if (!it.value().is_object()) throw InvalidArgument("--spec '" + path + "': \"continuous\" must be an object {column: total}");
+      for (auto c = it.value().begin(); c != it.value().end(); ++c)
+        spec.continuous.emplace_back(c.key(), json_number(c.value(), "continuous." + c.key(), path));
+    } else if (key == "linear") {
+      if (!it.value().is_array()) throw InvalidArgument("--spec '" + path + "': \"linear\" must be a list of constraints");
+      int idx = 0;
+      for (const auto& lc : it.value()) {
+        const std::string where = "linear[" + std::to_string(idx++) + "]";
+        if (!lc.is_object() || !lc.contains("name") || !lc["name"].is_string() || !lc.contains("target"))
+          throw InvalidArgument("--spec '" + path + "': " + where + " needs \"name\" (string), \"target\" and \"column\" or \"coefficients\"");
+        LinearConstraint c;
+        c.name = lc["name"].get<std::string>();
+        c.target = json_number(lc["target"], where + ".target", path);
+        if (lc.contains("column") && lc["column"].is_string()) {
+          const TableColumn* col = table.find(lc["column"].get<std::string>());
+          if (!col || !col->numeric)
+            throw InvalidArgument("--spec '" + path + "': " + where + ".column '" + lc["column"].get<std::string>() +
+                                  "' is not a numeric column of --data");
+          c.coefficients = col->numbers;
+        } else if (lc.contains("coefficients") && lc["coefficients"].is_string()) {
+          std::filesystem::path p = lc["coefficients"].get<std::string>();
+          if (p.is_relative()) p = std::filesystem::path(path).parent_path() / p;
+          const auto arr = io::read_npy(p.string(), "--spec " + where + ".coefficients");
+          if (arr.shape.size() != 1)
+            throw InvalidArgument("--spec " + where + ".coefficients '" + p.string() + "' must be 1-D");
+          c.coefficients = arr.data;
+        } else {
+          throw InvalidArgument("--spec '" + path + "': " + where + " needs \"column\" (a data column) or \"coefficients\" (an .npy path)");
+        }
+        spec.linear.push_back(std::move(c));
+      }
+    } else {
+      throw InvalidArgument("--spec '" + path + "': unknown key \"" + key + "\" (expected total, marginal, continuous, linear)");
+    }
+  }
+  return spec;
+}
+
+nlohmann::json num(double v) { return finite_or_null(v); }
+
+nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, const CalibrationResult& r,
+                           const Context& ctx, double seconds) {
+  nlohmann::json targets = nlohmann::json::array();
+  for (const auto& t : r.diagnostics.targets)
+    targets.push_back({{"name", t.name}, {"target", num(t.target)}, {"estimate", num(t.estimate)},
+                       {"error", num(t.error)}, {"abs_error", num(t.abs_error)}, {"rel_error", num(t.rel_error)},
+                       {"rel_abs_error", num(t.rel_abs_error)}, {"within_tol", t.within_tol}, {"excluded", t.excluded},
+                       {"support", t.support}, {"support_fraction", num(t.support_fraction)}});
+  const auto& w = r.diagnostics.weights;
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& h : r.history) history.push_back({{"stage", h.stage}, {"epoch", h.epoch}, {"loss", num(h.loss)}});
+  std::vector<std::string> warnings = sys.warnings;
+  for (const auto& s : r.diagnostics.warnings) warnings.push_back(s);
+  return {{"command", "calibrate"},
+          {"data", a.data},
+          {"spec", a.spec},
+          {"method", a.method},
+          {"n_records", sys.n_records()},
+          {"n_constraints", sys.n_constraints()},
+          {"nnz", sys.A.nnz()},
+          {"converged", r.converged},
+          {"n_iterations", r.n_iterations},
+          {"max_ratio", num(r.max_ratio)},
+          {"worst_targets", r.worst_targets},
+          {"dropped_constraints", r.dropped_constraints},
+          {"loss", num(r.diagnostics.loss)},
+          {"pct_close", num(r.diagnostics.pct_close)},
+          {"max_error", num(r.diagnostics.max_error)},
+          {"mean_error", num(r.diagnostics.mean_error)},
+          {"rmse", num(r.diagnostics.rmse)},
+          {"pct_within_10", num(r.diagnostics.pct_within_10)},
+          {"weights",
+           {{"min", num(w.min)}, {"max", num(w.max)}, {"mean", num(w.mean)}, {"std", num(w.std)}, {"cv", num(w.cv)},
+            {"sum", num(w.sum)}, {"n_zero", w.n_zero}, {"n_negative", w.n_negative}, {"n_eff", num(w.n_eff)},
+            {"efficiency", num(w.efficiency)}, {"deff", num(w.deff)}, {"g_min", num(w.g_min)}, {"g_max", num(w.g_max)},
+            {"n_at_lower", w.n_at_lower}, {"n_at_upper", w.n_at_upper}, {"design_efficiency", num(w.design_efficiency)}}},
+          {"targets", targets},
+          {"history", history},
+          {"warnings", warnings},
+          {"options",
+           {{"lower", num(a.lower)}, {"upper", num(a.upper)}, {"epsilon", a.epsilon}, {"max_iterations", a.max_iterations},
+            {"force", a.force}, {"epochs", a.epochs}, {"learning_rate", a.learning_rate}, {"dropout", a.dropout},
+            {"noise_level", a.noise_level}, {"seed", a.seed},
+            {"batch_size", a.batch_size ? nlohmann::json(*a.batch_size) : nlohmann::json(nullptr)},
+            {"l0_lambda", a.l0_lambda ? nlohmann::json(*a.l0_lambda) : nlohmann::json(nullptr)}}},
+          {"plan", to_json(r.plan)},
+          {"context", to_json(ctx)},
+          {"seconds", seconds}};
+}
+
+int run_calibrate(const CalibrateArgs& a) {
+  Stopwatch clock;
+  const bool gradient = a.method == "gradient";
+  if (!(a.method == "linear" || a.method == "raking" || a.method == "logit" || gradient))
+    throw InvalidArgument("--method '" + a.method + "' is not one of linear, raking, logit, gradient");
+  if (!(a.epsilon > 0)) throw InvalidArgument("--epsilon must be > 0");
+  if (a.max_iterations < 1) throw InvalidArgument("--max-iterations must be >= 1");
+  if (!(a.lower <= 1 && 1 <= a.upper)) throw InvalidArgument("--lower/--upper must satisfy lower <= 1 <= upper");
+  if (a.batch_size && *a.batch_size < 1) throw InvalidArgument("--batch-size must be a positive number of records");
+  if (!(a.dropout >= 0 && a.dropout <= 1)) throw InvalidArgument("--dropout must lie in [0, 1]");
+  if (a.epochs < 0) throw InvalidArgument("--epochs must be >= 0");
+  io::check_output_dir(a.out, "--out");
+  // The calibrators run on the CPU backend (no CUDA path yet): auto means the CPU here.
+  CommonOptions common = a.common;
+  if (common.device == "auto") common.device = "cpu";
+  if (common.device != "cpu")
+    throw InvalidArgument("--device " + common.device + ": calibrate runs on the CPU backend only in this build; use --device cpu or auto");
+  Context ctx = common.make_context();
+
+  const RecordTable table = io::read_csv(a.data, "--data");
+  const ConstraintSpec spec = read_spec(a.spec, table, a.weights_column);
+  const ConstraintSystem sys = with_flag("--spec/--data", [&] { return build_constraints(ctx, table, spec); });
+  if (!a.common.quiet)
+    std::cerr << "calibrate: " << sys.n_records() << " records, " << sys.n_constraints() << " constraints, "
+              << sys.A.nnz() << " non-zeros\n";
+
+  CalibrationResult res;
+  if (gradient) {
+    GradientOptions o;
+    o.epochs = a.epochs;
+    o.learning_rate = a.learning_rate;
+    o.dropout_rate = a.dropout;
+    o.noise_level = a.noise_level;
+    o.seed = a.seed;
+    o.batch_size = a.batch_size;
+    if (a.l0_lambda) {
+      o.regularize_with_l0 = true;
+      o.l0_lambda = *a.l0_lambda;
+    }
+    res = calibrate_gradient(ctx, sys, o);
+  } else {
+    ExactOptions o;
+    o.calfun = a.method == "raking" ? CalFun::raking : a.method == "logit" ? CalFun::logit : CalFun::linear;
+    o.lower = a.lower;
+    o.upper = a.upper;
+    o.epsilon = a.epsilon;
+    o.max_iterations = a.max_iterations;
+    o.force = a.force;
+    res = with_flag("--method " + a.method, [&] { return calibrate_exact(ctx, sys, o); });
+  }
+
+  io::AtomicOutputDir out(a.out, "--out");
+  io::write_npy(out.file("weights.npy"), res.weights.data(), {static_cast<index_t>(res.weights.size())}, DType::float64);
+  {
+    std::ofstream csv(out.file("weights.csv"));
+    csv << "weight\n";
+    char buf[64];
+    for (double w : res.weights) {
+      std::snprintf(buf, sizeof buf, "%.17g\n", w);
+      csv << buf;
+    }
+    if (!csv) throw InvalidArgument("--out: cannot write weights.csv");
+  }
+  write_json(out.file("report.json"), report_json(a, sys, res, ctx, clock.seconds()));
+  out.commit();
+  if (!a.common.quiet)
+    std::cerr << "calibrate: " << (res.converged ? "converged" : "NOT converged") << " after " << res.n_iterations
+              << " iteration(s); max relative error " << res.diagnostics.max_error << "; wrote " << a.out << "\n";
+  return 0;
+}
+
+CommandRun setup(CLI::App& app) {
+  auto args = std::make_shared<CalibrateArgs>();
+  auto* sub = app.add_subcommand("calibrate", "Reweight survey records so weighted totals meet targets (exact or gradient)");
+  sub->add_option("--data", args->data, "Records as CSV with a header row")->required();
+  sub->add_option("--spec", args->spec, "Targets as JSON: total, marginal, continuous, linear")->required();
+  sub->add_option("--out", args->out, "Output folder: weights.npy, weights.csv, report.json")->required();
+  sub->add_option("--weights-column", args->weights_column, "Initial (design) weights column; all 1 if absent")->capture_default_str();
+  sub->add_option("--method", args->method, "linear (truncated with finite bounds), raking, logit or gradient")->capture_default_str();
+  sub->add_option("--lower", args->lower, "Lower bound on g = w/d (exact methods)");
+  sub->add_option("--upper", args->upper, "Upper bound on g = w/d (exact methods)");
+  sub->add_option("--epsilon", args->epsilon, "Convergence: max |t - est|/(1 + |t|)")->capture_default_str();
+  sub->add_option("--max-iterations", args->max_iterations, "Newton iterations")->capture_default_str();
+  sub->add_flag("--force", args->force, "Return the best weights (converged=false) instead of failing");
+  sub->add_option("--epochs", args->epochs, "Gradient: epochs")->capture_default_str();
+  sub->add_option("--learning-rate", args->learning_rate, "Gradient: Adam learning rate")->capture_default_str();
+  sub->add_option("--dropout", args->dropout, "Gradient: dropout rate in [0, 1]")->capture_default_str();
+  sub->add_option("--noise-level", args->noise_level, "Gradient: additive initial noise")->capture_default_str();
+  sub->add_option("--seed", args->seed, "Gradient: Philox seed")->capture_default_str();
+  sub->add_option("--batch-size", args->batch_size, "Gradient: records per batch (memory only; results identical)");
+  sub->add_option("--l0-lambda", args->l0_lambda, "Gradient: run the L0 stage with this penalty");
+  args->common.add_to(*sub);
+  return [args, sub]() -> int {
+    if (!sub->parsed()) return 0;
+    return run_calibrate(*args);
+  };
+}
+
+const RegisterCommand reg(40, "calibrate", setup);
+
+}  // namespace
+}  // namespace otcal::cli
