@@ -607,3 +607,39 @@ TEST(SparsifyShape, EmptyRowsGiveEmptyMatrixAndFloat32Values) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(SparsifySink, PiecesInRowOrderEqualTheInMemoryResult) {
+  const auto seed = fresh_seed();
+  TRACE_SEED(seed);
+  for (const PlanCase& p : both(23, 19, seed, {4})) {
+    for (auto o : {opts(SparsifyMode::threshold, 0.2, 5), opts(SparsifyMode::mass, 0.7, 6),
+                   opts(SparsifyMode::min_row, {}, 23)}) {
+      SCOPED_TRACE(p.source + " " + otcal::sparsify_mode_name(o.mode));
+      const SparsifyResult in_memory = p.run(o);
+      otcal::CsrMatrix streamed;
+      streamed.rows = p.n;
+      streamed.cols = p.m;
+      streamed.indptr = {0};
+      std::int64_t next_row = 0;
+      o.sink = [&](const otcal::CsrPiece& piece) {
+        EXPECT_EQ(piece.row_offset, next_row);
+        EXPECT_LE(piece.rows, *o.batch_size);
+        next_row += piece.rows;
+        const std::int64_t base = streamed.indptr.back();
+        for (otcal::index_t r = 1; r <= piece.rows; ++r) streamed.indptr.push_back(base + piece.indptr[r]);
+        streamed.indices32.insert(streamed.indices32.end(), piece.indices32, piece.indices32 + piece.nnz);
+        streamed.values.insert(streamed.values.end(), piece.values, piece.values + piece.nnz);
+      };
+      const SparsifyResult sunk = p.run(o);
+      EXPECT_EQ(next_row, p.n);
+      EXPECT_TRUE(csr_equal(streamed, in_memory.csr));
+      EXPECT_TRUE(sunk.csr.values.empty()) << "nothing is accumulated with a sink";
+      EXPECT_EQ(sunk.csr.indptr, in_memory.csr.indptr);
+      EXPECT_EQ(sunk.n_massless_rows, 1);
+    }
+  }
+}
+
+}  // namespace

@@ -4,6 +4,7 @@
 // Rows of the plan are recomputed block by block from (f, g, x, y, eps, s): at most one [bs, m]
 // block of plan values lives in the budgeted workspace at any time.
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -25,6 +26,20 @@ enum class PercentileMethod { sampled, exact };
 SparsifyMode parse_sparsify_mode(const std::string& text);
 const char* sparsify_mode_name(SparsifyMode mode);
 
+// One finished block of rows, handed to SparsifyOptions::sink (spec §7.2): rows
+// [row_offset, row_offset + rows), indptr relative to the piece (indptr[0] = 0, rows + 1 entries),
+// columns in indices32 (or indices64 when m >= 2^31), values widened to double. Valid during the
+// call only.
+struct CsrPiece {
+  index_t row_offset = 0;
+  index_t rows = 0;
+  const std::int64_t* indptr = nullptr;
+  const std::int32_t* indices32 = nullptr;
+  const std::int64_t* indices64 = nullptr;
+  const double* values = nullptr;
+  std::int64_t nnz = 0;
+};
+
 struct SparsifyOptions {
   SparsifyMode mode = SparsifyMode::threshold;
   std::optional<double> value;
@@ -33,6 +48,9 @@ struct SparsifyOptions {
   std::uint64_t seed = 0;             // sampled percentile
   std::optional<index_t> max_k;       // mass only
   PercentileMethod percentile_method = PercentileMethod::sampled;
+  // Out-of-core output: each finished block goes to the sink in row order and no entries are
+  // accumulated; the result's csr then holds the shape and indptr only.
+  std::function<void(const CsrPiece&)> sink;
 };
 
 inline constexpr index_t kDefaultPercentileSamples = 1024;

@@ -204,6 +204,18 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   const index_t max_k = o.max_k.value_or(0);
   std::int64_t nnz = 0;
   index_t massless = 0;
+  // Writes the selected entries of a block at `offsets` into the given arrays.
+  auto emit = [&](const T* block, index_t rows, const T* row_max, std::int32_t* i32, std::int64_t* i64, double* vals) {
+    if (o.mode == SparsifyMode::mass)
+      be.gather_selected(block, rows, m, order, wide, counts.data(), offsets.data(), i32, i64, vals);
+    else
+      be.compact_at_least(block, rows, m, row_max, thr, offsets.data(), i32, i64, vals);
+  };
+  // Host staging of one piece for the sink (the block's output, bounded by bs * m entries).
+  std::vector<std::int64_t> piece_indptr;
+  std::vector<std::int32_t> piece_idx32;
+  std::vector<std::int64_t> piece_idx64;
+  std::vector<double> piece_values;
   loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, index_t r0) {
     for (index_t r = 0; r < rows; ++r) massless += row_max[r] > T(0) ? 0 : 1;
     if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts.data());
@@ -213,16 +225,36 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
       nnz += counts[static_cast<std::size_t>(r)];
       csr.indptr[static_cast<std::size_t>(r0 + r + 1)] = nnz;
     }
+    if (o.sink) {
+      // Out-of-core: the piece lives only for the call; offsets restart at the piece.
+      const std::int64_t base = csr.indptr[static_cast<std::size_t>(r0)];
+      const auto piece_nnz = static_cast<std::size_t>(nnz - base);
+      piece_indptr.resize(static_cast<std::size_t>(rows) + 1);
+      for (index_t r = 0; r <= rows; ++r)
+        piece_indptr[static_cast<std::size_t>(r)] = csr.indptr[static_cast<std::size_t>(r0 + r)] - base;
+      for (index_t r = 0; r < rows; ++r) offsets[static_cast<std::size_t>(r)] -= base;
+      piece_values.resize(piece_nnz);
+      if (wide) piece_idx64.resize(piece_nnz);
+      else piece_idx32.resize(piece_nnz);
+      emit(block, rows, row_max, wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr,
+           piece_values.data());
+      CsrPiece piece;
+      piece.row_offset = r0;
+      piece.rows = rows;
+      piece.indptr = piece_indptr.data();
+      piece.indices32 = wide ? nullptr : piece_idx32.data();
+      piece.indices64 = wide ? piece_idx64.data() : nullptr;
+      piece.values = piece_values.data();
+      piece.nnz = static_cast<std::int64_t>(piece_nnz);
+      o.sink(piece);
+      return;
+    }
     const auto total = static_cast<std::size_t>(nnz);
     csr.values.resize(total);  // geometric capacity growth; shrunk at the end
     if (wide) csr.indices64.resize(total);
     else csr.indices32.resize(total);
-    std::int32_t* i32 = wide ? nullptr : csr.indices32.data();
-    std::int64_t* i64 = wide ? csr.indices64.data() : nullptr;
-    if (o.mode == SparsifyMode::mass)
-      be.gather_selected(block, rows, m, order, wide, counts.data(), offsets.data(), i32, i64, csr.values.data());
-    else
-      be.compact_at_least(block, rows, m, row_max, thr, offsets.data(), i32, i64, csr.values.data());
+    emit(block, rows, row_max, wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr,
+         csr.values.data());
   });
   csr.values.shrink_to_fit();
   csr.indices32.shrink_to_fit();
