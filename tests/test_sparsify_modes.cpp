@@ -643,3 +643,64 @@ TEST(SparsifySink, PiecesInRowOrderEqualTheInMemoryResult) {
 }
 
 }  // namespace
+
+#include "sparsify/row_sampling.hpp"
+
+namespace {
+
+TEST(SparsifyPercentile, SampledThresholdIsThePercentileOfTheHashedRows) {
+  const auto seed = fresh_seed();
+  TRACE_SEED(seed);
+  const std::int64_t n = 61, m = 13, k = 9;
+  for (const PlanCase& p : both(n, m, seed)) {
+    SCOPED_TRACE(p.source);
+    // The k rows with the smallest Philox(seed, i), ties by index (spec §4.2), computed naively.
+    std::vector<std::pair<std::uint64_t, std::int64_t>> h;
+    for (std::int64_t i = 0; i < n; ++i) h.push_back({otcal::detail::sparsify_row_hash(seed, i), i});
+    std::sort(h.begin(), h.end());
+    std::vector<double> sample;
+    for (std::int64_t r = 0; r < k; ++r)
+      sample.insert(sample.end(), &p.T[h[r].second * m], &p.T[h[r].second * m] + m);
+    auto o = opts(SparsifyMode::percentile, 65.0, 4);
+    o.n_samples = k;
+    o.seed = seed;
+    const auto res = p.run(o);
+    const double thr = ref::percentile_linear(sample, 65.0);
+    EXPECT_EQ(res.threshold, thr);
+    EXPECT_EQ(to_dense(res.csr), keep_at_least(p, thr));
+    o.seed = seed + 1;  // another seed draws another subset (equal thresholds would be a coincidence)
+    EXPECT_NE(p.run(o).threshold, thr);
+  }
+}
+
+TEST(SparsifyFloat32, CloudPlanInvariantAndEqualToDenseFloat32) {
+  const auto seed = fresh_seed();
+  TRACE_SEED(seed);
+  auto cp = cloud_problem(29, 31, seed, {6});
+  cp->r.precision = otcal::DType::float32;
+  for (auto& v : cp->r.f) v = static_cast<float>(v);
+  for (auto& v : cp->r.g) v = static_cast<float>(v);
+  auto run = [&](SparsifyOptions o) { return otcal::sparsify(cpu_ctx(), geometry_of(*cp), cp->r, o); };
+  const auto all = run(opts(SparsifyMode::threshold, 0.0));
+  EXPECT_EQ(all.csr.dtype, otcal::DType::float32);
+  std::vector<float> T32(29 * 31, 0.0f);
+  const auto Td = to_dense(all.csr);
+  for (std::size_t k = 0; k < Td.size(); ++k) {
+    T32[k] = static_cast<float>(Td[k]);
+    EXPECT_EQ(static_cast<double>(T32[k]), Td[k]) << "values are float32";
+  }
+  auto exact = opts(SparsifyMode::percentile, 55.0);
+  exact.percentile_method = otcal::PercentileMethod::exact;
+  for (auto o : {opts(SparsifyMode::threshold, 0.3), opts(SparsifyMode::min_row), opts(SparsifyMode::mass, 0.8), exact}) {
+    SCOPED_TRACE(otcal::sparsify_mode_name(o.mode));
+    const auto dense = otcal::sparsify(cpu_ctx(), otcal::ConstMatrix::of(T32.data(), 29, 31), o);
+    for (std::int64_t bs : {1, 7, 29}) {
+      o.batch_size = bs;
+      const auto res = run(o);
+      EXPECT_TRUE(csr_equal(res.csr, dense.csr)) << "bs " << bs;
+      EXPECT_TRUE(res.threshold == dense.threshold || (std::isnan(res.threshold) && std::isnan(dense.threshold)));
+    }
+  }
+}
+
+}  // namespace
