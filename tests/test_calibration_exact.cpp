@@ -231,4 +231,58 @@ TEST(CalibrationExact, PeakWithinPlan) {
   EXPECT_LT(static_cast<std::size_t>(peak.peak), static_cast<std::size_t>(c.sys.A.rows) * c.sys.A.cols * 8);
 }
 
+TEST(CalibrationExact, TrimmingSemantics) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<double> g(300), d(300);
+  for (auto& x : g) x = 0.3 + 2 * u(rng);
+  for (auto& x : d) x = 1 + 4 * u(rng);
+  const double a = 0.6, b = 1.8;
+  const auto tr = otcal::trim_g(g, d, a, b);
+  double mass = 0, d_in = 0, before = 0, after = 0;
+  index_t n_out = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const bool out = g[i] < a || g[i] > b;
+    n_out += out;
+    mass += (g[i] - std::clamp(g[i], a, b)) * d[i];
+    if (!out) d_in += d[i];
+    before += d[i] * g[i];
+    after += d[i] * tr.values[i];
+  }
+  EXPECT_EQ(tr.n_trimmed, n_out);
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const bool out = g[i] < a || g[i] > b;
+    ASSERT_NEAR(tr.values[i], out ? std::clamp(g[i], a, b) : g[i] + mass / d_in, 1e-12);
+  }
+  EXPECT_NEAR(after, before, 1e-9 * before);  // the trimmed mass is spread, not lost
+  EXPECT_NE(tr.warnings.back().find("weights were trimmed"), std::string::npos);
+
+  std::vector<double> w(200);
+  for (auto& x : w) x = std::exp(2 * u(rng));
+  double wsum = 0;
+  for (double x : w) wsum += x;
+  const auto once = otcal::trim_weights(w, 1.5, 5.0, false);
+  const auto strict = otcal::trim_weights(w, 1.5, 5.0, true);
+  double s1 = 0, s2 = 0;
+  for (double x : once.values) s1 += x;
+  for (double x : strict.values) {
+    s2 += x;
+    EXPECT_GE(x, 1.5 - 1e-12);
+    EXPECT_LE(x, 5.0 + 1e-12);
+  }
+  EXPECT_NEAR(s1, wsum, 1e-9 * wsum);
+  EXPECT_NEAR(s2, wsum, 1e-9 * wsum);
+  const auto fail = otcal::trim_weights({10, 10, 10}, 0, 1, true);
+  EXPECT_NE(fail.warnings.back().find("trimming failed"), std::string::npos);
+
+  Case c = random_case(2, 4, 1, 300);
+  auto ctx = quiet_ctx();
+  const auto plain = otcal::calibrate_exact(ctx, c.sys, {.calfun = otcal::CalFun::linear});
+  const auto trimmed = otcal::calibrate_exact(ctx, c.sys, {.calfun = otcal::CalFun::linear, .trim = std::pair{0.97, 1.03}});
+  const auto ref = otcal::trim_g(plain.g, c.sys.design_weights, 0.97, 1.03);
+  for (std::size_t i = 0; i < ref.values.size(); ++i) ASSERT_NEAR(trimmed.g[i], ref.values[i], 1e-12);
+}
+
 }  // namespace

@@ -91,7 +91,21 @@ struct ExactOptions {
   double epsilon = 1e-7;
   bool force = false;
   std::vector<double> variance;  // sigma_i^2 per record (n), or empty = all 1
+  // §4.5 trim = (a, b) on g after calibration (also in the GREG path: [deviation] from R).
+  std::optional<std::pair<double, double>> trim;
 };
+
+// §4.5 step 1-2: g' = clip(g, a, b); the trimmed mass Σ (g - g') d is spread over the untrimmed
+// units in proportion to d (one pass: untrimmed units may end up outside [a, b]).
+struct TrimResult {
+  std::vector<double> values;
+  index_t n_trimmed = 0;
+  std::vector<std::string> warnings;
+};
+TrimResult trim_g(const std::vector<double>& g, const std::vector<double>& d, double a, double b);
+// R's trimWeights on absolute weights: clip, share the excess in equal parts among units never
+// trimmed; strict repeats until nothing lies outside (or no unit is left: "trimming failed").
+TrimResult trim_weights(const std::vector<double>& w, double lower, double upper, bool strict = false);
 
 // ---------------------------------------------------------------------------------------------
 // Gradient calibrator (§3)

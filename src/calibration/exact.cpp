@@ -277,11 +277,79 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     if (!o.force) throw CalibrationFailed(msg);
     ctx.warn(msg);
   }
+  std::vector<std::string> trim_warnings;
+  if (o.trim) {
+    TrimResult tr = trim_g(res.g, sys.design_weights, o.trim->first, o.trim->second);
+    res.g = std::move(tr.values);
+    for (index_t i = 0; i < n; ++i) res.weights[i] = sys.design_weights[i] * res.g[i];
+    trim_warnings = std::move(tr.warnings);
+  }
   res.diagnostics = diagnose(sys, res.weights, {}, o.lower, o.upper);
+  for (auto& w : trim_warnings) res.diagnostics.warnings.push_back(std::move(w));
   if (!res.dropped_constraints.empty())
     res.diagnostics.warnings.push_back(std::to_string(res.dropped_constraints.size()) +
                                        " zero-row constraint(s) with target 0 were dropped");
   return res;
+}
+
+TrimResult trim_g(const std::vector<double>& g, const std::vector<double>& d, double a, double b) {
+  if (g.size() != d.size()) throw InvalidArgument("trim: g and design weights differ in length");
+  if (!(a <= b)) throw InvalidArgument("trim: lower " + fmt(a) + " must be <= upper " + fmt(b));
+  TrimResult r;
+  r.values.resize(g.size());
+  double mass = 0, d_in = 0;
+  std::vector<char> out(g.size());
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    r.values[i] = std::clamp(g[i], a, b);
+    out[i] = g[i] < a || g[i] > b;
+    r.n_trimmed += out[i];
+    mass += (g[i] - r.values[i]) * d[i];
+    if (!out[i]) d_in += d[i];
+  }
+  if (r.n_trimmed > 0) {
+    if (d_in > 0) {
+      const double delta = mass / d_in;
+      for (std::size_t i = 0; i < g.size(); ++i)
+        if (!out[i]) r.values[i] += delta;
+    } else {
+      r.warnings.push_back("trimming failed: every unit was trimmed, so the trimmed mass could not be spread");
+    }
+    r.warnings.push_back(std::to_string(r.n_trimmed) + " weights were trimmed");
+  }
+  return r;
+}
+
+TrimResult trim_weights(const std::vector<double>& w, double lower, double upper, bool strict) {
+  if (!(lower <= upper)) throw InvalidArgument("trim_weights: lower " + fmt(lower) + " must be <= upper " + fmt(upper));
+  TrimResult r;
+  r.values = w;
+  std::vector<char> ever(w.size(), 0);
+  for (int pass = 0; pass < 1000; ++pass) {
+    double excess = 0;
+    index_t trimmed_now = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      const double c = std::clamp(r.values[i], lower, upper);
+      if (c != r.values[i]) {
+        excess += r.values[i] - c;
+        r.values[i] = c;
+        ever[i] = 1;
+        ++trimmed_now;
+      }
+    }
+    if (trimmed_now == 0) break;
+    r.n_trimmed += trimmed_now;
+    index_t free_units = 0;
+    for (char e : ever) free_units += !e;
+    if (free_units == 0) {
+      r.warnings.push_back("trimming failed: no untrimmed unit is left to take the excess weight");
+      break;
+    }
+    const double share = excess / static_cast<double>(free_units);
+    for (std::size_t i = 0; i < w.size(); ++i)
+      if (!ever[i]) r.values[i] += share;
+    if (!strict) break;
+  }
+  return r;
 }
 
 }  // namespace otcal
