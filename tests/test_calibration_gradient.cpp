@@ -301,4 +301,46 @@ TEST(CalibrationGradient, PeakWithinPlanAndBudget) {
   EXPECT_THROW(otcal::calibrate_gradient(tiny, sys, o), otcal::BudgetTooSmall);
 }
 
+TEST(CalibrationGradient, QuirkOptions) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const auto sys = synthetic_system(2000, seed);
+  auto ctx = quiet_ctx();
+  otcal::GradientOptions o;
+  o.epochs = 5;
+  o.seed = seed;
+  o.dropout_rate = 0.25;
+  // default (fixed): exp(θ) after the last step, no zeros; quirk 1: the last dropout draw
+  const auto fixed = otcal::calibrate_gradient(ctx, sys, o);
+  EXPECT_EQ(fixed.diagnostics.weights.n_zero, 0);
+  o.final_weights_last_dropout_draw = true;
+  const auto quirk = otcal::calibrate_gradient(ctx, sys, o);
+  EXPECT_NEAR(static_cast<double>(quirk.diagnostics.weights.n_zero) / 2000, 0.25, 0.04);
+  o.final_weights_last_dropout_draw = false;
+  // quirk 2 off: loss "relative" is minimised at S = t, the default at S = t - 1
+  const auto theta = random_theta(sys, rng);
+  o.dropout_rate = 0;
+  o.loss_relative = true;
+  const auto rel = otcal::gradient_loss(ctx, sys, theta, o, 0);
+  double expect = 0;
+  for (index_t j = 0; j < sys.A.rows; ++j) {
+    const double e = (rel.estimates[j] - sys.targets[j]) / std::max(sys.targets[j] + 1, 1e-12);
+    expect += e * e / sys.A.rows;
+  }
+  EXPECT_NEAR(rel.loss, expect, 1e-12 * expect);
+  o.loss_relative = false;
+  // quirk 4: excluded targets logged at their initial estimate (default: re-estimated)
+  o.excluded_targets = {sys.names[0]};
+  o.epochs = 4;
+  const auto fresh = otcal::calibrate_gradient(ctx, sys, o);
+  o.excluded_log_initial = true;
+  const auto frozen = otcal::calibrate_gradient(ctx, sys, o);
+  double s0 = 0;
+  for (std::int64_t q = sys.A.indptr[0]; q < sys.A.indptr[1]; ++q) s0 += sys.design_weights[sys.A.index(q)];
+  for (const auto& h : frozen.history) EXPECT_NEAR(h.estimates[0], s0, 1e-9 * s0);
+  EXPECT_NE(fresh.history.back().estimates[0], frozen.history.back().estimates[0]);
+  EXPECT_TRUE(fresh.diagnostics.targets[0].excluded);
+}
+
 }  // namespace

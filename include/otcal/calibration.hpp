@@ -129,6 +129,7 @@ struct GradientOptions {
   bool loss_relative = false;                    // quirk 2: ((S - t)/d)^2 instead of the +1 numerator
   bool l0_init_dense_result = false;             // quirk 3
   bool l0_penalty_per_record = false;            // quirk 5
+  bool excluded_log_initial = false;             // quirk 4: history keeps excluded targets at A w0
   bool legacy_eval_gate = false;                 // sigma(log alpha) evaluation gate (l0 < PR #41)
 };
 

@@ -193,13 +193,27 @@ class GradientEngine {
       warnings.push_back(std::to_string(floored) + " initial weight(s) (after noise) were floored to 1e-12");
       ctx_.warn(warnings.back());
     }
+    std::vector<double> S0;  // quirk 4: excluded targets frozen at their initial estimate A w0
+    if (o_.excluded_log_initial) {
+      S0.assign(static_cast<std::size_t>(k_), 0.0);
+      calib::RowAccumulator acc0(mr, A_);
+      acc0.add_batch(0, n_, w0.data());
+      acc0.finish(S0.data());
+    }
+    auto logged = [&](const std::vector<double>& est) {
+      if (S0.empty()) return est;
+      std::vector<double> out = est;
+      for (index_t j = 0; j < k_; ++j)
+        if (!active_[j]) out[j] = S0[j];
+      return out;
+    };
     const int E = o_.epochs;
     const int stride = E > 10 ? std::max(1, E / 10) : 1;
     Adam adam{o_.learning_rate};
     res.weights.assign(static_cast<std::size_t>(n_), 0.0);
     for (int e = 0; e < E; ++e) {
       const double loss = evaluate(theta.data(), nullptr, static_cast<std::uint32_t>(e), 0, grad.data(), nullptr, S.data());
-      if (e % stride == 0 || e == E - 1) res.history.push_back({e, "dense", loss, S});
+      if (e % stride == 0 || e == E - 1) res.history.push_back({e, "dense", loss, logged(S)});
       if (e == E - 1 && o_.final_weights_last_dropout_draw)
         for (index_t i = 0; i < n_; ++i) res.weights[i] = dropout_weight(i, theta[i], static_cast<std::uint32_t>(e));
       adam.apply(theta.data(), m.data(), v.data(), grad.data(), n_);
@@ -224,7 +238,7 @@ class GradientEngine {
       for (int s = 0; s < steps; ++s) {
         const double loss = evaluate(theta.data(), alpha.data(), static_cast<std::uint32_t>(E + s),
                                      static_cast<std::uint32_t>(s), grad.data(), ga.data(), S.data());
-        if (s % l0_stride == 0 || s == steps - 1) res.history.push_back({s, "l0", loss, S});
+        if (s % l0_stride == 0 || s == steps - 1) res.history.push_back({s, "l0", loss, logged(S)});
         adam_t.apply(theta.data(), m.data(), v.data(), grad.data(), n_);
         adam_a.apply(alpha.data(), ma.data(), va.data(), ga.data(), n_);
         res.diagnostics.loss = loss;
