@@ -10,6 +10,8 @@
 #include <iostream>
 #include <random>
 
+#include <time.h>
+
 #include "otcal/errors.hpp"
 #include "otcal/memory.hpp"
 
@@ -64,14 +66,30 @@ std::vector<T> gaussian_cloud(index_t n, index_t d, std::uint64_t seed, double s
 template std::vector<float> gaussian_cloud<float>(index_t, index_t, std::uint64_t, double);
 template std::vector<double> gaussian_cloud<double>(index_t, index_t, std::uint64_t, double);
 
+namespace {
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+}  // namespace
+
 Timing time_repeats(int warmup, int repeats, const std::function<void()>& run) {
   for (int i = 0; i < warmup; ++i) run();
   Timing t;
+  std::vector<double> cpu;
   for (int i = 0; i < repeats; ++i) {
+    const double cpu0 = process_cpu_seconds();
     const auto start = std::chrono::steady_clock::now();
     run();  // every bench call synchronises its context before returning
     t.samples_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    cpu.push_back(process_cpu_seconds() - cpu0);
   }
+  t.cpu_median_s = median_of(cpu);
   std::vector<double> s = t.samples_s;
   std::sort(s.begin(), s.end());
   t.min_s = s.front();
@@ -156,6 +174,7 @@ nlohmann::json to_json(const Record& r, const CommonOptions& o, const Context& c
   j["time_min_s"] = r.timing.min_s;
   j["time_max_s"] = r.timing.max_s;
   j["times_s"] = r.timing.samples_s;
+  j["cpu_time_s"] = r.timing.cpu_median_s;
   j["iters"] = r.iterations;
   j["throughput"] = r.timing.median_s > 0 ? r.work_per_run / r.timing.median_s : 0.0;
   j["throughput_unit"] = r.throughput_unit;

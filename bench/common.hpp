@@ -48,6 +48,9 @@ std::vector<T> gaussian_cloud(index_t n, index_t d, std::uint64_t seed, double s
 struct Timing {
   std::vector<double> samples_s;
   double median_s = 0, min_s = 0, max_s = 0;
+  // Process CPU seconds (all threads) of the median-time repeat's neighbourhood: the median of the
+  // per-repeat CPU times. Less sensitive than wall time to other load on a shared machine.
+  double cpu_median_s = 0;
 };
 // `warmup` untimed calls, then `repeats` timed calls of `run`.
 Timing time_repeats(int warmup, int repeats, const std::function<void()>& run);

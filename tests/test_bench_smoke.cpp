@@ -69,7 +69,7 @@ std::uint64_t fresh_seed() {
 void expect_common_fields(const json& j, const std::string& bench) {
   for (const char* key :
        {"bench", "n", "m", "d", "k", "batch_size", "tile_rows", "precision", "device_kind", "device", "commit",
-        "date", "warmup", "repeats", "time_s", "time_min_s", "time_max_s", "times_s", "iters", "throughput",
+        "date", "warmup", "repeats", "time_s", "time_min_s", "time_max_s", "times_s", "cpu_time_s", "iters", "throughput",
         "throughput_unit", "alloc_peak_bytes", "workspace_peak_bytes", "output_bytes", "planned_peak_bytes",
         "pool_used_high", "pool_reserved_high", "device_delta_bytes", "host_peak_rss_bytes", "memory_budget",
         "dense_equivalent_bytes", "exp_floor_s", "exp_floor_fraction"})
