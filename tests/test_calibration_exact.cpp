@@ -285,4 +285,30 @@ TEST(CalibrationExact, TrimmingSemantics) {
   for (std::size_t i = 0; i < ref.values.size(); ++i) ASSERT_NEAR(trimmed.g[i], ref.values[i], 1e-12);
 }
 
+// R rake(): sweeps of per-margin post-stratification; the test's IPF does the same sweep (rows of a
+// margin are disjoint), so after the same number of sweeps both agree, and tight control converges
+// to the raking solution.
+TEST(CalibrationExact, RakeSemantics) {
+  Case c = random_case(3, 4, 0, 400);
+  SCOPED_TRACE("seed " + std::to_string(c.seed));
+  auto ctx = quiet_ctx();
+  const auto loose = otcal::rake(ctx, c.sys);  // maxit 10, epsilon 1 (absolute)
+  ASSERT_TRUE(loose.converged);
+  std::vector<double> w = c.sys.design_weights;
+  for (int sweep = 0; sweep < loose.n_iterations; ++sweep)
+    for (index_t r = 0; r < c.sys.A.rows; ++r) {
+      double s = 0;
+      for (std::int64_t q = c.sys.A.indptr[r]; q < c.sys.A.indptr[r + 1]; ++q) s += w[c.sys.A.index(q)];
+      for (std::int64_t q = c.sys.A.indptr[r]; q < c.sys.A.indptr[r + 1]; ++q) w[c.sys.A.index(q)] *= c.sys.targets[r] / s;
+    }
+  for (std::size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(loose.weights[i], w[i], 1e-12 * w[i]);
+  EXPECT_LT(loose.history.back().loss, 1.0);
+  const auto tight = otcal::rake(ctx, c.sys, {.max_sweeps = 1000, .epsilon = 1e-15});
+  const auto ref = ipf(c.sys);
+  for (std::size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(tight.weights[i], ref[i], 1e-9 * ref[i]);
+  const auto stopped = otcal::rake(ctx, c.sys, {.max_sweeps = 1, .epsilon = 1e-15});
+  EXPECT_FALSE(stopped.converged);
+  EXPECT_NE(stopped.diagnostics.warnings.back().find("Raking did not converge after 1 iterations"), std::string::npos);
+}
+
 }  // namespace

@@ -60,6 +60,7 @@ struct ConstraintSystem {
   std::vector<double> targets;          // k
   std::vector<std::string> names;       // k
   index_t n_categorical = 0;            // marginal rows come first
+  std::vector<index_t> margin_offsets;  // margin m owns rows [margin_offsets[m], margin_offsets[m+1])
   std::vector<double> design_weights;   // n: the weight column, or ones
   std::vector<std::string> warnings;    // zero/low support, negative targets, magnitude checks
   std::size_t planned_peak_bytes = 0;   // workspace peak of the build (ByteModel)
@@ -192,6 +193,16 @@ struct CalibrationResult {
 };
 
 CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& options);
+
+// §4.6 iterative raking with R rake() semantics over the marginal rows only: sweeps of
+// post-stratification per margin; stop when the largest change of any margin cell total between
+// sweeps is below epsilon (absolute if epsilon >= 1, else relative to Σ d). Not converging after
+// max_sweeps gives converged = false and the warning "Raking did not converge after N iterations".
+struct RakeOptions {
+  int max_sweeps = 10;
+  double epsilon = 1;
+};
+CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const RakeOptions& options = {});
 CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& options);
 
 // The gradient loss of §3.3 and its gradient with respect to the log-weights theta at a given

@@ -112,6 +112,7 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
   std::vector<const TableColumn*> margin_cols, cont_cols;
   index_t max_margin_rows = 0;
   for (const auto& [col, cats] : spec.marginal) {
+    sys.margin_offsets.push_back(static_cast<index_t>(sys.names.size()));
     const TableColumn* c = table.find(col);
     if (!c) throw InvalidArgument("Margin variable '" + col + "' not in data columns");
     margin_cols.push_back(c);
@@ -122,6 +123,7 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
     }
   }
   sys.n_categorical = static_cast<index_t>(sys.names.size());
+  sys.margin_offsets.push_back(sys.n_categorical);
   for (const auto& [col, t] : spec.continuous) {
     const TableColumn* c = table.find(col);
     if (!c) throw InvalidArgument("Continuous variable '" + col + "' not in data columns");

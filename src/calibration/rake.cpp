@@ -1,0 +1,69 @@
+// Iterative raking with R survey::rake() semantics (spec/calibration.md §4.6).
+#include <algorithm>
+#include <cmath>
+
+#include "otcal/calibration.hpp"
+#include "otcal/errors.hpp"
+
+namespace otcal {
+
+CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const RakeOptions& o) {
+  const CsrMatrix& A = sys.A;
+  const index_t n = A.cols;
+  if (o.max_sweeps < 1) throw InvalidArgument("rake: max_sweeps must be >= 1");
+  if (!(o.epsilon > 0)) throw InvalidArgument("rake: epsilon must be > 0");
+  if (sys.margin_offsets.size() < 2) throw InvalidArgument("rake: the constraint system has no marginal targets");
+  const index_t kc = sys.n_categorical;
+  std::vector<double> w = sys.design_weights;
+  double dsum = 0;
+  for (double d : w) dsum += d;
+  const double eps_abs = o.epsilon >= 1 ? o.epsilon : o.epsilon * dsum;
+  auto cell_total = [&](index_t r) {
+    double s = 0;
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) s += A.values[p] * w[A.index(p)];
+    return s;
+  };
+  std::vector<double> prev(static_cast<std::size_t>(kc));
+  for (index_t r = 0; r < kc; ++r) prev[r] = cell_total(r);
+  CalibrationResult res;
+  int sweep = 0;
+  bool converged = false;
+  while (sweep < o.max_sweeps) {
+    ++sweep;
+    for (std::size_t m = 0; m + 1 < sys.margin_offsets.size(); ++m)
+      for (index_t r = sys.margin_offsets[m]; r < sys.margin_offsets[m + 1]; ++r) {  // cells are disjoint
+        const double tot = cell_total(r), t = sys.targets[r];
+        if (tot == 0) {
+          if (t > 0)
+            throw InvalidArgument("rake: cell '" + sys.names[r] + "' has a positive target but zero weight");
+          continue;
+        }
+        const double f = t / tot;
+        for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) w[A.index(p)] *= f;
+      }
+    double delta = 0;
+    for (index_t r = 0; r < kc; ++r) {
+      const double now = cell_total(r);
+      delta = std::max(delta, std::fabs(now - prev[r]));
+      prev[r] = now;
+    }
+    res.history.push_back({sweep, "rake", delta, {}});
+    if (delta < eps_abs) {
+      converged = true;
+      break;
+    }
+  }
+  res.converged = converged;
+  res.n_iterations = sweep;
+  res.weights = w;
+  res.g.resize(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) res.g[i] = sys.design_weights[i] != 0 ? w[i] / sys.design_weights[i] : 0.0;
+  res.diagnostics = diagnose(sys, w);
+  if (!converged) {
+    res.diagnostics.warnings.push_back("Raking did not converge after " + std::to_string(sweep) + " iterations");
+    ctx.warn(res.diagnostics.warnings.back());
+  }
+  return res;
+}
+
+}  // namespace otcal
