@@ -106,12 +106,18 @@ DeviceMemorySampler::DeviceMemorySampler(const Context& ctx) {
   min_free_ = baseline_;
   running_ = true;
   thread_ = std::thread([this] {
+    // 10 ms: system_info() asks every device for its properties, which is not free.
     while (running_) {
-      const std::size_t f = free_bytes();
+      std::size_t f = 0;
+      try {
+        f = free_bytes();
+      } catch (...) {
+        return;  // a failing query ends sampling; an exception must not escape the thread
+      }
       std::size_t cur = min_free_.load();
       while (f < cur && !min_free_.compare_exchange_weak(cur, f)) {
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   });
 }

@@ -57,7 +57,7 @@ Timing time_repeats(int warmup, int repeats, const std::function<void()>& run);
 
 // Device-level memory use on CUDA (host-layer.md §7): the largest drop of cudaMemGetInfo free bytes
 // (through otcal::system_info()) below the baseline taken at construction, right after context
-// creation, sampled by a background thread. It includes the CUDA context's later growth and
+// creation, sampled every 10 ms by a background thread. It includes the CUDA context's later growth and
 // library workspaces that the allocator peak misses. Inactive (reports nothing) on the CPU.
 class DeviceMemorySampler {
  public:
