@@ -709,3 +709,27 @@ TEST(SparsifyFloat32, CloudPlanInvariantAndEqualToDenseFloat32) {
 }
 
 }  // namespace
+
+#include <fstream>
+#include <sstream>
+
+namespace {
+
+// Spec §1 / §9 item 10: the sparsifier never materialises rows through apply/push/pull. Rows come
+// from PlanBlockSource::build only; this pins it at the source level for every file of the path.
+TEST(SparsifySource, NeverCallsApplyPushOrPull) {
+  const char* root = std::getenv("OTCAL_SOURCE_DIR");
+  if (root == nullptr) GTEST_SKIP() << "OTCAL_SOURCE_DIR is not set";
+  for (const char* file : {"src/sparsify/sparsify.cpp", "src/cpu/sparsify_cpu.cpp", "src/sparsify/sparsify_backend.hpp",
+                           "src/sparsify/radix_select.hpp"}) {
+    std::ifstream in(std::string(root) + "/" + file);
+    ASSERT_TRUE(in) << file;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    for (const char* forbidden : {"apply_transport(", "row_apply(", "marginal(", "RowApplyArgs", "row_lse("})
+      EXPECT_EQ(text.find(forbidden), std::string::npos) << file << " uses " << forbidden;
+  }
+}
+
+}  // namespace
