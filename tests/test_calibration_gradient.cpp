@@ -86,6 +86,28 @@ TEST(CalibrationGradient, BatchedEqualsFullBatchBitwise) {
   }
 }
 
+// Large enough that big batches run multi-threaded and small ones serially: still bitwise equal.
+TEST(CalibrationGradient, BatchInvarianceAcrossThreadedAndSerialBatches) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const index_t n = 12000;
+  const auto sys = synthetic_system(n, seed);
+  const auto theta = random_theta(sys, rng);
+  auto ctx = quiet_ctx();
+  otcal::GradientOptions o;
+  o.dropout_rate = 0.3;
+  o.seed = seed;
+  const auto full = otcal::gradient_loss(ctx, sys, theta, o, 2);
+  for (index_t B : {index_t{7}, index_t{4099}, index_t{8192}}) {
+    o.batch_size = B;
+    const auto b = otcal::gradient_loss(ctx, sys, theta, o, 2);
+    ASSERT_EQ(b.loss, full.loss) << "batch " << B;
+    ASSERT_EQ(b.estimates, full.estimates) << "batch " << B;
+    ASSERT_EQ(b.gradient, full.gradient) << "batch " << B;
+  }
+}
+
 TEST(CalibrationGradient, WholeRunIsBatchInvariantWithDropoutAndL0) {
   const auto seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));

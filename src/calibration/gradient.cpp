@@ -110,7 +110,7 @@ class GradientEngine {
     // pass 1: S = A w'
     for (index_t b0 = 0; b0 < n_; b0 += B) {
       const index_t b1 = std::min(n_, b0 + B);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (b1 - b0 >= calib::kParallelMinRecords)
       for (index_t i = b0; i < b1; ++i) {
         double w = dropout_weight(i, theta[i], dropout_epoch);
         if (log_alpha) w *= training_gate(i, log_alpha[i], gate_step).z;
@@ -144,7 +144,7 @@ class GradientEngine {
     for (index_t b0 = 0; b0 < n_; b0 += B) {
       const index_t b1 = std::min(n_, b0 + B);
       calib::transpose_apply(At_, c.data(), b0, b1, atc.data());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (b1 - b0 >= calib::kParallelMinRecords)
       for (index_t i = b0; i < b1; ++i) {
         const double we = dropout_weight(i, theta[i], dropout_epoch);
         const double ac = atc[i - b0];

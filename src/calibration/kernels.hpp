@@ -13,6 +13,9 @@
 
 namespace otcal::calib {
 
+// Below this many records per batch the passes run on one thread (no result depends on it).
+inline constexpr index_t kParallelMinRecords = 4096;
+
 // S_r = Σ_i A_ri w_i for every row, fed by record batches [b0, b1) in increasing order. Each row
 // keeps a cursor into its (ascending) record indices, a partial sum of the current granule of
 // kReductionGranule records and the ordered sum of completed granules: the summation order is
@@ -38,7 +41,8 @@ class RowAccumulator {
   // w_batch[i - b0] is the weight of record i.
   void add_batch(index_t b0, index_t b1, const double* w_batch) {
     const bool wide = A_.wide_indices();
-#pragma omp parallel for schedule(dynamic, 16)
+    // small batches run serially: a parallel region per tiny batch costs more than it saves
+#pragma omp parallel for schedule(dynamic, 16) if (b1 - b0 >= kParallelMinRecords)
     for (index_t r = 0; r < A_.rows; ++r) {
       std::int64_t p = cursor_[r];
       const std::int64_t end = A_.indptr[static_cast<std::size_t>(r) + 1];
@@ -75,7 +79,7 @@ class RowAccumulator {
 // out[i - b0] = Σ_j At_ij c_j for records i in [b0, b1); At is the n x k transpose.
 inline void transpose_apply(const CsrMatrix& At, const double* c, index_t b0, index_t b1, double* out) {
   const bool wide = At.wide_indices();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (b1 - b0 >= kParallelMinRecords)
   for (index_t i = b0; i < b1; ++i) {
     double s = 0;
     for (std::int64_t p = At.indptr[i]; p < At.indptr[i + 1]; ++p)
