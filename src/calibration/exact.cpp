@@ -110,6 +110,9 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   const index_t ka = static_cast<index_t>(active_rows.size());
 
   // Workspace: d, u, g, F', v, best g (6 n) + transpose apply out (n) + T (ka²) + accumulator (4 k).
+  // Not in the workspace: the transpose Aᵀ (nnz, like the CSR input itself) and Eigen's
+  // eigensolver copies of T (about 2 ka² float64), which a device backend would take from the
+  // budget through its solver's workspace query.
   ByteModel model{"calibrate_exact",
                   7 * align_up(static_cast<std::size_t>(n) * 8) +
                       align_up(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka) * 8) +
