@@ -51,6 +51,10 @@ struct SparsifyOptions {
   // Out-of-core output: each finished block goes to the sink in row order and no entries are
   // accumulated; the result's csr then holds the shape and indptr only.
   std::function<void(const CsrPiece&)> sink;
+  // CUDA: capacity `cap` (entries) of each device staging / pinned host buffer of the streamed
+  // output (spec §7.2); a block with more entries leaves as several pieces of whole rows. Must be
+  // >= m; 0 = the default. Ignored on the CPU.
+  std::int64_t staging_entries = 0;
 };
 
 inline constexpr index_t kDefaultPercentileSamples = 1024;

@@ -294,15 +294,21 @@ std::unique_ptr<SparsifyBackend<T>> make_cpu_sparsify_backend() {
 }
 
 template <class T>
-std::unique_ptr<SparsifyBackend<T>> make_sparsify_backend(const Context& ctx) {
-  if (ctx.kind() == DeviceKind::cuda)
-    throw DeviceError("sparsify has no CUDA implementation yet: run it with --device cpu (a CPU context)");
+std::unique_ptr<SparsifyBackend<T>> make_sparsify_backend(const Context& ctx, std::int64_t staging_entries) {
+  if (ctx.kind() == DeviceKind::cuda) {
+#ifdef OTCAL_WITH_CUDA
+    return make_cuda_sparsify_backend<T>(ctx, staging_entries);
+#else
+    (void)staging_entries;
+    throw DeviceError("this otcal was built without CUDA (OTCAL_CUDA=OFF or no nvcc found); use --device cpu");
+#endif
+  }
   return make_cpu_sparsify_backend<T>();
 }
 
 template std::unique_ptr<SparsifyBackend<float>> make_cpu_sparsify_backend<float>();
 template std::unique_ptr<SparsifyBackend<double>> make_cpu_sparsify_backend<double>();
-template std::unique_ptr<SparsifyBackend<float>> make_sparsify_backend<float>(const Context&);
-template std::unique_ptr<SparsifyBackend<double>> make_sparsify_backend<double>(const Context&);
+template std::unique_ptr<SparsifyBackend<float>> make_sparsify_backend<float>(const Context&, std::int64_t);
+template std::unique_ptr<SparsifyBackend<double>> make_sparsify_backend<double>(const Context&, std::int64_t);
 
 }  // namespace otcal::detail

@@ -73,9 +73,11 @@ index_t sample_count(const SparsifyOptions& o, index_t n) {
 //   per row = m * sizeof(T)                 dense block
 //           + m * sizeof(idx)               mass: the per-row selection order
 //           + sizeof(T) + 2 * 8             row max, kept count, output offset
+//   + the backend's own bytes (a device backend: staging buffers, sort scratch; none on the CPU)
 // The CSR pieces go straight to the host result arrays and are not workspace.
 template <class T>
-ByteModel sparsify_model(index_t n, index_t m, const SparsifyOptions& o, std::size_t resident_bytes) {
+ByteModel sparsify_model(index_t n, index_t m, const SparsifyOptions& o, std::size_t resident_bytes,
+                         const SparsifyBackend<T>& be) {
   const bool wide = m >= (index_t{1} << 31);
   std::size_t fixed = resident_bytes + 12 * kDefaultAlignment;
   if (needs_histogram(o)) fixed += 2 * detail::kHistogramBins * sizeof(std::uint64_t);
@@ -85,6 +87,8 @@ ByteModel sparsify_model(index_t n, index_t m, const SparsifyOptions& o, std::si
   }
   std::size_t per_row = static_cast<std::size_t>(m) * sizeof(T) + sizeof(T) + 2 * sizeof(std::int64_t);
   if (o.mode == SparsifyMode::mass) per_row += static_cast<std::size_t>(m) * (wide ? 8 : 4);
+  fixed += be.extra_fixed_bytes(n, m, o.mode == SparsifyMode::mass);
+  per_row += be.extra_bytes_per_row(m, o.mode == SparsifyMode::mass);
   return ByteModel{"sparsify", fixed, per_row, 1, 1};
 }
 
@@ -96,17 +100,22 @@ class BlockLoop {
     MemoryResource& mr = ctx.workspace();
     block_ = Buffer<T>(mr, static_cast<std::size_t>(bs_ * m_));
     row_max_ = Buffer<T>(mr, static_cast<std::size_t>(bs_));
+    if (!be.host_workspace()) row_max_host_.resize(static_cast<std::size_t>(bs_));
   }
 
-  // Builds every row (or the rows `ids`) block by block and calls fn(block, rows, row_max, r0).
+  // Builds every row (or the rows `ids`) block by block and calls
+  // fn(block, rows, row_max, row_max_host, r0): row_max in the workspace (for the primitives),
+  // row_max_host readable by the host (the same array on the CPU).
   template <class F>
   void sweep(index_t count, const index_t* ids, F&& fn) {
     unsigned flags = 0;
+    T* host_max = be_.host_workspace() ? row_max_.data() : row_max_host_.data();
     for (index_t b0 = 0; b0 < count; b0 += bs_) {
       const index_t rows = std::min(bs_, count - b0);
       src_.build(b0, rows, ids ? ids + b0 : nullptr, block_.data());
       flags |= be_.row_max(block_.data(), rows, m_, row_max_.data());
-      fn(block_.data(), rows, row_max_.data(), b0);
+      be_.download_row_max(row_max_.data(), rows, host_max);
+      fn(block_.data(), rows, row_max_.data(), static_cast<const T*>(host_max), b0);
     }
     check_flags(flags);
   }
@@ -132,6 +141,7 @@ class BlockLoop {
   PlanBlockSource<T>& src_;
   index_t n_, m_, bs_;
   Buffer<T> block_, row_max_;
+  std::vector<T> row_max_host_;  // device workspace only
 };
 
 // Threshold statistics (spec §4.2, §4.3, §7.1) and the output pass (§2).
@@ -152,7 +162,7 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
     case SparsifyMode::min_row: {
       if (o.value) warn("value is ignored with mode='min_row'");
       thr = kInf;
-      loop.sweep(n, nullptr, [&](const T*, index_t rows, const T* row_max, index_t) {
+      loop.sweep(n, nullptr, [&](const T*, index_t rows, const T*, const T* row_max, index_t) {
         for (index_t r = 0; r < rows; ++r)
           if (row_max[r] > T(0)) thr = std::min(thr, static_cast<double>(row_max[r]));
       });
@@ -162,18 +172,31 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
       Buffer<std::uint64_t> bins(mr, 2 * detail::kHistogramBins);
       Buffer<index_t> ids;
       index_t count = n;
+      // exact_percentile reads the bins on the host: in place on the CPU, else a host copy
+      // downloaded after each pass. On a device the row sample is drawn on the host and uploaded.
+      const bool on_host = be.host_workspace();
       if (o.percentile_method == PercentileMethod::sampled) {
         count = sample_count(o, n);
         ids = Buffer<index_t>(mr, static_cast<std::size_t>(count));
-        Buffer<std::pair<std::uint64_t, index_t>> heap(mr, static_cast<std::size_t>(count));
-        detail::sample_rows(o.seed, n, count, heap.data(), ids.data());
+        if (on_host) {
+          Buffer<std::pair<std::uint64_t, index_t>> heap(mr, static_cast<std::size_t>(count));
+          detail::sample_rows(o.seed, n, count, heap.data(), ids.data());
+        } else {
+          std::vector<std::pair<std::uint64_t, index_t>> heap(static_cast<std::size_t>(count));
+          std::vector<index_t> host_ids(static_cast<std::size_t>(count));
+          detail::sample_rows(o.seed, n, count, heap.data(), host_ids.data());
+          be.upload_ids(host_ids.data(), count, ids.data());
+        }
       }
+      std::vector<std::uint64_t> host_bins(on_host ? 0 : 2 * detail::kHistogramBins);
       const detail::HistogramSweep hs = [&](const detail::KeyHistogramQuery& q, std::uint64_t* b) {
-        loop.sweep(count, ids.data(), [&](const T* block, index_t rows, const T* row_max, index_t) {
-          be.key_histogram(block, rows, m, row_max, q, b);
+        if (!on_host) be.zero_bins(bins.data(), bins.size());
+        loop.sweep(count, ids.data(), [&](const T* block, index_t rows, const T* row_max, const T*, index_t) {
+          be.key_histogram(block, rows, m, row_max, q, bins.data());
         });
+        be.download_bins(bins.data(), bins.size(), b);
       };
-      thr = detail::exact_percentile<T>(*o.value, bins.data(), hs);
+      thr = detail::exact_percentile<T>(*o.value, on_host ? bins.data() : host_bins.data(), hs);
       break;
     }
     case SparsifyMode::mass: break;
@@ -188,7 +211,14 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   csr.indptr.assign(static_cast<std::size_t>(n) + 1, 0);
   const bool wide = csr.wide_indices();
   Buffer<std::int64_t> counts(mr, static_cast<std::size_t>(loop.bs()));
-  Buffer<std::int64_t> offsets(mr, static_cast<std::size_t>(loop.bs()));
+  Buffer<std::int64_t> offsets_ws(mr, static_cast<std::size_t>(loop.bs()));
+  // The loop reads the kept counts and writes the output offsets on the host: the workspace
+  // arrays themselves on the CPU, host copies on a device (counts come back by download_counts).
+  const bool on_host = be.host_workspace();
+  std::vector<std::int64_t> counts_mirror(on_host ? 0 : static_cast<std::size_t>(loop.bs()));
+  std::vector<std::int64_t> offsets_mirror(on_host ? 0 : static_cast<std::size_t>(loop.bs()));
+  std::int64_t* const host_counts = on_host ? counts.data() : counts_mirror.data();
+  std::int64_t* const offsets = on_host ? offsets_ws.data() : offsets_mirror.data();
   Buffer<std::int32_t> order32;
   Buffer<std::int64_t> order64;
   void* order = nullptr;
@@ -207,22 +237,23 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   // Writes the selected entries of a block at `offsets` into the given arrays.
   auto emit = [&](const T* block, index_t rows, const T* row_max, std::int32_t* i32, std::int64_t* i64, double* vals) {
     if (o.mode == SparsifyMode::mass)
-      be.gather_selected(block, rows, m, order, wide, counts.data(), offsets.data(), i32, i64, vals);
+      be.gather_selected(block, rows, m, order, wide, counts.data(), offsets, i32, i64, vals);
     else
-      be.compact_at_least(block, rows, m, row_max, thr, offsets.data(), i32, i64, vals);
+      be.compact_at_least(block, rows, m, row_max, thr, offsets, i32, i64, vals);
   };
   // Host staging of one piece for the sink (the block's output, bounded by bs * m entries).
   std::vector<std::int64_t> piece_indptr;
   std::vector<std::int32_t> piece_idx32;
   std::vector<std::int64_t> piece_idx64;
   std::vector<double> piece_values;
-  loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, index_t r0) {
-    for (index_t r = 0; r < rows; ++r) massless += row_max[r] > T(0) ? 0 : 1;
+  loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, const T* host_max, index_t r0) {
+    for (index_t r = 0; r < rows; ++r) massless += host_max[r] > T(0) ? 0 : 1;
     if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts.data());
     else be.count_at_least(block, rows, m, row_max, thr, counts.data());
+    be.download_counts(counts.data(), rows, host_counts);
     for (index_t r = 0; r < rows; ++r) {
       offsets[static_cast<std::size_t>(r)] = nnz;
-      nnz += counts[static_cast<std::size_t>(r)];
+      nnz += host_counts[static_cast<std::size_t>(r)];
       csr.indptr[static_cast<std::size_t>(r0 + r + 1)] = nnz;
     }
     if (o.sink) {
@@ -238,6 +269,7 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
       else piece_idx32.resize(piece_nnz);
       emit(block, rows, row_max, wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr,
            piece_values.data());
+      be.flush_output(wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr, piece_values.data());
       CsrPiece piece;
       piece.row_offset = r0;
       piece.rows = rows;
@@ -256,6 +288,8 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
     emit(block, rows, row_max, wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr,
          csr.values.data());
   });
+  if (!o.sink)
+    be.flush_output(wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr, csr.values.data());
   csr.values.shrink_to_fit();
   csr.indices32.shrink_to_fit();
   csr.indices64.shrink_to_fit();
@@ -307,10 +341,10 @@ SparsifyResult sparsify_cloud(const Context& ctx, const PointCloud& geom, const 
   res.converged = r.converged;
   const std::size_t resident = detail::cloud_bytes(s, geom.options.cost, sizeof(T)) +
                                static_cast<std::size_t>(s.n + s.m) * sizeof(T) + 2 * kDefaultAlignment;
-  res.plan = plan_batch(s.n, sparsify_model<T>(s.n, s.m, o, resident), ctx.memory_budget(), o.batch_size);
+  auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
+  res.plan = plan_batch(s.n, sparsify_model<T>(s.n, s.m, o, resident, *sbe), ctx.memory_budget(), o.batch_size);
 
   auto be = detail::make_backend<T>(ctx);
-  auto sbe = detail::make_sparsify_backend<T>(ctx);
   StatisticsAdaptor::Counter peak;
   {
     ScopedPeak scope(ctx.statistics(), &peak);
@@ -339,8 +373,9 @@ SparsifyResult sparsify_dense(const Context& ctx, const ConstMatrix& plan, const
   SparsifyResult res;
   res.cost = meta.cost;
   res.converged = meta.converged;
-  res.plan = plan_batch(plan.rows, sparsify_model<T>(plan.rows, plan.cols, o, 0), ctx.memory_budget(), o.batch_size);
-  auto sbe = detail::make_sparsify_backend<T>(ctx);
+  auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
+  res.plan = plan_batch(plan.rows, sparsify_model<T>(plan.rows, plan.cols, o, 0, *sbe), ctx.memory_budget(),
+                        o.batch_size);
   StatisticsAdaptor::Counter peak;
   {
     ScopedPeak scope(ctx.statistics(), &peak);
