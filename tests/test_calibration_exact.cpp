@@ -311,4 +311,36 @@ TEST(CalibrationExact, RakeSemantics) {
   EXPECT_NE(stopped.diagnostics.warnings.back().find("Raking did not converge after 1 iterations"), std::string::npos);
 }
 
+TEST(CalibrationExact, GregWithVariance) {
+  Case c = random_case(2, 3, 1, 150);
+  SCOPED_TRACE("seed " + std::to_string(c.seed));
+  std::mt19937_64 rng(c.seed);
+  std::uniform_real_distribution<double> u(0.5, 2);
+  const index_t n = c.sys.A.cols, k = c.sys.A.rows;
+  const Eigen::MatrixXd X = dense(c.sys.A);
+  const Eigen::VectorXd d = Eigen::Map<const Eigen::VectorXd>(c.sys.design_weights.data(), n);
+  const Eigen::VectorXd t = Eigen::Map<const Eigen::VectorXd>(c.sys.targets.data(), k);
+  auto ctx = quiet_ctx();
+  std::vector<double> per_record(n), per_constraint(k);
+  for (auto& v : per_record) v = u(rng);
+  for (auto& v : per_constraint) v = u(rng);
+  for (int mode = 0; mode < 2; ++mode) {
+    otcal::ExactOptions o;
+    o.variance = mode == 0 ? per_record : per_constraint;
+    Eigen::VectorXd s2(n);
+    for (index_t i = 0; i < n; ++i) s2[i] = mode == 0 ? per_record[i] : X.col(i).dot(Eigen::Map<const Eigen::VectorXd>(per_constraint.data(), k));
+    const auto res = otcal::calibrate_exact(ctx, c.sys, o);
+    const Eigen::MatrixXd T = X * (d.array() / s2.array()).matrix().asDiagonal() * X.transpose();
+    const Eigen::VectorXd lambda = T.completeOrthogonalDecomposition().solve(t - X * d);
+    for (index_t i = 0; i < n; ++i) {
+      const double w = d[i] * (1 + X.col(i).dot(lambda) / s2[i]);
+      ASSERT_NEAR(res.weights[i], w, 1e-10 * std::max(1.0, std::fabs(w))) << "mode " << mode << " record " << i;
+    }
+  }
+  otcal::ExactOptions bad;
+  bad.variance = std::vector<double>(n, 1.0);
+  bad.variance[4] = -1;
+  EXPECT_THROW(otcal::calibrate_exact(ctx, c.sys, bad), otcal::InvalidArgument);
+}
+
 }  // namespace

@@ -91,7 +91,7 @@ struct ExactOptions {
   int max_iterations = 50;
   double epsilon = 1e-7;
   bool force = false;
-  std::vector<double> variance;  // sigma_i^2 per record (n), or empty = all 1
+  std::vector<double> variance;  // sigma_i^2 per record (n), or a length-k v with sigma_i^2 = x_iᵀ v; empty = all 1
   // §4.5 trim = (a, b) on g after calibration (also in the GREG path: [deviation] from R).
   std::optional<std::pair<double, double>> trim;
 };

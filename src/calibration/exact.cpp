@@ -89,8 +89,9 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
                           ", " + fmt(o.upper) + ")");
   if (o.max_iterations < 1) throw InvalidArgument("calibrate: max_iterations must be >= 1");
   if (!(o.epsilon > 0)) throw InvalidArgument("calibrate: epsilon must be > 0");
-  if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n)
-    throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) + ")");
+  if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n && static_cast<index_t>(o.variance.size()) != k)
+    throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) +
+                          ") or one per constraint (" + std::to_string(k) + ")");
   const Distance dist(o.calfun, o.lower, o.upper);
 
   CalibrationResult res;
@@ -141,7 +142,20 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   calib::RowAccumulator acc(mr, A);
   std::vector<double> S(static_cast<std::size_t>(k)), eta(static_cast<std::size_t>(k), 0.0);
   for (index_t i = 0; i < n; ++i) d[i] = sys.design_weights[i];
-  auto sigma2 = [&](index_t i) { return o.variance.empty() ? 1.0 : o.variance[i]; };
+  // σ²_i: all 1, per record, or x_iᵀ v for a length-k v (§4.1); must be positive and finite.
+  std::vector<double> sigma2_of;
+  if (!o.variance.empty()) {
+    sigma2_of.resize(static_cast<std::size_t>(n));
+    if (static_cast<index_t>(o.variance.size()) == n && n != k)
+      sigma2_of = o.variance;
+    else
+      calib::transpose_apply(At, o.variance.data(), 0, n, sigma2_of.data());
+    for (index_t i = 0; i < n; ++i)
+      if (!(sigma2_of[i] > 0 && std::isfinite(sigma2_of[i])))
+        throw InvalidArgument("calibrate: variance gives sigma^2 = " + fmt(sigma2_of[i]) + " for record " +
+                              std::to_string(i) + "; it must be positive and finite");
+  }
+  auto sigma2 = [&](index_t i) { return sigma2_of.empty() ? 1.0 : sigma2_of[i]; };
 
   auto estimate = [&](const double* w) {  // S = A w
     acc.reset();
