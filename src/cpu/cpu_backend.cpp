@@ -69,6 +69,68 @@ inline T lanes_sum(const T* v, index_t jn) {
   return s;
 }
 
+// t_j = beta_j - c(x_i, y_j) * c_scale for one granule, into t[0..jn); returns max_j t_j (NaN if
+// any t_j is NaN). The first d-1 coordinates accumulate in t, the last is fused with the finish,
+// the bias and the max: two sweeps over the granule for d = 2..3 instead of five.
+template <CostKind K, class T>
+inline T granule_exponents(const Cloud<T>& rows, const Cloud<T>& cols, index_t i, index_t j0, index_t jn, T p,
+                           const T* beta, T c_scale, T* t) {
+  const int d = rows.d;
+  for (int k = 0; k + 1 < d; ++k) {
+    const T xi = rows.x[k * rows.n + i];
+    const T* yk = cols.x + k * cols.n + j0;
+    if (k == 0) {
+#pragma omp simd
+      for (index_t j = 0; j < jn; ++j) t[j] = cost_term<K>(xi, yk[j], p);
+    } else {
+#pragma omp simd
+      for (index_t j = 0; j < jn; ++j) t[j] += cost_term<K>(xi, yk[j], p);
+    }
+  }
+  const T xl = rows.x[(d - 1) * rows.n + i];
+  const T* yl = cols.x + (d - 1) * cols.n + j0;
+  const T ni = rows.norms ? rows.norms[i] : T(0);
+  const T* nj = cols.norms ? cols.norms + j0 : nullptr;
+  auto value = [&](index_t j) {
+    const T acc = (d > 1 ? t[j] : T(0)) + cost_term<K>(xl, yl[j], p);
+    return beta[j] - cost_finish<K>(acc, p, ni, nj ? nj[j] : T(0)) * c_scale;
+  };
+  T lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+  index_t j = 0;
+  for (; j + kLanes <= jn; j += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = value(j + l);
+      t[j + l] = v;
+      lane[l] = nan_max(v, lane[l]);
+    }
+  }
+  for (int l = 0; j + l < jn; ++l) {
+    const T v = value(j + l);
+    t[j + l] = v;
+    lane[l] = nan_max(v, lane[l]);
+  }
+  T mx = lane[0];
+  for (int l = 1; l < kLanes; ++l) mx = nan_max(lane[l], mx);
+  return mx;
+}
+
+// sum_j 2^(t_j - mx) over one granule, in fixed lanes (deterministic, vectorised).
+template <class T>
+inline T granule_exp2_sum(const T* t, index_t jn, T mx) {
+  T lane[kLanes] = {};
+  index_t j = 0;
+  for (; j + kLanes <= jn; j += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) lane[l] += exp2_nonpositive(T(t[j + l] - mx));
+  }
+  for (int l = 0; j + l < jn; ++l) lane[l] += exp2_nonpositive(T(t[j + l] - mx));
+  T s = T(0);
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
 template <class T>
 class CpuBackend final : public Backend<T> {
  public:
@@ -148,22 +210,21 @@ class CpuBackend final : public Backend<T> {
         // Row states live in the budgeted tile workspace (2 doubles per tile row).
         LseState* state = reinterpret_cast<LseState*>(a.state) + (c0 - t0);
         for (index_t r = 0; r < c1 - c0; ++r) state[r] = lse_empty();
+        alignas(64) T beta[R];
         alignas(64) T buf[R];
         for (index_t j0 = 0; j0 < m; j0 += R) {
           const index_t jn = std::min(R, m - j0);
+          // Column bias h_j log2(e)/eps, computed once per granule for the whole row chunk.
           const T* h = a.col_potential + j0;
-          for (index_t i = c0; i < c1; ++i) {
-            cost_block<K>(a.rows, a.cols, i, j0, jn, p, buf);
 #pragma omp simd
-            for (index_t j = 0; j < jn; ++j) buf[j] = h[j] * h_scale - buf[j] * c_scale;
-            const T mx = lanes_max(buf, jn);
+          for (index_t j = 0; j < jn; ++j) beta[j] = h[j] * h_scale;
+          for (index_t i = c0; i < c1; ++i) {
+            const T mx = granule_exponents<K>(a.rows, a.cols, i, j0, jn, p, beta, c_scale, buf);
             if (!(mx > -std::numeric_limits<T>::infinity())) {
               if (mx != mx) state[i - c0] = {mx, 1.0};  // NaN: let it reach the output and the flags
               continue;
             }
-#pragma omp simd
-            for (index_t j = 0; j < jn; ++j) buf[j] = exp2_nonpositive(T(buf[j] - mx));
-            lse_merge(state[i - c0], static_cast<double>(mx), static_cast<double>(lanes_sum(buf, jn)));
+            lse_merge(state[i - c0], static_cast<double>(mx), static_cast<double>(granule_exp2_sum(buf, jn, mx)));
           }
         }
         for (index_t i = c0; i < c1; ++i) a.out[i] = static_cast<T>(lse_natural(state[i - c0]));
