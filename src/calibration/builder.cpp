@@ -208,8 +208,11 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
     A.values[pos] = v;
   };
 
-  Buffer<std::int32_t> row_of(ctx.workspace(), static_cast<std::size_t>(n));
-  Buffer<std::int64_t> next(ctx.workspace(), static_cast<std::size_t>(std::max<index_t>(max_margin_rows, 1)));
+  // The build runs on the host for every context (O(nnz) counting sort; a CUDA calibrator uploads
+  // the CSR once): on CUDA the workspace is device memory, so the scratch comes from pinned host.
+  MemoryResource& scratch = ctx.kind() == DeviceKind::cuda ? ctx.pinned_host() : ctx.workspace();
+  Buffer<std::int32_t> row_of(scratch, static_cast<std::size_t>(n));
+  Buffer<std::int64_t> next(scratch, static_cast<std::size_t>(std::max<index_t>(max_margin_rows, 1)));
 
   index_t row = 0;
   std::int64_t pos = 0;

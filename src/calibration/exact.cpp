@@ -7,10 +7,12 @@
 #include <cfloat>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <cmath>
 #include <numeric>
 #include <string>
 
+#include "calibration/calib_backend.hpp"
 #include "calibration/kernels.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
@@ -25,43 +27,83 @@ std::string fmt(double v) {
   return buf;
 }
 
-struct Distance {
-  CalFun calfun;
-  double L, U;
-  double logit_a = 0;  // A = (U - L) / ((U - 1)(1 - L))
+// Validates the bounds and fills the shared element math (include/otcal/detail/calib_math.hpp).
+detail::DistanceMath make_distance(CalFun f, double L, double U) {
+  detail::DistanceMath m;
+  m.L = L;
+  m.U = U;
+  m.calfun = f == CalFun::linear ? detail::CalFunCode::linear
+                                 : (f == CalFun::raking ? detail::CalFunCode::raking : detail::CalFunCode::logit);
+  if (f == CalFun::logit) {
+    if (!std::isfinite(L) || !std::isfinite(U) || !(L < 1 && 1 < U))
+      throw InvalidArgument("Logit calibration requires finite bounds lower < 1 < upper (got " + fmt(L) + ", " +
+                            fmt(U) + ")");
+    m.logit_a = (U - L) / ((U - 1) * (1 - L));
+  }
+  return m;
+}
 
-  Distance(CalFun f, double lower, double upper) : calfun(f), L(lower), U(upper) {
-    if (f == CalFun::logit) {
-      if (!std::isfinite(L) || !std::isfinite(U) || !(L < 1 && 1 < U))
-        throw InvalidArgument("Logit calibration requires finite bounds lower < 1 < upper (got " +
-                              fmt(L) + ", " + fmt(U) + ")");
-      logit_a = (U - L) / ((U - 1) * (1 - L));
-    }
+// The CPU passes: budgeted host workspace, OpenMP, fixed reduction order (bitwise reproducible).
+class CpuExactPasses final : public calib::ExactPasses {
+ public:
+  CpuExactPasses(MemoryResource& mr, const CsrMatrix& A, const CsrMatrix& At, const std::vector<index_t>& active_rows,
+                 const std::vector<index_t>& active_of, const std::vector<double>& design,
+                 const std::vector<double>& sigma2_of, const detail::DistanceMath& dist)
+      : A_(A), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_of_(sigma2_of), dist_(dist),
+        n_(A.cols), d_(mr, n_), u_(mr, n_), g_(mr, n_), dF_(mr, n_), v_(mr, n_), tmp_(mr, n_), best_g_(mr, n_),
+        acc_(mr, A) {
+    for (index_t i = 0; i < n_; ++i) d_[i] = design[i];
   }
-  double F(double u) const {
-    switch (calfun) {
-      case CalFun::linear: return std::clamp(1 + u, L, U);
-      case CalFun::raking: return std::clamp(std::exp(u), L, U);
-      case CalFun::logit: {
-        const double e = std::exp(logit_a * u);
-        return (L * (U - 1) + U * (1 - L) * e) / ((U - 1) + (1 - L) * e);
-      }
-    }
-    return 0;
+  void scale_design(double f) override {
+    for (index_t i = 0; i < n_; ++i) d_[i] *= f;
   }
-  // R tests u (not F(u)) against the bounds for linear and raking: reproduced (§4.2).
-  double dF(double u) const {
-    switch (calfun) {
-      case CalFun::linear: return (L - 1 < u && u < U - 1) ? 1.0 : 0.0;
-      case CalFun::raking: return (L - 1 < u && u < U - 1) ? std::exp(u) : 0.0;
-      case CalFun::logit: {
-        const double e = std::exp(logit_a * u);
-        const double den = (U - 1) + (1 - L) * e;
-        return logit_a * e * (U - 1) * (1 - L) * (U - L) / (den * den);
-      }
+  bool recompute(const double* eta) override {
+    calib::transpose_apply(At_, eta, 0, n_, tmp_.data());
+    bool finite = true;
+#pragma omp parallel for schedule(static) reduction(&& : finite)
+    for (index_t i = 0; i < n_; ++i) {
+      u_[i] = tmp_[i] / sigma2(i);
+      g_[i] = dist_.F(u_[i]);
+      dF_[i] = dist_.dF(u_[i]);
+      finite = finite && std::isfinite(g_[i]) && std::isfinite(dF_[i]);
     }
-    return 0;
+    return finite;
   }
+  void estimate_design(double* S) override { estimate(d_.data(), S); }
+  void estimate_weights(double* S) override {
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * g_[i];
+    estimate(v_.data(), S);
+  }
+  void newton_matrix(double* T) override {
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * dF_[i] / sigma2(i);
+    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_.data(), T);
+  }
+  void keep_best() override {
+    for (index_t i = 0; i < n_; ++i) best_g_[i] = g_[i];
+  }
+  void restore_best() override {
+    for (index_t i = 0; i < n_; ++i) g_[i] = best_g_[i];
+  }
+  void download_g(double* g) override {
+    for (index_t i = 0; i < n_; ++i) g[i] = g_[i];
+  }
+
+ private:
+  double sigma2(index_t i) const { return sigma2_of_.empty() ? 1.0 : sigma2_of_[i]; }
+  void estimate(const double* w, double* S) {  // S = A w
+    acc_.reset();
+    acc_.add_batch(0, n_, w);
+    acc_.finish(S);
+  }
+  const CsrMatrix &A_, &At_;
+  const std::vector<index_t>&active_rows_, &active_of_;
+  const std::vector<double>& sigma2_of_;
+  detail::DistanceMath dist_;
+  index_t n_;
+  Buffer<double> d_, u_, g_, dF_, v_, tmp_, best_g_;
+  calib::RowAccumulator acc_;
 };
 
 // Δ = pinv(T) b with eigenvalues below 256·DBL_EPSILON·λmax truncated (T symmetric PSD).
@@ -92,7 +134,11 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n && static_cast<index_t>(o.variance.size()) != k)
     throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) +
                           ") or one per constraint (" + std::to_string(k) + ")");
-  const Distance dist(o.calfun, o.lower, o.upper);
+  const detail::DistanceMath dist = make_distance(o.calfun, o.lower, o.upper);
+  const bool on_device = ctx.kind() == DeviceKind::cuda;
+#ifndef OTCAL_WITH_CUDA
+  if (on_device) throw DeviceError("calibrate: this otcal was built without CUDA; use a CPU context");
+#endif
 
   CalibrationResult res;
   // Drop zero-row zero-target constraints; a zero row with a non-zero target is infeasible.
@@ -110,38 +156,30 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   }
   const index_t ka = static_cast<index_t>(active_rows.size());
 
-  // Workspace: d, u, g, F', v, best g (6 n) + transpose apply out (n) + T (ka²) + accumulator (4 k).
-  // Not in the workspace: the transpose Aᵀ (nnz, like the CSR input itself) and Eigen's
-  // eigensolver copies of T (about 2 ka² float64), which a device backend would take from the
-  // budget through its solver's workspace query.
-  ByteModel model{"calibrate_exact",
-                  7 * align_up(static_cast<std::size_t>(n) * 8) +
+  // Workspace (CPU): d, u, g, F', v, best g (6 n) + transpose apply out (n) + T (ka²) + accumulator
+  // (4 k). Not in the workspace: the transpose Aᵀ (nnz, like the CSR input itself) and Eigen's
+  // eigensolver copies of T (about 2 ka² float64).
+  // CUDA (cuda_exact_device_bytes): both CSRs, 7 n-arrays, T and k-vectors in device memory; the
+  // host holds the T copy for Eigen (not device workspace).
+  std::size_t fixed = 7 * align_up(static_cast<std::size_t>(n) * 8) +
                       align_up(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka) * 8) +
-                      calib::RowAccumulator::bytes(k),
-                  0, 1, 1};
+                      calib::RowAccumulator::bytes(k);
+#ifdef OTCAL_WITH_CUDA
+  if (on_device) fixed = calib::cuda_exact_device_bytes(A, ka);
+#endif
+  ByteModel model{"calibrate_exact", fixed, 0, 1, 1};
   if (model.fixed_bytes + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())
     throw BudgetTooSmall("calibrate_exact needs at least " + format_bytes(model.fixed_bytes + planner_headroom(ctx.memory_budget())) +
-                             " (7 float64 per record + the " + std::to_string(ka) + "² Newton matrix); budget is " +
-                             format_bytes(ctx.memory_budget()),
+                             " (7 float64 per record + the " + std::to_string(ka) + "² Newton matrix" +
+                             (on_device ? std::string(" + the constraint CSR and its transpose on the device") : "") +
+                             "); budget is " + format_bytes(ctx.memory_budget()),
                          model.fixed_bytes);
   res.plan.rows = n;
   res.plan.n_tiles = 1;
   res.plan.planned_peak = model.fixed_bytes;
 
-  MemoryResource& mr = ctx.workspace();
   const CsrMatrix At = transpose(A);
-  Buffer<double> d(mr, n), u(mr, n), g(mr, n), dF(mr, n), v(mr, n), tmp(mr, n), best_g(mr, n);
-  double best_ratio = INFINITY;  // the best iterate is what force returns on failure
-  auto keep_if_best = [&](double r) {
-    if (r < best_ratio) {
-      best_ratio = r;
-      for (index_t i = 0; i < n; ++i) best_g[i] = g[i];
-    }
-  };
-  Buffer<double> T(mr, static_cast<std::size_t>(ka * ka));
-  calib::RowAccumulator acc(mr, A);
   std::vector<double> S(static_cast<std::size_t>(k)), eta(static_cast<std::size_t>(k), 0.0);
-  for (index_t i = 0; i < n; ++i) d[i] = sys.design_weights[i];
   // σ²_i: all 1, per record, or x_iᵀ v for a length-k v (§4.1); must be positive and finite.
   std::vector<double> sigma2_of;
   if (!o.variance.empty()) {
@@ -155,29 +193,36 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
         throw InvalidArgument("calibrate: variance gives sigma^2 = " + fmt(sigma2_of[i]) + " for record " +
                               std::to_string(i) + "; it must be positive and finite");
   }
-  auto sigma2 = [&](index_t i) { return sigma2_of.empty() ? 1.0 : sigma2_of[i]; };
 
-  auto estimate = [&](const double* w) {  // S = A w
-    acc.reset();
-    acc.add_batch(0, n, w);
-    acc.finish(S.data());
-  };
-  auto recompute = [&]() -> bool {  // u = Aᵀη / σ², g = F(u), F'(u); false if any non-finite
-    calib::transpose_apply(At, eta.data(), 0, n, tmp.data());
-    bool finite = true;
-#pragma omp parallel for schedule(static) reduction(&& : finite)
-    for (index_t i = 0; i < n; ++i) {
-      u[i] = tmp[i] / sigma2(i);
-      g[i] = dist.F(u[i]);
-      dF[i] = dist.dF(u[i]);
-      finite = finite && std::isfinite(g[i]) && std::isfinite(dF[i]);
+  // T lives in the workspace on the CPU; on CUDA the device builds it and the host copy is plain
+  // host memory (one ka² download per Newton step, then Eigen's symmetric eigensolver).
+  std::unique_ptr<calib::ExactPasses> passes;
+  Buffer<double> T;
+  std::vector<double> T_host;
+  double* T_data = nullptr;
+#ifdef OTCAL_WITH_CUDA
+  if (on_device) {
+    passes = calib::make_cuda_exact_passes(ctx, A, At, active_rows, sys.design_weights, sigma2_of, dist);
+    T_host.resize(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka));
+    T_data = T_host.data();
+  }
+#endif
+  if (!passes) {
+    MemoryResource& mr = ctx.workspace();
+    passes = std::make_unique<CpuExactPasses>(mr, A, At, active_rows, active_of, sys.design_weights, sigma2_of, dist);
+    T = Buffer<double>(mr, static_cast<std::size_t>(ka * ka));
+    T_data = T.data();
+  }
+  double best_ratio = INFINITY;  // the best iterate is what force returns on failure
+  auto keep_if_best = [&](double r) {
+    if (r < best_ratio) {
+      best_ratio = r;
+      passes->keep_best();
     }
-    return finite;
   };
+  auto recompute = [&]() -> bool { return passes->recompute(eta.data()); };
   auto misfit_at_g = [&](Eigen::VectorXd& misfit) {
-#pragma omp parallel for schedule(static)
-    for (index_t i = 0; i < n; ++i) v[i] = d[i] * g[i];
-    estimate(v.data());
+    passes->estimate_weights(S.data());
     for (index_t a = 0; a < ka; ++a) misfit[a] = sys.targets[active_rows[a]] - S[active_rows[a]];
   };
   auto ratio_of = [&](const Eigen::VectorXd& misfit) {
@@ -189,19 +234,15 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     }
     return worst;
   };
-  auto build_T = [&]() {
-#pragma omp parallel for schedule(static)
-    for (index_t i = 0; i < n; ++i) v[i] = d[i] * dF[i] / sigma2(i);
-    calib::accumulate_newton_matrix(A, At, active_rows, active_of, v.data(), T.data());
-  };
-  Eigen::Map<Eigen::MatrixXd> Tm(T.data(), ka, ka);  // symmetric: row/column order irrelevant
+  auto build_T = [&]() { passes->newton_matrix(T_data); };
+  Eigen::Map<Eigen::MatrixXd> Tm(T_data, ka, ka);  // symmetric: row/column order irrelevant
   Eigen::VectorXd misfit(ka);
 
   recompute();
   double prescale = 1;
   const bool greg = o.calfun == CalFun::linear && std::isinf(o.lower) && std::isinf(o.upper);
   if (!greg && ka > 0) {
-    estimate(d.data());  // t̂ = A d
+    passes->estimate_design(S.data());  // t̂ = A d
     double rmin = INFINITY, rsum = 0;
     for (index_t a = 0; a < ka; ++a) {
       const double r = sys.targets[active_rows[a]] / S[active_rows[a]];
@@ -210,7 +251,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     }
     if (rmin > 20) {
       prescale = rsum / static_cast<double>(ka);
-      for (index_t i = 0; i < n; ++i) d[i] *= prescale;
+      passes->scale_design(prescale);
       if (std::isfinite(o.lower) || std::isfinite(o.upper))
         ctx.warn("calibrate: targets are more than 20 times the design totals; design weights were rescaled by " +
                  fmt(prescale) + " and the bounds apply after the rescaling");
@@ -267,11 +308,12 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   res.weights.resize(static_cast<std::size_t>(n));
   if (failed && best_ratio < ratio) {
     ratio = best_ratio;
-    for (index_t i = 0; i < n; ++i) g[i] = best_g[i];
+    passes->restore_best();
     res.max_ratio = ratio;
   }
+  passes->download_g(res.g.data());
   for (index_t i = 0; i < n; ++i) {
-    res.g[i] = g[i] * prescale;
+    res.g[i] = res.g[i] * prescale;
     res.weights[i] = sys.design_weights[i] * res.g[i];
   }
   if (failed) {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 
+#include "calibration/calib_backend.hpp"
 #include "calibration/kernels.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/detail/philox.hpp"
@@ -18,9 +19,7 @@ namespace otcal {
 namespace {
 
 using detail::RandomPurpose;
-constexpr double kGamma = -0.1, kZeta = 1.1, kLogitClamp = 20.0;
-
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+constexpr double kLogitClamp = detail::kLogAlphaClamp;
 
 struct Adam {  // PyTorch Adam: beta1 0.9, beta2 0.999, eps 1e-8, no weight decay, no amsgrad
   double lr;
@@ -29,11 +28,7 @@ struct Adam {  // PyTorch Adam: beta1 0.9, beta2 0.999, eps 1e-8, no weight deca
     ++step;
     const double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.999, step);
 #pragma omp parallel for schedule(static)
-    for (index_t i = 0; i < n; ++i) {
-      m[i] = 0.9 * m[i] + (1 - 0.9) * grad[i];
-      v[i] = 0.999 * v[i] + (1 - 0.999) * grad[i] * grad[i];
-      x[i] -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + 1e-8);
-    }
+    for (index_t i = 0; i < n; ++i) detail::adam_element(x[i], m[i], v[i], grad[i], lr, bc1, bc2);
   }
 };
 
@@ -59,44 +54,65 @@ class GradientEngine {
     if (k_active_ == 0) throw InvalidArgument("gradient calibration needs at least one target that is not excluded");
     for (std::size_t j = 0; j < sys.targets.size(); ++j)
       if (!std::isfinite(sys.targets[j])) throw InvalidArgument("Target '" + sys.names[j] + "' is not finite");
-    const ByteModel model = gradient_model(n_, k_, o.regularize_with_l0);
-    plan_ = plan_batch(n_, model, ctx.memory_budget(), o.batch_size);
+    if (o.batch_size && *o.batch_size < 1) throw InvalidArgument("batch_size must be >= 1");
+    if (ctx.kind() == DeviceKind::cuda) {
+#ifdef OTCAL_WITH_CUDA
+      // On the device no batch buffer exists (w' is recomputed from θ in the kernels): the plan is
+      // the resident state, both CSRs included, in one piece.
+      const std::size_t need = calib::cuda_gradient_device_bytes(A_, o.regularize_with_l0);
+      if (need + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())
+        throw BudgetTooSmall("calibrate_gradient on CUDA needs at least " +
+                                 format_bytes(need + planner_headroom(ctx.memory_budget())) +
+                                 " of device memory (per-record state and the constraint CSR and its transpose); "
+                                 "budget is " + format_bytes(ctx.memory_budget()),
+                             need);
+      plan_.rows = n_;
+      plan_.n_tiles = 1;
+      plan_.planned_peak = need;
+#else
+      throw DeviceError("calibrate: this otcal was built without CUDA; use a CPU context");
+#endif
+    } else {
+      const ByteModel model = gradient_model(n_, k_, o.regularize_with_l0);
+      plan_ = plan_batch(n_, model, ctx.memory_budget(), o.batch_size);
+    }
     At_ = transpose(A_);
   }
 
   const TilePlan& plan() const { return plan_; }
 
-  // Dropped-out weight exp(θ'_i) of epoch `epoch` (0 for a dropped record).
+  // Element math shared with the CUDA passes (include/otcal/detail/calib_math.hpp).
   double dropout_weight(index_t i, double theta, std::uint32_t epoch) const {
-    const double p = o_.dropout_rate;
-    if (p == 0) return std::exp(theta);
-    if (p == 1) return 0.0;
-    const double u = detail::philox_uniform(o_.seed, static_cast<std::uint64_t>(i), RandomPurpose::dropout_mask, epoch);
-    return u < p ? 0.0 : std::exp(theta - std::log1p(-p));
+    return detail::dropout_weight(o_.seed, o_.dropout_rate, i, theta, epoch);
   }
-
-  struct Gate {
-    double z = 1, dz = 0;  // training gate and ∂z/∂logα
-  };
+  using Gate = detail::HardConcreteGate;
   Gate training_gate(index_t i, double log_alpha, std::uint32_t step) const {
-    Gate gt;
-    if (std::fabs(log_alpha) > kLogitClamp) log_alpha = std::clamp(log_alpha, -kLogitClamp, kLogitClamp);
-    double u = detail::philox_uniform(o_.seed, static_cast<std::uint64_t>(i), RandomPurpose::l0_gate, step);
-    u = 1e-6 + (1 - 2e-6) * u;  // U(1e-6, 1 - 1e-6)
-    const double beta = o_.temperature;
-    const double s = sigmoid((std::log(u) - std::log1p(-u) + log_alpha) / beta);
-    const double stretched = s * (kZeta - kGamma) + kGamma;
-    gt.z = std::clamp(stretched, 0.0, 1.0);
-    gt.dz = (stretched > 0 && stretched < 1) ? (kZeta - kGamma) * s * (1 - s) / beta : 0.0;
-    return gt;
+    return detail::training_gate(o_.seed, o_.temperature, i, log_alpha, step);
   }
-  double eval_gate(double log_alpha) const {
-    const double la = std::clamp(log_alpha, -kLogitClamp, kLogitClamp);
-    const double s = o_.legacy_eval_gate ? sigmoid(la) : sigmoid(la / o_.temperature);
-    return std::clamp(s * (kZeta - kGamma) + kGamma, 0.0, 1.0);
-  }
-  double penalty_prob(double log_alpha) const {
-    return sigmoid(std::clamp(log_alpha, -kLogitClamp, kLogitClamp) - o_.temperature * std::log(-kGamma / kZeta));
+  double eval_gate(double log_alpha) const { return detail::eval_gate(log_alpha, o_.temperature, o_.legacy_eval_gate); }
+  double penalty_prob(double log_alpha) const { return detail::penalty_prob(log_alpha, o_.temperature); }
+
+  // L(S) of §3.3 over the active targets and c = ∂L/∂S (0 for excluded targets); S has k values.
+  double loss_and_c(const double* S, double* c) const {
+    const double kk = static_cast<double>(k_active_);
+    double loss = 0;
+    bool finite = true;
+    for (index_t j = 0; j < k_; ++j) {
+      c[j] = 0;
+      if (!active_[j]) continue;
+      const double t = sys_.targets[j];
+      const double nf = o_.normalization_factor.empty() ? 1.0 : o_.normalization_factor[j];
+      const double den = std::max(t + 1, 1e-12);
+      const double num = o_.loss_relative ? S[j] - t : S[j] - t + 1;
+      const double rel = num / den;
+      const double term = nf * rel * rel;
+      finite = finite && std::isfinite(term);
+      loss += term;
+      c[j] = 2 * nf * num / (den * den * kk);
+    }
+    if (!finite) throw NumericalError("Relative error contains non-finite values (an estimate or weight overflowed; "
+                                      "lower the learning rate or check the targets)");
+    return loss / kk;
   }
 
   // One loss-and-gradient evaluation (two passes over record batches). log_alpha == nullptr:
@@ -121,24 +137,7 @@ class GradientEngine {
     acc.finish(S);
     // loss and c = ∂L/∂S
     std::vector<double> c(static_cast<std::size_t>(k_), 0.0);
-    const double kk = static_cast<double>(k_active_);
-    double loss = 0;
-    bool finite = true;
-    for (index_t j = 0; j < k_; ++j) {
-      if (!active_[j]) continue;
-      const double t = sys_.targets[j];
-      const double nf = o_.normalization_factor.empty() ? 1.0 : o_.normalization_factor[j];
-      const double den = std::max(t + 1, 1e-12);
-      const double num = o_.loss_relative ? S[j] - t : S[j] - t + 1;
-      const double rel = num / den;
-      const double term = nf * rel * rel;
-      finite = finite && std::isfinite(term);
-      loss += term;
-      c[j] = 2 * nf * num / (den * den * kk);
-    }
-    if (!finite) throw NumericalError("Relative error contains non-finite values (an estimate or weight overflowed; "
-                                      "lower the learning rate or check the targets)");
-    loss /= kk;
+    const double loss = loss_and_c(S, c.data());
     // pass 2: per record gradient, the same c for every batch
     const double lambda = o_.l0_lambda / (o_.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n_, 1)) : 1.0);
     for (index_t b0 = 0; b0 < n_; b0 += B) {
@@ -175,6 +174,9 @@ class GradientEngine {
     for (index_t i = 0; i < n_; ++i)
       if (!std::isfinite(w0[i]))
         throw InvalidArgument("initial weight of record " + std::to_string(i) + " is not finite");
+#ifdef OTCAL_WITH_CUDA
+    if (ctx_.kind() == DeviceKind::cuda) return run_on_device();
+#endif
     Buffer<double> theta(mr, n_), m(mr, n_), v(mr, n_), grad(mr, n_);
     std::vector<double> S(static_cast<std::size_t>(k_));
     index_t floored = 0;
@@ -246,6 +248,13 @@ class GradientEngine {
       for (index_t i = 0; i < n_; ++i) res.weights[i] = std::exp(theta[i]) * eval_gate(alpha[i]);
       res.n_iterations += steps;
     }
+    return finish(std::move(res), excluded, warnings);
+  }
+
+  // The shared tail: diagnostics, warnings and g = w / w0.
+  CalibrationResult finish(CalibrationResult res, const std::vector<std::string>& excluded,
+                           const std::vector<std::string>& warnings) const {
+    const auto& w0 = sys_.design_weights;
     res.converged = true;  // fixed epochs, no convergence test (microcalibrate)
     const double loss = res.diagnostics.loss;
     res.diagnostics = diagnose(sys_, res.weights, excluded);
@@ -255,6 +264,42 @@ class GradientEngine {
     for (index_t i = 0; i < n_; ++i) res.g[i] = w0[i] != 0 ? res.weights[i] / w0[i] : 0.0;
     return res;
   }
+
+#ifdef OTCAL_WITH_CUDA
+  // Every epoch on the device (cuda/calibration.cu); the host computes L(S) and c from the k
+  // estimates, exactly as on the CPU.
+  CalibrationResult run_on_device() {
+    CalibrationResult res;
+    res.plan = plan_;
+    std::vector<std::string> excluded;
+    for (index_t j = 0; j < k_; ++j)
+      if (!active_[j]) excluded.push_back(sys_.names[j]);
+    std::vector<std::string> warnings;
+    std::vector<double> S0;
+    if (o_.excluded_log_initial) {
+      S0.assign(static_cast<std::size_t>(k_), 0.0);
+      calib::cuda_estimate(ctx_, A_, sys_.design_weights, S0.data());
+    }
+    auto logged = [&](const std::vector<double>& est) {
+      if (S0.empty()) return est;
+      std::vector<double> out = est;
+      for (index_t j = 0; j < k_; ++j)
+        if (!active_[j]) out[j] = S0[j];
+      return out;
+    };
+    calib::GradientDeviceRun dev = calib::run_gradient_cuda(
+        ctx_, A_, At_, sys_.design_weights, o_, [this](const double* S, double* c) { return loss_and_c(S, c); },
+        logged, [&](index_t floored) {
+          warnings.push_back(std::to_string(floored) + " initial weight(s) (after noise) were floored to 1e-12");
+          ctx_.warn(warnings.back());
+        });
+    res.weights = std::move(dev.weights);
+    res.history = std::move(dev.history);
+    res.n_iterations = dev.n_iterations;
+    if (!res.history.empty()) res.diagnostics.loss = dev.loss;
+    return finish(std::move(res), excluded, warnings);
+  }
+#endif
 
   index_t k_active() const { return k_active_; }
   const std::vector<char>& active() const { return active_; }
@@ -290,6 +335,8 @@ CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem&
 
 LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& theta,
                               const GradientOptions& options, int epoch) {
+  if (ctx.kind() == DeviceKind::cuda)
+    throw InvalidArgument("gradient_loss evaluates on the host: pass a CPU context (calibrate_gradient runs on CUDA)");
   GradientEngine engine(ctx, sys, options);
   const index_t n = sys.A.cols;
   if (static_cast<index_t>(theta.size()) != n) throw InvalidArgument("gradient_loss: theta must have one value per record");

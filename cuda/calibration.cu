@@ -1,0 +1,475 @@
+// CUDA passes of the calibrators (src/calibration/calib_backend.hpp); the CPU passes in
+// src/calibration/{exact,gradient}.cpp are the reference. Design:
+//
+//  * Residency: A (k x n CSR) and Aᵀ (n x k CSR, the host counting sort) are uploaded once into
+//    ctx.workspace() (budgeted device memory) with every per-record array. Per Newton step or
+//    epoch only k-sized vectors (η, S, c) and, for Newton, the ka x ka matrix cross the bus.
+//  * S = A w: one warp per constraint row, lanes stride the row, a fixed shuffle tree reduces
+//    the 32 partials: deterministic (same result every run), not bitwise the CPU's granule order.
+//    The weight of a record is a functor, so the gradient calibrator's dropped-out, gated w'_i is
+//    recomputed from θ inside the SpMV (no batch buffer: results cannot depend on batch size).
+//  * Aᵀc and u = Aᵀη: one thread per record, the record's entries in ascending constraint order
+//    with __dmul_rn/__dadd_rn (no FMA contraction): the CPU transpose_apply's exact arithmetic.
+//  * T = A diag(v) Aᵀ over the active rows: one warp per active row a; records of row a in
+//    ascending order, lanes split the record's (distinct) columns b, __syncwarp between records:
+//    the CPU's accumulation order per entry, so T is deterministic and symmetric. O(Σ nnz_i²).
+//  * The pseudo-inverse solve runs on the HOST with Eigen (one ka² download per Newton step);
+//    g, F', u and the finite check run on the device with the shared OTCAL_HD element math.
+//  * Gradient epochs: SpMV(w'), download S (k), host L(S) and c (the CPU code), upload c,
+//    gradient kernel (per record), Adam kernel(s). θ is initialised on the host (Philox, the CPU
+//    code) and uploaded once; the final weights come back once.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "calibration/calib_backend.hpp"
+#include "cuda_check.hpp"
+#include "otcal/detail/calib_math.hpp"
+#include "otcal/errors.hpp"
+
+namespace otcal::calib {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr unsigned kMaxGrid = 65535u * 16u;
+
+unsigned grid_for(std::int64_t items, int per_block = kThreads) {
+  const std::int64_t g = (items + per_block - 1) / per_block;
+  return static_cast<unsigned>(std::clamp<std::int64_t>(g, 1, kMaxGrid));
+}
+
+struct DevCsr {
+  const std::int64_t* indptr = nullptr;
+  const std::int32_t* idx32 = nullptr;
+  const std::int64_t* idx64 = nullptr;
+  const double* values = nullptr;
+  index_t rows = 0, cols = 0;
+  __device__ __forceinline__ std::int64_t index(std::int64_t p) const { return idx64 ? idx64[p] : idx32[p]; }
+};
+
+std::size_t csr_device_bytes(const CsrMatrix& M) {
+  const std::size_t nnz = static_cast<std::size_t>(M.nnz());
+  return align_up((static_cast<std::size_t>(M.rows) + 1) * 8) + align_up(nnz * (M.wide_indices() ? 8 : 4)) +
+         align_up(nnz * 8);
+}
+
+template <class T>
+void upload(cudaStream_t s, const T* host, Buffer<T>& dst, std::size_t count) {
+  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst.data(), host, count * sizeof(T), cudaMemcpyHostToDevice, s));
+}
+template <class T>
+void download(cudaStream_t s, const Buffer<T>& src, T* host, std::size_t count) {
+  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), count * sizeof(T), cudaMemcpyDeviceToHost, s));
+  OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+// One CSR resident in budgeted device memory, uploaded once.
+class DeviceCsr {
+ public:
+  DeviceCsr(MemoryResource& mr, cudaStream_t s, const CsrMatrix& M)
+      : indptr_(mr, static_cast<std::size_t>(M.rows) + 1, s), values_(mr, static_cast<std::size_t>(M.nnz()), s) {
+    const std::size_t nnz = static_cast<std::size_t>(M.nnz());
+    if (M.wide_indices()) {
+      idx64_ = Buffer<std::int64_t>(mr, nnz, s);
+      upload(s, M.indices64.data(), idx64_, nnz);
+    } else {
+      idx32_ = Buffer<std::int32_t>(mr, nnz, s);
+      upload(s, M.indices32.data(), idx32_, nnz);
+    }
+    upload(s, M.indptr.data(), indptr_, M.indptr.size());
+    upload(s, M.values.data(), values_, nnz);
+    view_.indptr = indptr_.data();
+    view_.idx32 = M.wide_indices() ? nullptr : idx32_.data();
+    view_.idx64 = M.wide_indices() ? idx64_.data() : nullptr;
+    view_.values = values_.data();
+    view_.rows = M.rows;
+    view_.cols = M.cols;
+  }
+  const DevCsr& view() const { return view_; }
+
+ private:
+  Buffer<std::int64_t> indptr_;
+  Buffer<std::int32_t> idx32_;
+  Buffer<std::int64_t> idx64_;
+  Buffer<double> values_;
+  DevCsr view_;
+};
+
+// ---- weights of a record seen by the SpMV ------------------------------------------------------
+struct ArrayWeight {
+  const double* w;
+  __device__ __forceinline__ double operator()(std::int64_t i) const { return w[i]; }
+};
+struct ProductWeight {  // d_i g_i, the CPU's v = d * g
+  const double* a;
+  const double* b;
+  __device__ __forceinline__ double operator()(std::int64_t i) const { return __dmul_rn(a[i], b[i]); }
+};
+struct DropoutWeight {  // w'_i of the gradient calibrator: dropout, then the training gate
+  const double* theta;
+  const double* log_alpha;  // null in the dense stage
+  std::uint64_t seed;
+  double rate, temperature;
+  std::uint32_t epoch, gate_step;
+  __device__ __forceinline__ double operator()(std::int64_t i) const {
+    double w = detail::dropout_weight(seed, rate, i, theta[i], epoch);
+    if (log_alpha) w *= detail::training_gate(seed, temperature, i, log_alpha[i], gate_step).z;
+    return w;
+  }
+};
+
+// S_r = Σ_p A_rp w(i_p), one warp per row, fixed lane partition and shuffle tree.
+template <class W>
+__global__ void spmv_rows_kernel(DevCsr A, W weight, double* S) {
+  const std::int64_t lane = threadIdx.x & 31;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < A.rows;
+       r += warps) {
+    double s = 0;
+    for (std::int64_t p = A.indptr[r] + lane; p < A.indptr[r + 1]; p += 32)
+      s = __dadd_rn(s, __dmul_rn(A.values[p], weight(A.index(p))));
+    for (int off = 16; off > 0; off >>= 1) s = __dadd_rn(s, __shfl_down_sync(0xffffffffu, s, off));
+    if (lane == 0) S[r] = s;
+  }
+}
+
+template <class W>
+void spmv(cudaStream_t s, const DevCsr& A, const W& weight, double* S) {
+  if (A.rows == 0) return;
+  spmv_rows_kernel<<<grid_for(A.rows, kWarpsPerBlock), kThreads, 0, s>>>(A, weight, S);
+  OTCAL_CUDA_CHECK_LAUNCH("spmv_rows_kernel");
+}
+
+// (Aᵀc)_i with the CPU's arithmetic (ascending entries, no contraction).
+__device__ __forceinline__ double transpose_dot(const DevCsr& At, const double* c, std::int64_t i) {
+  double s = 0;
+  for (std::int64_t q = At.indptr[i]; q < At.indptr[i + 1]; ++q) s = __dadd_rn(s, __dmul_rn(At.values[q], c[At.index(q)]));
+  return s;
+}
+
+// ---- exact calibrator kernels ------------------------------------------------------------------
+__global__ void exact_recompute_kernel(DevCsr At, const double* eta, const double* sigma2, detail::DistanceMath dist,
+                                       double* u, double* g, double* dF, unsigned* nonfinite) {
+  bool bad = false;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < At.rows;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double t = transpose_dot(At, eta, i);
+    const double ui = sigma2 ? __ddiv_rn(t, sigma2[i]) : t / 1.0;
+    const double gi = dist.F(ui), di = dist.dF(ui);
+    u[i] = ui;
+    g[i] = gi;
+    dF[i] = di;
+    bad = bad || !isfinite(gi) || !isfinite(di);
+  }
+  if (__any_sync(0xffffffffu, bad) && (threadIdx.x & 31) == 0) atomicOr(nonfinite, 1u);
+}
+
+__global__ void newton_weight_kernel(const double* d, const double* dF, const double* sigma2, double* v, index_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double p = __dmul_rn(d[i], dF[i]);
+    v[i] = sigma2 ? __ddiv_rn(p, sigma2[i]) : p / 1.0;
+  }
+}
+
+__global__ void newton_matrix_kernel(DevCsr A, DevCsr At, const index_t* active_rows, const index_t* active_of,
+                                     const double* v, double* T, index_t ka) {
+  const std::int64_t lane = threadIdx.x & 31;
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (std::int64_t a = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; a < ka; a += warps) {
+    double* Trow = T + a * ka;
+    const index_t r = active_rows[a];
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
+      const std::int64_t i = A.index(p);
+      const double wi = __dmul_rn(A.values[p], v[i]);
+      if (wi == 0) continue;  // uniform across the warp
+      for (std::int64_t q = At.indptr[i] + lane; q < At.indptr[i + 1]; q += 32) {
+        const index_t b = active_of[At.index(q)];
+        if (b >= 0) Trow[b] = __dadd_rn(Trow[b], __dmul_rn(wi, At.values[q]));
+      }
+      __syncwarp();  // the next record may add to the same entries from other lanes
+    }
+  }
+}
+
+__global__ void scale_kernel(double* x, double f, index_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    x[i] *= f;
+}
+
+class CudaExactPasses final : public ExactPasses {
+ public:
+  CudaExactPasses(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At, const std::vector<index_t>& active_rows,
+                  const std::vector<double>& design, const std::vector<double>& sigma2, const detail::DistanceMath& dist)
+      : ctx_(ctx), s_(static_cast<cudaStream_t>(ctx.compute_stream())), n_(A.cols), k_(A.rows),
+        ka_(static_cast<index_t>(active_rows.size())), dist_(dist), A_(ctx.workspace(), s_, A),
+        At_(ctx.workspace(), s_, At), d_(buf(n_)), u_(buf(n_)), g_(buf(n_)), dF_(buf(n_)), v_(buf(n_)),
+        best_g_(buf(n_)), sigma2_(buf(sigma2.empty() ? 0 : n_)), T_(buf(ka_ * ka_)), S_(buf(k_)), eta_(buf(k_)),
+        active_rows_(ctx.workspace(), static_cast<std::size_t>(ka_), s_),
+        active_of_(ctx.workspace(), static_cast<std::size_t>(k_), s_), flag_(ctx.workspace(), 1, s_) {
+    std::vector<index_t> active_of(static_cast<std::size_t>(k_), -1);
+    for (index_t a = 0; a < ka_; ++a) active_of[static_cast<std::size_t>(active_rows[a])] = a;
+    upload(s_, design.data(), d_, static_cast<std::size_t>(n_));
+    upload(s_, sigma2.data(), sigma2_, sigma2.size());
+    upload(s_, active_rows.data(), active_rows_, active_rows.size());
+    upload(s_, active_of.data(), active_of_, active_of.size());
+    OTCAL_CUDA_CHECK(cudaStreamSynchronize(s_));  // the host vectors above are pageable temporaries
+  }
+
+  void scale_design(double f) override {
+    if (n_ == 0) return;
+    scale_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_.data(), f, n_);
+    OTCAL_CUDA_CHECK_LAUNCH("scale_kernel");
+  }
+  bool recompute(const double* eta) override {
+    upload(s_, eta, eta_, static_cast<std::size_t>(k_));
+    OTCAL_CUDA_CHECK(cudaMemsetAsync(flag_.data(), 0, sizeof(unsigned), s_));
+    if (n_ > 0) {
+      exact_recompute_kernel<<<grid_for(n_), kThreads, 0, s_>>>(At_.view(), eta_.data(), sigma2_ptr(), dist_, u_.data(),
+                                                               g_.data(), dF_.data(), flag_.data());
+      OTCAL_CUDA_CHECK_LAUNCH("exact_recompute_kernel");
+    }
+    unsigned bad = 0;
+    download(s_, flag_, &bad, 1);
+    return bad == 0;
+  }
+  void estimate_design(double* S) override {
+    spmv(s_, A_.view(), ArrayWeight{d_.data()}, S_.data());
+    download(s_, S_, S, static_cast<std::size_t>(k_));
+  }
+  void estimate_weights(double* S) override {
+    spmv(s_, A_.view(), ProductWeight{d_.data(), g_.data()}, S_.data());
+    download(s_, S_, S, static_cast<std::size_t>(k_));
+  }
+  void newton_matrix(double* T) override {
+    if (ka_ == 0) return;
+    if (n_ > 0) {
+      newton_weight_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_.data(), dF_.data(), sigma2_ptr(), v_.data(), n_);
+      OTCAL_CUDA_CHECK_LAUNCH("newton_weight_kernel");
+    }
+    OTCAL_CUDA_CHECK(cudaMemsetAsync(T_.data(), 0, T_.bytes(), s_));
+    newton_matrix_kernel<<<grid_for(ka_, kWarpsPerBlock), kThreads, 0, s_>>>(
+        A_.view(), At_.view(), active_rows_.data(), active_of_.data(), v_.data(), T_.data(), ka_);
+    OTCAL_CUDA_CHECK_LAUNCH("newton_matrix_kernel");
+    download(s_, T_, T, T_.size());
+  }
+  void keep_best() override { copy(best_g_, g_); }
+  void restore_best() override { copy(g_, best_g_); }
+  void download_g(double* g) override { download(s_, g_, g, static_cast<std::size_t>(n_)); }
+
+ private:
+  Buffer<double> buf(index_t count) { return Buffer<double>(ctx_.workspace(), static_cast<std::size_t>(count), s_); }
+  const double* sigma2_ptr() const { return sigma2_.size() ? sigma2_.data() : nullptr; }
+  void copy(Buffer<double>& dst, const Buffer<double>& src) {
+    if (n_ > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToDevice, s_));
+  }
+  const Context& ctx_;
+  cudaStream_t s_;
+  index_t n_, k_, ka_;
+  detail::DistanceMath dist_;
+  DeviceCsr A_, At_;
+  Buffer<double> d_, u_, g_, dF_, v_, best_g_, sigma2_, T_, S_, eta_;
+  Buffer<index_t> active_rows_, active_of_;
+  Buffer<unsigned> flag_;
+};
+
+// ---- gradient calibrator kernels ---------------------------------------------------------------
+struct GradientKernelArgs {
+  DevCsr At;
+  const double* c;
+  const double* theta;
+  const double* log_alpha;  // null: dense stage
+  double* grad_theta;
+  double* grad_alpha;
+  std::uint64_t seed;
+  double rate, temperature, lambda;
+  std::uint32_t epoch, gate_step;
+};
+
+// The CPU pass 2, per record.
+__global__ void gradient_kernel(GradientKernelArgs a) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.At.rows;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double ac = transpose_dot(a.At, a.c, i);
+    const double we = detail::dropout_weight(a.seed, a.rate, i, a.theta[i], a.epoch);
+    if (!a.log_alpha) {
+      a.grad_theta[i] = we * ac;
+    } else {
+      const double la = a.log_alpha[i];
+      const detail::HardConcreteGate gt = detail::training_gate(a.seed, a.temperature, i, la, a.gate_step);
+      a.grad_theta[i] = we * gt.z * ac;
+      if (fabs(la) > detail::kLogAlphaClamp) {
+        a.grad_alpha[i] = 0;
+      } else {
+        const double p = detail::penalty_prob(la, a.temperature);
+        a.grad_alpha[i] = we * ac * gt.dz + a.lambda * p * (1 - p);
+      }
+    }
+  }
+}
+
+__global__ void adam_kernel(double* x, double* m, double* v, const double* grad, double lr, double bc1, double bc2,
+                            index_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    detail::adam_element(x[i], m[i], v[i], grad[i], lr, bc1, bc2);
+}
+
+struct DeviceAdam {  // the CPU Adam's step counter and bias corrections, the update on the device
+  double lr;
+  int step = 0;
+  void apply(cudaStream_t s, double* x, double* m, double* v, const double* grad, index_t n) {
+    ++step;
+    const double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.999, step);
+    if (n == 0) return;
+    adam_kernel<<<grid_for(n), kThreads, 0, s>>>(x, m, v, grad, lr, bc1, bc2, n);
+    OTCAL_CUDA_CHECK_LAUNCH("adam_kernel");
+  }
+};
+
+}  // namespace
+
+std::size_t cuda_exact_device_bytes(const CsrMatrix& A, index_t ka) {
+  const std::size_t n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
+  const std::size_t kas = static_cast<std::size_t>(ka);
+  return csr_device_bytes(A) + align_up((n + 1) * 8) + align_up(static_cast<std::size_t>(A.nnz()) * (A.wide_indices() ? 8 : 4)) +
+         align_up(static_cast<std::size_t>(A.nnz()) * 8)  // Aᵀ: n + 1 offsets, same nnz
+         + 7 * align_up(n * 8) + align_up(kas * kas * 8) + 2 * align_up(k * 8)  // S, η
+         + align_up(kas * 8) + align_up(k * 8) + align_up(4);                   // active maps, flag
+}
+
+std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
+                                                    const std::vector<index_t>& active_rows,
+                                                    const std::vector<double>& design,
+                                                    const std::vector<double>& sigma2,
+                                                    const detail::DistanceMath& dist) {
+  return std::make_unique<CudaExactPasses>(ctx, A, At, active_rows, design, sigma2, dist);
+}
+
+std::size_t cuda_gradient_device_bytes(const CsrMatrix& A, bool l0) {
+  const std::size_t n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
+  return csr_device_bytes(A) + align_up((n + 1) * 8) +
+         align_up(static_cast<std::size_t>(A.nnz()) * (A.wide_indices() ? 8 : 4)) +
+         align_up(static_cast<std::size_t>(A.nnz()) * 8) + (l0 ? 8 : 4) * align_up(n * 8) + 2 * align_up(k * 8);
+}
+
+void cuda_estimate(const Context& ctx, const CsrMatrix& A, const std::vector<double>& w, double* S) {
+  cudaStream_t s = static_cast<cudaStream_t>(ctx.compute_stream());
+  DeviceCsr dA(ctx.workspace(), s, A);
+  Buffer<double> dw(ctx.workspace(), w.size(), s), dS(ctx.workspace(), static_cast<std::size_t>(A.rows), s);
+  upload(s, w.data(), dw, w.size());
+  spmv(s, dA.view(), ArrayWeight{dw.data()}, dS.data());
+  download(s, dS, S, dS.size());
+}
+
+GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
+                                    const std::vector<double>& w0, const GradientOptions& o, const LossFunction& loss_fn,
+                                    const std::function<std::vector<double>(const std::vector<double>&)>& logged,
+                                    const std::function<void(index_t)>& floored_warning) {
+  using detail::RandomPurpose;
+  MemoryResource& mr = ctx.workspace();
+  cudaStream_t s = static_cast<cudaStream_t>(ctx.compute_stream());
+  ctx.enter_user_stream();
+  const index_t n = A.cols, k = A.rows;
+  const std::size_t nn = static_cast<std::size_t>(n), kk = static_cast<std::size_t>(k);
+  GradientDeviceRun out;
+  out.loss = std::numeric_limits<double>::quiet_NaN();
+  DeviceCsr dA(mr, s, A), dAt(mr, s, At);
+  Buffer<double> theta(mr, nn, s), m(mr, nn, s), v(mr, nn, s), grad(mr, nn, s), S_dev(mr, kk, s), c_dev(mr, kk, s);
+  // θ on the host exactly as the CPU (Philox noise, floor), uploaded once.
+  std::vector<double> host(nn);
+  index_t floored = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const double u = detail::philox_uniform(o.seed, static_cast<std::uint64_t>(i), RandomPurpose::init_noise, 0);
+    const double w = w0[i] + u * o.noise_level;
+    floored += !(w >= 1e-12);
+    host[i] = std::log(std::max(w, 1e-12));
+  }
+  if (floored > 0) floored_warning(floored);
+  out.floored = floored;
+  upload(s, host.data(), theta, nn);
+  auto zero = [&](Buffer<double>& b) {
+    if (b.size()) OTCAL_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, b.bytes(), s));
+  };
+  zero(m);
+  zero(v);
+  std::vector<double> S(kk), c(kk);
+  const double lambda = o.l0_lambda / (o.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n, 1)) : 1.0);
+  // One loss-and-gradient evaluation; returns L(S), S on the host.
+  auto evaluate = [&](const double* log_alpha, std::uint32_t epoch, std::uint32_t gate_step, double* grad_alpha) {
+    spmv(s, dA.view(), DropoutWeight{theta.data(), log_alpha, o.seed, o.dropout_rate, o.temperature, epoch, gate_step},
+         S_dev.data());
+    download(s, S_dev, S.data(), kk);
+    const double loss = loss_fn(S.data(), c.data());
+    upload(s, c.data(), c_dev, kk);
+    if (n > 0) {
+      GradientKernelArgs a{dAt.view(), c_dev.data(), theta.data(), log_alpha, grad.data(), grad_alpha,
+                           o.seed,     o.dropout_rate, o.temperature, lambda, epoch, gate_step};
+      gradient_kernel<<<grid_for(n), kThreads, 0, s>>>(a);
+      OTCAL_CUDA_CHECK_LAUNCH("gradient_kernel");
+    }
+    return loss;
+  };
+
+  const int E = o.epochs;
+  const int stride = E > 10 ? std::max(1, E / 10) : 1;
+  DeviceAdam adam{o.learning_rate};
+  out.weights.assign(nn, 0.0);
+  for (int e = 0; e < E; ++e) {
+    const double loss = evaluate(nullptr, static_cast<std::uint32_t>(e), 0, nullptr);
+    if (e % stride == 0 || e == E - 1) out.history.push_back({e, "dense", loss, logged(S)});
+    if (e == E - 1 && o.final_weights_last_dropout_draw) {  // quirk 1: θ before the last step
+      download(s, theta, host.data(), nn);
+      for (index_t i = 0; i < n; ++i)
+        out.weights[i] = detail::dropout_weight(o.seed, o.dropout_rate, i, host[i], static_cast<std::uint32_t>(e));
+    }
+    adam.apply(s, theta.data(), m.data(), v.data(), grad.data(), n);
+    out.loss = loss;
+  }
+  if (!(E > 0 && o.final_weights_last_dropout_draw)) {
+    download(s, theta, host.data(), nn);
+    for (index_t i = 0; i < n; ++i) out.weights[i] = std::exp(host[i]);
+  }
+  out.n_iterations = E;
+
+  if (o.regularize_with_l0) {
+    Buffer<double> alpha(mr, nn, s), ma(mr, nn, s), va(mr, nn, s), ga(mr, nn, s);
+    const double la0 = std::log(o.init_mean / (1 - o.init_mean));
+    for (index_t i = 0; i < n; ++i) host[i] = std::log(std::max(o.l0_init_dense_result ? out.weights[i] : w0[i], 1e-12));
+    upload(s, host.data(), theta, nn);
+    std::fill(host.begin(), host.end(), la0);
+    upload(s, host.data(), alpha, nn);
+    zero(m);
+    zero(v);
+    zero(ma);
+    zero(va);
+    DeviceAdam adam_t{o.sparse_learning_rate}, adam_a{o.sparse_learning_rate};
+    const int steps = 2 * E;
+    const int l0_stride = std::max(1, stride / 2);
+    for (int st = 0; st < steps; ++st) {
+      const double loss =
+          evaluate(alpha.data(), static_cast<std::uint32_t>(E + st), static_cast<std::uint32_t>(st), ga.data());
+      if (st % l0_stride == 0 || st == steps - 1) out.history.push_back({st, "l0", loss, logged(S)});
+      adam_t.apply(s, theta.data(), m.data(), v.data(), grad.data(), n);
+      adam_a.apply(s, alpha.data(), ma.data(), va.data(), ga.data(), n);
+      out.loss = loss;
+    }
+    std::vector<double> la(nn);
+    download(s, theta, host.data(), nn);
+    download(s, alpha, la.data(), nn);
+    for (index_t i = 0; i < n; ++i)
+      out.weights[i] = std::exp(host[i]) * detail::eval_gate(la[i], o.temperature, o.legacy_eval_gate);
+    out.n_iterations += steps;
+  }
+  OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
+  ctx.exit_user_stream();
+  return out;
+}
+
+}  // namespace otcal::calib
