@@ -45,6 +45,7 @@
 
 #include "cuda_check.hpp"
 #include "otcal/detail/cost_math.hpp"
+#include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
 #include "sparsify/radix_select.hpp"
 #include "sparsify/sparsify_backend.hpp"
@@ -82,10 +83,8 @@ __global__ void build_plan_kernel(Cloud<T> rows, Cloud<T> cols, T p, bool plan, 
       out[e] = acc;
       continue;
     }
-    // The CPU formula, in float64: exp of (f_i + g_j - C_ij) / eps.
-    const double z =
-        (static_cast<double>(f[i]) + static_cast<double>(g[j]) - static_cast<double>(acc) * inv_scale) * inv_eps;
-    out[e] = static_cast<T>(exp(z));
+    out[e] = static_cast<T>(
+        plan_entry(static_cast<double>(f[i]), static_cast<double>(g[j]), static_cast<double>(acc), inv_scale, inv_eps));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/backend.hpp"
+#include "cpu/cost_granule.hpp"
 #include "cpu/deterministic.hpp"
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/exp2.hpp"
@@ -252,11 +253,10 @@ class CpuBackend final : public Backend<T> {
         alignas(64) T buf[R];
         for (index_t j0 = 0; j0 < m; j0 += R) {
           const index_t jn = std::min(R, m - j0);
-          cost_block<K>(a.rows, a.cols, i, j0, jn, p, buf);
+          cpu::cost_granule<K>(a.rows, a.cols, i, j0, jn, p, buf);
           for (index_t j = 0; j < jn; ++j) {
-            const double z = (fi + static_cast<double>(a.col_potential[j0 + j]) -
-                              static_cast<double>(buf[j]) * a.inv_scale) * inv_eps;
-            const double pij = std::exp(z);
+            const double pij = plan_entry(fi, static_cast<double>(a.col_potential[j0 + j]),
+                                          static_cast<double>(buf[j]), a.inv_scale, inv_eps);
             if (pij == 0.0) continue;
             const T* vj = a.v + (j0 + j) * k;
             for (index_t c = 0; c < k; ++c) acc[c] += pij * static_cast<double>(vj[c]);
@@ -281,7 +281,7 @@ class CpuBackend final : public Backend<T> {
         double s = 0, s2 = 0, mx = 0;
         for (index_t j0 = 0; j0 < m; j0 += R) {
           const index_t jn = std::min(R, m - j0);
-          cost_block<K>(rows, cols, i, j0, jn, p, buf);
+          cpu::cost_granule<K>(rows, cols, i, j0, jn, p, buf);
           double gs = 0, gs2 = 0;
           for (index_t j = 0; j < jn; ++j) {
             const double c = static_cast<double>(buf[j]);

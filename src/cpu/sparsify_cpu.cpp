@@ -6,7 +6,9 @@
 #include <limits>
 #include <numeric>
 
+#include "cpu/cost_granule.hpp"
 #include "otcal/detail/cost_math.hpp"
+#include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
 #include "sparsify/radix_select.hpp"
 #include "sparsify/sparsify_backend.hpp"
@@ -15,23 +17,6 @@ namespace otcal::detail {
 namespace {
 
 constexpr index_t R = kReductionGranule;
-
-// Costs of row i against columns [j0, j0 + jn), accumulated over d in the fixed order k = 0..d-1
-// (the same loop as the CPU Sinkhorn backend, so entries are pure functions of (i, j)).
-template <CostKind K, class T>
-inline void cost_granule(const Cloud<T>& rows, const Cloud<T>& cols, index_t i, index_t j0, index_t jn, T p, T* acc) {
-  for (index_t j = 0; j < jn; ++j) acc[j] = T(0);
-  for (int k = 0; k < rows.d; ++k) {
-    const T xi = rows.x[k * rows.n + i];
-    const T* yk = cols.x + k * cols.n + j0;
-#pragma omp simd
-    for (index_t j = 0; j < jn; ++j) acc[j] += cost_term<K>(xi, yk[j], p);
-  }
-  if constexpr (K != CostKind::sqeuclidean) {
-    const T ni = rows.norms ? rows.norms[i] : T(0);
-    for (index_t j = 0; j < jn; ++j) acc[j] = cost_finish<K>(acc[j], p, ni, cols.norms ? cols.norms[j0 + j] : T(0));
-  }
-}
 
 template <class T>
 class CloudSource final : public PlanBlockSource<T> {
@@ -59,16 +44,15 @@ class CloudSource final : public PlanBlockSource<T> {
       const double fi = plan_ ? static_cast<double>(f_[i]) : 0.0;
       for (index_t j0 = 0; j0 < m; j0 += R) {
         const index_t jn = std::min(R, m - j0);
-        cost_granule<K>(rows_, cols_, i, j0, jn, p, buf);
+        cpu::cost_granule<K>(rows_, cols_, i, j0, jn, p, buf);
         if (!plan_) {
           for (index_t j = 0; j < jn; ++j) row[j0 + j] = buf[j];
           continue;
         }
         // Same float64 formula as apply_transport: exp of (f_i + g_j - C_ij) / eps.
         for (index_t j = 0; j < jn; ++j) {
-          const double z =
-              (fi + static_cast<double>(g_[j0 + j]) - static_cast<double>(buf[j]) * inv_scale_) * inv_eps_;
-          row[j0 + j] = static_cast<T>(std::exp(z));
+          row[j0 + j] = static_cast<T>(
+              plan_entry(fi, static_cast<double>(g_[j0 + j]), static_cast<double>(buf[j]), inv_scale_, inv_eps_));
         }
       }
     }

@@ -57,6 +57,12 @@ OTCAL_HD OTCAL_INLINE double marginal_from_lse(T pot, T lse, double eps) {
   return ::exp(static_cast<double>(pot) / eps + static_cast<double>(lse));
 }
 
+// One plan entry P_ij = exp((f_i + g_j - c_ij / s) / eps) in float64 (spec/sinkhorn.md §6), the
+// same expression for apply, sparsify and both backends: entries are pure functions of (i, j).
+OTCAL_HD OTCAL_INLINE double plan_entry(double f_i, double g_j, double cost, double inv_scale, double inv_eps) {
+  return ::exp((f_i + g_j - cost * inv_scale) * inv_eps);
+}
+
 // Target of the marginal error: w for tau = 1 (rho = inf), w exp(-pot/rho) otherwise, 0 where w = 0.
 template <class T>
 OTCAL_HD OTCAL_INLINE double marginal_target(T w, T pot, double rho) {
