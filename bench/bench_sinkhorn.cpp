@@ -21,9 +21,7 @@ int main(int argc, char** argv) {
   std::string cost = "sqeuclidean";
   std::string dump_dir;
   bench::add_common_options(app, common);
-  app.add_option("--n", n, "points in x")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--m", m, "points in y (default: n)")->check(CLI::NonNegativeNumber);
-  app.add_option("--d", d, "dimension")->check(CLI::PositiveNumber)->capture_default_str();
+  bench::add_cloud_options(app, n, m, d);
   app.add_option("--iterations", iterations, "Sinkhorn iterations per run")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--epsilon", epsilon, "absolute epsilon (cost scale 1)")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--cost", cost, "ground cost")->capture_default_str();
@@ -38,30 +36,12 @@ int main(int argc, char** argv) {
     Context ctx = bench::make_context(common, warnings);
     bench::DeviceMemorySampler sampler(ctx);  // baseline right after context creation
 
-    // Two clouds with different means, so the plan is not the identity.
-    std::vector<double> x64, y64;
-    std::vector<float> x32, y32;
-    PointCloud geom;
-    if (precision == DType::float64) {
-      x64 = bench::gaussian_cloud<double>(n, d, common.seed, 0.0);
-      y64 = bench::gaussian_cloud<double>(m, d, common.seed + 1, 0.5);
-      geom.x = ConstMatrix::of(x64.data(), n, d);
-      geom.y = ConstMatrix::of(y64.data(), m, d);
-    } else {
-      x32 = bench::gaussian_cloud<float>(n, d, common.seed, 0.0);
-      y32 = bench::gaussian_cloud<float>(m, d, common.seed + 1, 0.5);
-      geom.x = ConstMatrix::of(x32.data(), n, d);
-      geom.y = ConstMatrix::of(y32.data(), m, d);
-    }
+    bench::BenchClouds clouds(n, m, d, common.seed, precision);
+    PointCloud& geom = clouds.geometry;
     geom.options.cost = Cost::parse(cost);
-    geom.options.scale = ScaleCost{ScaleCost::Kind::value, 1.0};
 
-    SinkhornOptions so;
-    so.epsilon = epsilon;
-    so.min_iterations = so.max_iterations = so.inner_iterations = iterations;
-    so.threshold = 0;
+    SinkhornOptions so = bench::fixed_length_sinkhorn(epsilon, iterations, precision);
     so.batch_size = common.batch_size;
-    so.precision = precision;
     so.on_divergence = OnDivergence::return_result;
 
     SinkhornResult last;
@@ -102,11 +82,8 @@ int main(int argc, char** argv) {
         out.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(double)));
         if (!out) throw InvalidArgument("--dump-clouds: cannot write " + dump_dir + "/" + name);
       };
-      auto widen = [](const auto& v64, const auto& v32) {
-        return !v64.empty() ? v64 : std::vector<double>(v32.begin(), v32.end());
-      };
-      dump("x.f64", widen(x64, x32));
-      dump("y.f64", widen(y64, y32));
+      dump("x.f64", clouds.x_f64());
+      dump("y.f64", clouds.y_f64());
       dump("f.f64", last.f);
     }
     bench::print_record(bench::to_json(r, common, ctx, warnings));

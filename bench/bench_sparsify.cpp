@@ -17,9 +17,7 @@ int main(int argc, char** argv) {
   double epsilon = 0.5, value = 0.95;
   std::string mode = "mass";
   bench::add_common_options(app, common);
-  app.add_option("--n", n, "points in x")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--m", m, "points in y (default: n)")->check(CLI::NonNegativeNumber);
-  app.add_option("--d", d, "dimension")->check(CLI::PositiveNumber)->capture_default_str();
+  bench::add_cloud_options(app, n, m, d);
   app.add_option("--iterations", iterations, "Sinkhorn iterations of the (untimed) solve")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -35,28 +33,9 @@ int main(int argc, char** argv) {
     Context ctx = bench::make_context(common, warnings);
     bench::DeviceMemorySampler sampler(ctx);
 
-    std::vector<double> x64, y64;
-    std::vector<float> x32, y32;
-    PointCloud geom;
-    if (precision == DType::float64) {
-      x64 = bench::gaussian_cloud<double>(n, d, common.seed, 0.0);
-      y64 = bench::gaussian_cloud<double>(m, d, common.seed + 1, 0.5);
-      geom.x = ConstMatrix::of(x64.data(), n, d);
-      geom.y = ConstMatrix::of(y64.data(), m, d);
-    } else {
-      x32 = bench::gaussian_cloud<float>(n, d, common.seed, 0.0);
-      y32 = bench::gaussian_cloud<float>(m, d, common.seed + 1, 0.5);
-      geom.x = ConstMatrix::of(x32.data(), n, d);
-      geom.y = ConstMatrix::of(y32.data(), m, d);
-    }
-    geom.options.scale = ScaleCost{ScaleCost::Kind::value, 1.0};
-
-    SinkhornOptions so;
-    so.epsilon = epsilon;
-    so.min_iterations = so.max_iterations = so.inner_iterations = iterations;
-    so.threshold = 0;
-    so.precision = precision;
-    const SinkhornResult solved = sinkhorn(ctx, geom, {}, {}, so);
+    const bench::BenchClouds clouds(n, m, d, common.seed, precision);
+    const PointCloud& geom = clouds.geometry;
+    const SinkhornResult solved = sinkhorn(ctx, geom, {}, {}, bench::fixed_length_sinkhorn(epsilon, iterations, precision));
 
     SparsifyOptions sp;
     sp.mode = parse_sparsify_mode(mode);

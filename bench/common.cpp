@@ -66,6 +66,39 @@ std::vector<T> gaussian_cloud(index_t n, index_t d, std::uint64_t seed, double s
 template std::vector<float> gaussian_cloud<float>(index_t, index_t, std::uint64_t, double);
 template std::vector<double> gaussian_cloud<double>(index_t, index_t, std::uint64_t, double);
 
+void add_cloud_options(CLI::App& app, index_t& n, index_t& m, index_t& d) {
+  app.add_option("--n", n, "points in x")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--m", m, "points in y (default: n)")->check(CLI::NonNegativeNumber);
+  app.add_option("--d", d, "dimension")->check(CLI::PositiveNumber)->capture_default_str();
+}
+
+BenchClouds::BenchClouds(index_t n, index_t m, index_t d, std::uint64_t seed, DType precision) {
+  if (precision == DType::float64) {
+    x64_ = gaussian_cloud<double>(n, d, seed, 0.0);
+    y64_ = gaussian_cloud<double>(m, d, seed + 1, 0.5);
+    geometry.x = ConstMatrix::of(x64_.data(), n, d);
+    geometry.y = ConstMatrix::of(y64_.data(), m, d);
+  } else {
+    x32_ = gaussian_cloud<float>(n, d, seed, 0.0);
+    y32_ = gaussian_cloud<float>(m, d, seed + 1, 0.5);
+    geometry.x = ConstMatrix::of(x32_.data(), n, d);
+    geometry.y = ConstMatrix::of(y32_.data(), m, d);
+  }
+  geometry.options.scale = ScaleCost{ScaleCost::Kind::value, 1.0};
+}
+
+std::vector<double> BenchClouds::x_f64() const { return x64_.empty() ? std::vector<double>(x32_.begin(), x32_.end()) : x64_; }
+std::vector<double> BenchClouds::y_f64() const { return y64_.empty() ? std::vector<double>(y32_.begin(), y32_.end()) : y64_; }
+
+SinkhornOptions fixed_length_sinkhorn(double epsilon, index_t iterations, DType precision) {
+  SinkhornOptions so;
+  so.epsilon = epsilon;
+  so.min_iterations = so.max_iterations = so.inner_iterations = iterations;
+  so.threshold = 0;
+  so.precision = precision;
+  return so;
+}
+
 namespace {
 double process_cpu_seconds() {
   timespec ts{};

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "otcal/context.hpp"
+#include "otcal/geometry.hpp"
+#include "otcal/sinkhorn.hpp"
 #include "otcal/types.hpp"
 
 namespace otcal::bench {
@@ -44,6 +46,33 @@ Context make_context(const CommonOptions& o, std::vector<std::string>& warnings)
 // Row-major [n, d] standard-normal cloud shifted by `shift` in every coordinate.
 template <class T>
 std::vector<T> gaussian_cloud(index_t n, index_t d, std::uint64_t seed, double shift);
+
+// --n, --m (0 = n), --d: the sizes of the two clouds.
+void add_cloud_options(CLI::App& app, index_t& n, index_t& m, index_t& d);
+
+// The OT benches' inputs: x = gaussian_cloud(n, d, seed, 0), y = gaussian_cloud(m, d, seed + 1, 0.5)
+// (different means, so the plan is not the identity), stored in `precision`, and a geometry that
+// views them with scale 1 (explicit, so no cost-statistics pass is timed) and the default cost.
+// Not copyable or movable: `geometry` points into the vectors.
+class BenchClouds {
+ public:
+  BenchClouds(index_t n, index_t m, index_t d, std::uint64_t seed, DType precision);
+  BenchClouds(const BenchClouds&) = delete;
+  BenchClouds& operator=(const BenchClouds&) = delete;
+
+  PointCloud geometry;
+  // The coordinates as float64, row-major (widened from float32 when stored so).
+  std::vector<double> x_f64() const;
+  std::vector<double> y_f64() const;
+
+ private:
+  std::vector<double> x64_, y64_;
+  std::vector<float> x32_, y32_;
+};
+
+// Fixed-length Sinkhorn options: min = max = inner = `iterations`, threshold 0 (never stops
+// early), absolute `epsilon`, `precision`.
+SinkhornOptions fixed_length_sinkhorn(double epsilon, index_t iterations, DType precision);
 
 struct Timing {
   std::vector<double> samples_s;

@@ -7,42 +7,23 @@
 #include <fstream>
 #include <map>
 #include <random>
-#include <sstream>
 #include <string>
 
 #include "io/csv.hpp"
 #include "io/npy.hpp"
 #include "otcal/errors.hpp"
+#include "support/process.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string cli() {
-  const char* p = std::getenv("OTCAL_CLI");
-  return p ? p : "";
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("otcal_calib_cli_" + std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testsupport::cli;
+using testsupport::slurp;
+using testsupport::TempDir;
 
 int run(const std::string& args, const fs::path& err) {
-  const std::string cmd = "'" + cli() + "' calibrate " + args + " 2> '" + err.string() + "' > /dev/null";
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  return testsupport::shell("'" + cli() + "' calibrate " + args + " 2> '" + err.string() + "' > /dev/null");
 }
 
 struct Fixture {

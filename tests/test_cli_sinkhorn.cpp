@@ -3,7 +3,6 @@
 // the dense float64 reference), plus a complete result.json; every bad input must fail with a
 // message naming the flag and leave nothing behind.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -17,6 +16,7 @@
 #include "io/npy.hpp"
 #include "otcal/context.hpp"
 #include "otcal/sinkhorn.hpp"
+#include "support/process.hpp"
 #include "support/reference.hpp"
 
 namespace fs = std::filesystem;
@@ -25,50 +25,12 @@ using otcal::index_t;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "otcal_cli_test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string cli() {
-  const char* p = std::getenv("OTCAL_CLI");
-  return p ? p : "";
-}
-
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-// Runs the tool with `args` (already shell-safe: test paths have no spaces), in `dir`.
-RunResult run_cli(const TempDir& dir, const std::string& args) {
-  const std::string cmd = "cd " + dir.path.string() + " && " + cli() + " " + args + " > " + dir.file("stdout.txt") +
-                          " 2> " + dir.file("stderr.txt");
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(dir.file("stdout.txt"));
-  r.err = slurp(dir.file("stderr.txt"));
-  fs::remove(dir.file("stdout.txt"));
-  fs::remove(dir.file("stderr.txt"));
-  return r;
-}
-
-std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
+using testsupport::cli;
+using testsupport::fresh_seed;
+using testsupport::run_cli;
+using testsupport::RunResult;
+using testsupport::slurp;
+using testsupport::TempDir;
 
 void save(const TempDir& dir, const std::string& name, const std::vector<double>& v, std::vector<index_t> shape,
           DType dt = DType::float64) {

@@ -2,7 +2,6 @@
 // written by hand byte by byte for every rejection, numpy itself as the independent reference
 // (when /usr/bin/python3 has numpy), and the all-or-nothing behaviour of AtomicOutputDir/File.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <cstdio>
@@ -15,6 +14,7 @@
 #include "io/npy.hpp"
 #include "io/output.hpp"
 #include "otcal/errors.hpp"
+#include "support/process.hpp"
 
 namespace fs = std::filesystem;
 using otcal::DType;
@@ -22,21 +22,8 @@ using otcal::index_t;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "otcal_npy_test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
+using testsupport::fresh_seed;
+using testsupport::TempDir;
 
 std::vector<double> random_values(std::size_t n, std::mt19937_64& rng) {
   std::normal_distribution<double> z(0.0, 10.0);

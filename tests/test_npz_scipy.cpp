@@ -2,7 +2,6 @@
 // is the independent reader. It loads our file, checks format/shape/dtypes, and writes every array
 // back as float64 .npy, which we compare entry by entry with the matrix we wrote.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include "io/npz.hpp"
 #include "otcal/csr.hpp"
 #include "otcal/errors.hpp"
+#include "support/process.hpp"
 
 namespace fs = std::filesystem;
 using otcal::CsrMatrix;
@@ -21,19 +21,8 @@ using otcal::index_t;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "otcal_npz_test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using testsupport::fresh_seed;
+using testsupport::TempDir;
 
 bool have_scipy() { return std::system("/usr/bin/python3 -c 'import scipy.sparse' >/dev/null 2>&1") == 0; }
 
@@ -109,8 +98,6 @@ void scipy_roundtrip(const TempDir& dir, const std::string& npz, const CsrMatrix
     ASSERT_EQ(data.data[k], want) << "value " << k;
   }
 }
-
-std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
 
 }  // namespace
 

@@ -2,7 +2,6 @@
 // .npz it writes must load with SciPy (/usr/bin/python3) and equal, bitwise, otcal::sparsify
 // called in-process on the same potentials; bad inputs fail naming the flag and leave no file.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include "io/npy.hpp"
 #include "otcal/sinkhorn.hpp"
 #include "otcal/sparsify.hpp"
+#include "support/process.hpp"
 #include "support/reference.hpp"
 
 namespace fs = std::filesystem;
@@ -20,45 +20,11 @@ using otcal::index_t;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "otcal_sparsify_cli-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string cli() {
-  const char* p = std::getenv("OTCAL_CLI");
-  return p ? p : "";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-RunResult run_in(const TempDir& dir, const std::string& cmdline) {
-  const std::string cmd = "cd " + dir.path.string() + " && " + cmdline + " > " + dir.file("stdout.txt") + " 2> " +
-                          dir.file("stderr.txt");
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(dir.file("stdout.txt"));
-  r.err = slurp(dir.file("stderr.txt"));
-  return r;
-}
+using testsupport::cli;
+using testsupport::run_in;
+using testsupport::RunResult;
+using testsupport::slurp;
+using testsupport::TempDir;
 
 // SciPy's view of an .npz: load_npz, then its arrays saved back as .npy for the comparison.
 bool scipy_roundtrip(const TempDir& dir, const std::string& npz, const std::string& prefix) {

@@ -7,6 +7,7 @@
 
 #include "cli/command.hpp"
 #include "cli/common.hpp"
+#include "cli/sinkhorn_args.hpp"
 #include "cli/sparsify_args.hpp"
 #include "io/npy.hpp"
 #include "io/output.hpp"
@@ -16,7 +17,8 @@ namespace otcal::cli {
 namespace {
 
 struct Args {
-  std::string x, y, a, b, potentials, out;
+  CloudFiles in;
+  std::string potentials, out;
   SparsifyArgs sp;
   CommonOptions common;
 };
@@ -66,24 +68,18 @@ int run(const Args& s) {
   r.f = f.data;
   r.g = g.data;
 
-  const io::NpyArray x = load_points(s.x, "--x");
-  const io::NpyArray y = s.y.empty() ? io::NpyArray{} : load_points(s.y, "--y");
-  if (!s.y.empty() && y.shape[1] != x.shape[1])
-    throw InvalidArgument("--y '" + s.y + "' has " + std::to_string(y.shape[1]) + " columns but --x '" + s.x + "' has " +
-                          std::to_string(x.shape[1]) + ": both clouds must have the same number of features");
-  const index_t n = x.shape[0];
-  const index_t m = s.y.empty() ? n : y.shape[0];
+  Clouds clouds = load_points_xy(s.in);
+  const index_t n = clouds.n, m = clouds.m;
   if (f.shape.size() != 1 || f.shape[0] != n || g.shape.size() != 1 || g.shape[0] != m)
     throw InvalidArgument("--potentials '" + s.potentials + "': f.npy/g.npy have " + std::to_string(f.size()) + "/" +
                           std::to_string(g.size()) + " entries but --x/--y have " + std::to_string(n) + "/" +
                           std::to_string(m) + " points: pass the clouds the potentials were solved on");
   // The weights are absorbed in the potentials; they are only checked for consistency.
-  if (!s.a.empty()) load_weights(s.a, "--a", n, "--x has " + std::to_string(n) + " points");
-  if (!s.b.empty()) load_weights(s.b, "--b", m, "--y has " + std::to_string(m) + " points");
+  load_weights_ab(clouds, s.in);
   r.n = n;
   r.m = m;
-  r.d = x.shape[1];
-  PointCloud geom{matrix_view(x), s.y.empty() ? ConstMatrix{} : matrix_view(y), {r.cost, ScaleCost{}}};
+  r.d = clouds.x.shape[1];
+  const PointCloud geom = clouds.geometry(r.cost, ScaleCost{});
 
   io::AtomicFile out(s.out, "--out");
   const SparsifyResult res = run_sparsify([&] { return sparsify(ctx, geom, r, opt); });
@@ -91,11 +87,8 @@ int run(const Args& s) {
   out.commit();
 
   nlohmann::json j = sparsify_summary(res, opt, ctx);
-  j["command"] = "sparsify";
   j["otcal_version"] = version();
-  j["out"] = s.out;
-  j["total_elapsed_s"] = total.seconds();
-  std::cout << j.dump(2) << "\n";
+  print_sparsify_summary(j, "sparsify", s.out, total);
   return 0;
 }
 
@@ -104,10 +97,9 @@ CommandRun setup(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "sparsify", "Transport plan of an otcal sinkhorn result -> SciPy CSR .npz (block-wise, within the budget)");
   Args& s = *args;
-  sub->add_option("--x", s.x, "Source points, .npy [n, d] (as given to otcal sinkhorn)")->required();
-  sub->add_option("--y", s.y, "Target points, .npy [m, d] (default: --x)");
-  sub->add_option("--a", s.a, "Source weights .npy [n] (checked only: the potentials absorb them)");
-  sub->add_option("--b", s.b, "Target weights .npy [m] (checked only)");
+  s.in.add_to(*sub, {.x = "Source points, .npy [n, d] (as given to otcal sinkhorn)",
+                      .a = "Source weights .npy [n] (checked only: the potentials absorb them)",
+                      .b = "Target weights .npy [m] (checked only)"});
   sub->add_option("--potentials", s.potentials, "The --out folder of otcal sinkhorn (f.npy, g.npy, result.json)")
       ->required();
   sub->add_option("--out", s.out, "Output .npz (scipy.sparse.load_npz reads it)")->required();

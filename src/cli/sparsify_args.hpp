@@ -3,6 +3,7 @@
 // context sparsify runs on, writing the SciPy .npz, and the JSON summary.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <iostream>
 #include <optional>
 #include <string>
 
@@ -108,6 +109,16 @@ inline nlohmann::json sparsify_summary(const SparsifyResult& r, const SparsifyOp
   j["elapsed_s"] = r.elapsed_s;
   j["warnings"] = r.warnings;
   return j;
+}
+
+// The sparsify summary on stdout, tagged with the command, its output and the time since `total`
+// started (read here, after everything was written).
+inline void print_sparsify_summary(nlohmann::json j, const std::string& command, const std::string& out,
+                                   const Stopwatch& total) {
+  j["command"] = command;
+  j["out"] = out;
+  j["total_elapsed_s"] = total.seconds();
+  std::cout << j.dump(2) << "\n";
 }
 
 }  // namespace otcal::cli

@@ -1,0 +1,174 @@
+#include "cli/sinkhorn_args.hpp"
+
+namespace otcal::cli {
+namespace {
+
+RelativeEpsilon parse_relative(const std::string& t) {
+  if (t == "none" || t.empty()) return RelativeEpsilon::none;
+  if (t == "mean") return RelativeEpsilon::mean;
+  if (t == "std") return RelativeEpsilon::std;
+  throw InvalidArgument("--relative-epsilon '" + t + "' is not one of mean, std, none");
+}
+
+OnDivergence parse_divergence(const std::string& t) {
+  if (t == "error") return OnDivergence::error;
+  if (t == "return") return OnDivergence::return_result;
+  throw InvalidArgument("--on-divergence '" + t + "' is not error or return");
+}
+
+}  // namespace
+
+void CloudFiles::add_to(CLI::App& sub, const CloudFlagHelp& help) {
+  sub.add_option("--x", x, help.x)->required();
+  sub.add_option("--y", y, "Target points, .npy [m, d] (default: --x)");
+  sub.add_option("--a", a, help.a);
+  sub.add_option("--b", b, help.b);
+}
+
+PointCloud Clouds::geometry(const Cost& cost, const ScaleCost& scale) const {
+  return PointCloud{matrix_view(x), has_y ? matrix_view(y) : ConstMatrix{}, {cost, scale}};
+}
+
+ConstVector Clouds::a_view() const { return has_a ? vector_view(a) : ConstVector{}; }
+ConstVector Clouds::b_view() const { return has_b ? vector_view(b) : ConstVector{}; }
+
+Clouds load_points_xy(const CloudFiles& files) {
+  Clouds c;
+  c.x = load_points(files.x, "--x");
+  c.has_y = !files.y.empty();
+  if (c.has_y) c.y = load_points(files.y, "--y");
+  if (c.has_y && c.y.shape[1] != c.x.shape[1])
+    throw InvalidArgument("--y '" + files.y + "' has " + std::to_string(c.y.shape[1]) + " columns but --x '" + files.x +
+                          "' has " + std::to_string(c.x.shape[1]) +
+                          ": both clouds must have the same number of features");
+  c.n = c.x.shape[0];
+  c.m = c.has_y ? c.y.shape[0] : c.n;
+  return c;
+}
+
+void load_weights_ab(Clouds& c, const CloudFiles& files, bool x_used_as_y) {
+  c.has_a = !files.a.empty();
+  c.has_b = !files.b.empty();
+  if (c.has_a) c.a = load_weights(files.a, "--a", c.n, "--x has " + std::to_string(c.n) + " points");
+  if (c.has_b)
+    c.b = load_weights(files.b, "--b", c.m,
+                       (x_used_as_y && !c.has_y ? "--x (used as y) has " : "--y has ") + std::to_string(c.m) +
+                           " points");
+}
+
+void SolverArgs::add_to(CLI::App& sub, const SolverFlagHelp& help) {
+  sub.add_option("--cost", cost, "sqeuclidean, euclidean, cosine, pnorm:P or sq_pnorm:P")->capture_default_str();
+  sub.add_option("--scale-cost", scale_cost, help.scale_cost)->capture_default_str();
+  sub.add_option("--epsilon", epsilon, help.epsilon);
+  sub.add_option("--relative-epsilon", relative_epsilon, "mean, std or none")->capture_default_str();
+  if (help.advanced) {
+    sub.add_option("--epsilon-init", epsilon_init, "Scheduler: eps_t = max(init * decay^t, 1) * eps")
+        ->capture_default_str();
+    sub.add_option("--epsilon-decay", epsilon_decay, "Scheduler decay, in (0, 1]")->capture_default_str();
+  }
+  sub.add_option("--tau-a", tau_a, help.tau_a)->capture_default_str();
+  sub.add_option("--tau-b", tau_b, help.tau_b)->capture_default_str();
+  sub.add_option("--threshold", threshold, "Convergence threshold on the marginal error")->capture_default_str();
+  if (help.advanced) sub.add_option("--norm-error", norm_error, "p of the error's p-norm (>= 1)")->capture_default_str();
+  sub.add_option("--inner-iterations", inner_iterations, help.inner_iterations)->capture_default_str();
+  sub.add_option("--min-iterations", min_iterations)->capture_default_str();
+  sub.add_option("--max-iterations", max_iterations)->capture_default_str();
+  if (help.advanced)
+    sub.add_flag("--parallel-dual-updates", parallel_dual_updates, "Jacobi instead of Gauss-Seidel updates");
+  sub.add_option("--batch-size", batch_size, help.batch_size);
+  sub.add_option("--precision", precision, help.precision)->capture_default_str();
+  if (help.advanced)
+    sub.add_option("--on-divergence", on_divergence, "error (exit 1) or return (write the diverged result)")
+        ->capture_default_str();
+}
+
+Cost SolverArgs::parse_cost() const {
+  return with_flag("--cost", [&] { return Cost::parse(cost); });
+}
+
+ScaleCost SolverArgs::parse_scale_cost() const {
+  return with_flag("--scale-cost", [&] { return ScaleCost::parse(scale_cost); });
+}
+
+SinkhornOptions SolverArgs::options(bool quiet) const {
+  SinkhornOptions opt;
+  opt.epsilon = epsilon;
+  opt.relative_epsilon = parse_relative(relative_epsilon);
+  opt.epsilon_init = epsilon_init;
+  opt.epsilon_decay = epsilon_decay;
+  opt.tau_a = tau_a;
+  opt.tau_b = tau_b;
+  opt.threshold = threshold;
+  opt.norm_error = norm_error;
+  opt.inner_iterations = inner_iterations;
+  opt.min_iterations = min_iterations;
+  opt.max_iterations = max_iterations;
+  opt.parallel_dual_updates = parallel_dual_updates;
+  opt.batch_size = batch_size;
+  opt.precision = parse_precision(precision);
+  opt.on_divergence = parse_divergence(on_divergence);
+  opt.progress = sinkhorn_progress(quiet);
+  return opt;
+}
+
+nlohmann::json SolverArgs::to_json() const {
+  return {{"cost", cost},
+          {"scale_cost", scale_cost},
+          {"epsilon", epsilon ? nlohmann::json(*epsilon) : nlohmann::json(nullptr)},
+          {"relative_epsilon", relative_epsilon},
+          {"epsilon_init", epsilon_init},
+          {"epsilon_decay", epsilon_decay},
+          {"tau_a", tau_a},
+          {"tau_b", tau_b},
+          {"threshold", threshold},
+          {"norm_error", norm_error},
+          {"inner_iterations", inner_iterations},
+          {"min_iterations", min_iterations},
+          {"max_iterations", max_iterations},
+          {"parallel_dual_updates", parallel_dual_updates},
+          {"batch_size", batch_size ? nlohmann::json(*batch_size) : nlohmann::json(nullptr)},
+          {"precision", precision},
+          {"on_divergence", on_divergence}};
+}
+
+SinkhornResult sinkhorn_with_flags(const Context& ctx, const PointCloud& geom, ConstVector a, ConstVector b,
+                                   const SinkhornOptions& opt,
+                                   const std::vector<std::pair<std::string, std::string>>& flag_names) {
+  try {
+    return sinkhorn(ctx, geom, a, b, opt);
+  } catch (const BudgetTooSmall&) {
+    throw;
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(flagify(e.what(), flag_names));
+  }
+}
+
+nlohmann::json path_or_null(const std::string& text) {
+  return text.empty() ? nlohmann::json(nullptr) : nlohmann::json(text);
+}
+
+nlohmann::json sinkhorn_summary(const SinkhornResult& r) {
+  nlohmann::json j;
+  j["otcal_version"] = version();
+  j["converged"] = r.converged;
+  j["diverged"] = r.diverged;
+  j["n_iters"] = r.n_iters;
+  j["errors"] = finite_or_null(r.errors);
+  j["reg_ot_cost"] = finite_or_null(r.reg_ot_cost);
+  j["epsilon"] = r.epsilon;
+  j["scale"] = r.scale;
+  j["cost"] = r.cost.name();
+  j["precision"] = dtype_name(r.precision);
+  j["device"] = r.device;
+  j["batch_size"] = r.batch_size;
+  j["tile_plan"] = to_json(r.plan);
+  j["memory"] = to_json(r.memory);
+  j["elapsed_s"] = r.elapsed_s;
+  j["n"] = r.n;
+  j["m"] = r.m;
+  j["d"] = r.d;
+  j["warnings"] = r.warnings;
+  return j;
+}
+
+}  // namespace otcal::cli

@@ -1,0 +1,58 @@
+#include "support/process.hpp"
+
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+#include <system_error>
+
+namespace fs = std::filesystem;
+
+namespace testsupport {
+
+TempDir::TempDir(const std::string& prefix) {
+  std::string pattern = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
+  path = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;  // a destructor must not throw; a leftover temp folder is harmless
+  fs::remove_all(path, ec);
+}
+
+std::string cli() {
+  const char* p = std::getenv("OTCAL_CLI");
+  return p ? p : "";
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+int shell(const std::string& command) {
+  const int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+RunResult run_in(const TempDir& dir, const std::string& cmdline) {
+  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
+  RunResult r;
+  r.exit_code = shell("cd " + dir.path.string() + " && " + cmdline + " > " + out + " 2> " + err);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  fs::remove(out);
+  fs::remove(err);
+  return r;
+}
+
+RunResult run_cli(const TempDir& dir, const std::string& args) { return run_in(dir, cli() + " " + args); }
+
+std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
+
+}  // namespace testsupport

@@ -1,0 +1,45 @@
+#pragma once
+// Helpers for tests that work with files and run programs: a self-deleting temporary folder,
+// the otcal binary under test (OTCAL_CLI), shell runs with captured output, fresh random seeds.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace testsupport {
+
+// A fresh folder under the system temp dir (mkdtemp: unique even across parallel tests), removed
+// with everything in it when the object goes away.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& prefix = "otcal_test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// The otcal binary from the OTCAL_CLI environment variable ("" when it is not set).
+std::string cli();
+
+// The whole file as bytes ("" if it cannot be opened).
+std::string slurp(const std::filesystem::path& path);
+
+// std::system(command) -> the command's exit code (-1 if it did not exit normally).
+int shell(const std::string& command);
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs the shell `cmdline` inside `dir` (paths must be shell-safe: test paths have no spaces),
+// capturing stdout and stderr; the capture files are removed again so `dir` lists only what the
+// command wrote.
+RunResult run_in(const TempDir& dir, const std::string& cmdline);
+// run_in with the otcal binary: "<cli()> <args>".
+RunResult run_cli(const TempDir& dir, const std::string& args);
+
+// 64 bits from std::random_device, for a test to print (SCOPED_TRACE) and seed its generator with.
+std::uint64_t fresh_seed();
+
+}  // namespace testsupport
