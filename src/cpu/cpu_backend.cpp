@@ -39,6 +39,9 @@ inline void cost_block(const Cloud<T>& rows, const Cloud<T>& cols, index_t i, in
   }
 }
 
+inline double fma_t(double a, double b, double c) { return OTCAL_FMA(a, b, c); }
+inline float fma_t(float a, float b, float c) { return OTCAL_FMAF(a, b, c); }
+
 // Max that propagates NaN (a NaN entry must reach the output and the validity flags).
 template <class T>
 inline T nan_max(T v, T m) {
@@ -94,7 +97,7 @@ inline T granule_exponents(const Cloud<T>& rows, const Cloud<T>& cols, index_t i
   const T* nj = cols.norms ? cols.norms + j0 : nullptr;
   auto value = [&](index_t j) {
     const T acc = (d > 1 ? t[j] : T(0)) + cost_term<K>(xl, yl[j], p);
-    return beta[j] - cost_finish<K>(acc, p, ni, nj ? nj[j] : T(0)) * c_scale;
+    return fma_t(-cost_finish<K>(acc, p, ni, nj ? nj[j] : T(0)), c_scale, beta[j]);
   };
   T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
