@@ -147,9 +147,12 @@ __global__ void __launch_bounds__(kRowsPerBlock) row_lse_kernel(LseLaunch<T> a) 
       for (int jj = 0; jj < kChunk; ++jj) {
         // Padding lanes carry h = -inf, so t = -inf there; -inf * scale - finite stays -inf.
         acc[jj] = sh.h[jj] * a.h_scale - cost_finish<K>(acc[jj], a.p, ni, sh.norm[jj]) * a.c_scale;
-        mx = acc[jj] > mx ? acc[jj] : mx;
+        mx = (acc[jj] > mx || acc[jj] != acc[jj]) ? acc[jj] : mx;  // NaN wins: it must reach the flags
       }
-      if (!(mx > -std::numeric_limits<T>::infinity())) continue;  // an all -inf chunk adds nothing
+      if (!(mx > -std::numeric_limits<T>::infinity())) {  // an all -inf chunk adds nothing
+        if (mx != mx) st = {static_cast<double>(mx), 1.0};
+        continue;
+      }
       T s = T(0);
 #pragma unroll
       for (int jj = 0; jj < kChunk; ++jj) s += exp2_nonpositive(T(acc[jj] - mx));
