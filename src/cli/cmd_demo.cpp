@@ -16,9 +16,9 @@
 namespace otcal::cli {
 namespace {
 
-// Default size: a few seconds on 2 idle CPU cores (about 110 iterations of ~2.1 * n^2 cost entries,
-// at about 3e8 entries/s per core).
-constexpr index_t kDefaultPoints = 2500;
+// Default size: about 3 s on 2 idle CPU cores (about 110 iterations of ~2.1 * n^2 cost entries,
+// at about 6.5e8 entries/s per core).
+constexpr index_t kDefaultPoints = 4000;
 
 struct DemoArgs {
   index_t n = kDefaultPoints;
