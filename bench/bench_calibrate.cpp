@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"linear", "raking", "logit", "gradient"}))
       ->capture_default_str();
   app.add_option("--epochs", epochs, "gradient epochs")->check(CLI::PositiveNumber)->capture_default_str();
+  double epsilon = 1e-7;
+  app.add_option("--epsilon", epsilon, "exact methods: max |t - est| / (1 + |t|) to reach")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 
   return bench::guarded_main(app, argc, argv, [&]() -> int {
     if (targets <= continuous)
@@ -45,6 +49,16 @@ int main(int argc, char** argv) {
     const auto b0 = std::chrono::steady_clock::now();
     const ConstraintSystem sys = build_constraints(ctx, survey.table, survey.spec);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
+    // Host memory of the build: the process peak so far (data generation included) against the
+    // data table plus the CSR it produced.
+    const std::size_t rss_after_build = bench::host_peak_rss_bytes();
+    std::size_t data_bytes = 0;
+    for (const auto& c : survey.table.columns) {
+      data_bytes += c.numbers.size() * sizeof(double);
+      for (const auto& str : c.strings) data_bytes += sizeof(std::string) + (str.size() > 15 ? str.size() + 1 : 0);
+    }
+    const std::size_t csr_bytes = sys.A.indptr.size() * 8 + sys.A.indices32.size() * 4 + sys.A.indices64.size() * 8 +
+                                  sys.A.values.size() * 8;
 
     CalibrationResult last;
     auto run = [&] {
@@ -56,6 +70,7 @@ int main(int argc, char** argv) {
       } else {
         ExactOptions eo;
         eo.calfun = method == "linear" ? CalFun::linear : method == "logit" ? CalFun::logit : CalFun::raking;
+        eo.epsilon = epsilon;
         if (method == "logit") {
           eo.lower = 0.5;
           eo.upper = 2.0;
@@ -96,6 +111,12 @@ int main(int argc, char** argv) {
     r.extra["converged"] = last.converged;
     r.extra["max_ratio"] = last.max_ratio;
     r.extra["nnz_per_s_build"] = build_s > 0 ? nnz / build_s : 0.0;
+    r.extra["epsilon"] = epsilon;
+    r.extra["data_bytes"] = data_bytes;
+    r.extra["csr_bytes"] = csr_bytes;
+    r.extra["host_peak_rss_after_build_bytes"] = rss_after_build;
+    r.extra["host_peak_after_build_over_data_plus_csr"] =
+        static_cast<double>(rss_after_build) / static_cast<double>(data_bytes + csr_bytes);
     bench::print_record(bench::to_json(r, common, ctx, warnings));
     return 0;
   });
