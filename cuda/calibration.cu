@@ -384,13 +384,7 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, cons
   Buffer<double> theta(mr, nn, s), m(mr, nn, s), v(mr, nn, s), grad(mr, nn, s), S_dev(mr, kk, s), c_dev(mr, kk, s);
   // θ on the host exactly as the CPU (Philox noise, floor), uploaded once.
   std::vector<double> host(nn);
-  index_t floored = 0;
-  for (index_t i = 0; i < n; ++i) {
-    const double u = detail::philox_uniform(o.seed, static_cast<std::uint64_t>(i), RandomPurpose::init_noise, 0);
-    const double w = w0[i] + u * o.noise_level;
-    floored += !(w >= 1e-12);
-    host[i] = std::log(std::max(w, 1e-12));
-  }
+  const index_t floored = initial_log_weights(w0, o.seed, o.noise_level, host.data());
   if (floored > 0) floored_warning(floored);
   out.floored = floored;
   upload(s, host.data(), theta, nn);

@@ -7,6 +7,8 @@
 // device workspace (the builder itself runs on the host, O(nnz) counting sort, and the result is
 // uploaded once); every per-record array (d, u, g, F', σ², θ, Adam moments, gates) lives on the
 // device. Only k-sized vectors (S, η, c), the ka x ka Newton matrix and scalars cross the bus.
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -15,8 +17,24 @@
 
 #include "otcal/calibration.hpp"
 #include "otcal/detail/calib_math.hpp"
+#include "otcal/detail/philox.hpp"
 
 namespace otcal::calib {
+
+// §3.2: theta_i = log(max(w0_i + u_i * noise_level, 1e-12)), u_i from Philox(seed, i, init noise).
+// Written once for both backends (the CUDA path computes it on the host and uploads it). Returns
+// how many weights were floored.
+inline index_t initial_log_weights(const std::vector<double>& w0, std::uint64_t seed, double noise_level,
+                                   double* theta) {
+  index_t floored = 0;
+  for (std::size_t i = 0; i < w0.size(); ++i) {
+    const double u = detail::philox_uniform(seed, static_cast<std::uint64_t>(i), detail::RandomPurpose::init_noise, 0);
+    const double w = w0[i] + u * noise_level;
+    floored += !(w >= 1e-12);
+    theta[i] = std::log(std::max(w, 1e-12));
+  }
+  return floored;
+}
 
 // Per-record passes of the exact calibrator's Newton iteration. η is length k (all rows; dropped
 // rows stay 0); S is length k; T is ka x ka over the active rows, row-major, on the host.

@@ -179,14 +179,8 @@ class GradientEngine {
 #endif
     Buffer<double> theta(mr, n_), m(mr, n_), v(mr, n_), grad(mr, n_);
     std::vector<double> S(static_cast<std::size_t>(k_));
-    index_t floored = 0;
-    for (index_t i = 0; i < n_; ++i) {
-      const double u = detail::philox_uniform(o_.seed, static_cast<std::uint64_t>(i), RandomPurpose::init_noise, 0);
-      const double w = w0[i] + u * o_.noise_level;
-      floored += !(w >= 1e-12);
-      theta[i] = std::log(std::max(w, 1e-12));
-      m[i] = v[i] = 0;
-    }
+    const index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta.data());
+    for (index_t i = 0; i < n_; ++i) m[i] = v[i] = 0;
     std::vector<std::string> excluded;
     for (index_t j = 0; j < k_; ++j)
       if (!active_[j]) excluded.push_back(sys_.names[j]);
@@ -202,13 +196,7 @@ class GradientEngine {
       acc0.add_batch(0, n_, w0.data());
       acc0.finish(S0.data());
     }
-    auto logged = [&](const std::vector<double>& est) {
-      if (S0.empty()) return est;
-      std::vector<double> out = est;
-      for (index_t j = 0; j < k_; ++j)
-        if (!active_[j]) out[j] = S0[j];
-      return out;
-    };
+    auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     const int E = o_.epochs;
     const int stride = E > 10 ? std::max(1, E / 10) : 1;
     Adam adam{o_.learning_rate};
@@ -280,13 +268,7 @@ class GradientEngine {
       S0.assign(static_cast<std::size_t>(k_), 0.0);
       calib::cuda_estimate(ctx_, A_, sys_.design_weights, S0.data());
     }
-    auto logged = [&](const std::vector<double>& est) {
-      if (S0.empty()) return est;
-      std::vector<double> out = est;
-      for (index_t j = 0; j < k_; ++j)
-        if (!active_[j]) out[j] = S0[j];
-      return out;
-    };
+    auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     calib::GradientDeviceRun dev = calib::run_gradient_cuda(
         ctx_, A_, At_, sys_.design_weights, o_, [this](const double* S, double* c) { return loss_and_c(S, c); },
         logged, [&](index_t floored) {
@@ -305,6 +287,15 @@ class GradientEngine {
   const std::vector<char>& active() const { return active_; }
 
  private:
+  // Quirk 4 (excluded_log = "initial"): excluded targets logged at their initial estimate S0.
+  std::vector<double> with_frozen_excluded(const std::vector<double>& S0, const std::vector<double>& est) const {
+    if (S0.empty()) return est;
+    std::vector<double> out = est;
+    for (index_t j = 0; j < k_; ++j)
+      if (!active_[j]) out[j] = S0[j];
+    return out;
+  }
+
   const Context& ctx_;
   const ConstraintSystem& sys_;
   const CsrMatrix& A_;
