@@ -134,6 +134,10 @@ TEST(ScaleCostMedian, SinkhornScaleIsTheDenseMedian) {
   const auto res = otcal::sinkhorn(cpu_ctx(), g, {}, {}, so);
   EXPECT_NEAR(res.scale, median, 1e-12 * median);
   EXPECT_NEAR(otcal::resolve_geometry(cpu_ctx(), g, so).scale, median, 1e-12 * median);
+  // The median's blocks and bins come from the budget and are in the plan.
+  EXPECT_GT(res.memory.peak_bytes, std::size_t{1} << 20) << "the 1 MiB of histogram bins were measured";
+  EXPECT_LE(res.memory.peak_bytes, res.memory.planned_peak_bytes);
+  EXPECT_LE(res.memory.planned_peak_bytes, res.memory.budget_bytes);
 }
 
 }  // namespace

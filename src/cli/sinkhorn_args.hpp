@@ -45,7 +45,7 @@ void load_weights_ab(Clouds& clouds, const CloudFiles& files, bool x_used_as_y =
 
 // Help texts of the solver flags that differ between `otcal sinkhorn` and `otcal solve`.
 struct SolverFlagHelp {
-  std::string scale_cost = "A number > 0, mean, max_cost, max_norm or max_bound";
+  std::string scale_cost = "A number > 0, mean, max_cost, max_norm, max_bound or median (exact, one extra pass per refinement)";
   std::string epsilon = "Target epsilon (absolute; the factor with --relative-epsilon). Default: 0.05 * std of the scaled cost";
   std::string tau_a = "Source marginal relaxation in (0, 1]; 1 = balanced";
   std::string tau_b = "Target marginal relaxation in (0, 1]; 1 = balanced";

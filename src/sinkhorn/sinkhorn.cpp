@@ -96,7 +96,8 @@ NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y) {
 }
 
 template <class T>
-ResolvedGeometry resolve(Backend<T>& be, MemoryResource& mr, const PointCloud& geom, const SinkhornOptions& o,
+ResolvedGeometry resolve(Backend<T>& be, MemoryResource& mr, bool host_backend, const PointCloud& geom,
+                         const SinkhornOptions& o,
                          const detail::ResidentClouds<T>& rc, const Shape& s, index_t tile_rows) {
   const Cost& cost = geom.options.cost;
   const ScaleCost& sc = geom.options.scale;
@@ -137,7 +138,7 @@ ResolvedGeometry resolve(Backend<T>& be, MemoryResource& mr, const PointCloud& g
       r.scale = ns.max_sq_x + ns.max_sq_y + 2 * std::sqrt(ns.max_sq_x * ns.max_sq_y);
       break;
     case ScaleCost::Kind::median:  // exact numpy median of all n*m unscaled costs (sparsify.md §7.1)
-      r.scale = detail::cost_percentile<T>(be, rc, s, 50.0);
+      r.scale = detail::cost_percentile<T>(be, rc, s, 50.0, host_backend ? &mr : nullptr);
       break;
   }
   if (!(r.scale > 0) || !std::isfinite(r.scale))
@@ -163,13 +164,21 @@ struct SolveState {
   Buffer<double> tile_state;
 };
 
+// Workspace of the one-off resolve pass: per-row cost moments, or the median's blocks and bins
+// (CPU backend; on CUDA that scratch is host memory outside the device budget).
 template <class T>
-std::size_t solve_fixed_bytes(const Shape& s, const Cost& cost, bool needs_moments) {
+std::size_t resolve_scratch_bytes(const Shape& s, const GeometryOptions& g, bool host_backend) {
+  std::size_t bytes = static_cast<std::size_t>(3 * s.n) * sizeof(double);
+  if (g.scale.kind == ScaleCost::Kind::median && host_backend)
+    bytes = std::max(bytes, detail::cost_percentile_scratch_bytes(s, sizeof(T)));
+  return bytes;
+}
+
+template <class T>
+std::size_t solve_fixed_bytes(const Shape& s, const GeometryOptions& g, bool host_backend) {
   const std::size_t per_point = 8 * sizeof(T) / 2;  // a/b, log, potential, lse: 4 arrays per side
-  std::size_t fixed = detail::cloud_bytes(s, cost, sizeof(T)) +
-                      static_cast<std::size_t>(s.n + s.m) * per_point + 16 * kDefaultAlignment;
-  if (needs_moments) fixed += static_cast<std::size_t>(3 * s.n) * sizeof(double);
-  return fixed;
+  return detail::cloud_bytes(s, g.cost, sizeof(T)) + static_cast<std::size_t>(s.n + s.m) * per_point +
+         16 * kDefaultAlignment + resolve_scratch_bytes<T>(s, g, host_backend);
 }
 
 template <class T>
@@ -208,7 +217,7 @@ SinkhornResult solve(const Context& ctx, const PointCloud& geom, const ConstVect
   auto be = detail::make_backend<T>(ctx);
   MemoryResource& mr = ctx.workspace();
   const index_t rows_max = std::max(s.n, s.m);
-  ByteModel model{"sinkhorn", solve_fixed_bytes<T>(s, geom.options.cost, true),
+  ByteModel model{"sinkhorn", solve_fixed_bytes<T>(s, geom.options, ctx.kind() == DeviceKind::cpu),
                   2 * sizeof(double) * static_cast<std::size_t>(be->lse_partials_per_row(rows_max)), 1, 1};
   res.plan = plan_batch(rows_max, model, ctx.memory_budget(), o.batch_size);
   res.batch_size = res.plan.rows;
@@ -232,7 +241,7 @@ SinkhornResult solve(const Context& ctx, const PointCloud& geom, const ConstVect
     ctx.enter_user_stream();
     const detail::ResidentClouds<T> rc = detail::upload_clouds<T>(*be, mr, geom, s);
     const index_t tile = res.plan.rows;
-    const ResolvedGeometry rg = resolve<T>(*be, mr, geom, o, rc, s, tile);
+    const ResolvedGeometry rg = resolve<T>(*be, mr, ctx.kind() == DeviceKind::cpu, geom, o, rc, s, tile);
     res.scale = rg.scale;
     res.epsilon = rg.epsilon;
     const double eps = rg.epsilon;
@@ -391,11 +400,11 @@ ResolvedGeometry resolve_only(const Context& ctx, const PointCloud& geom, const 
   const Shape s = detail::check_geometry(geom);
   auto be = detail::make_backend<T>(ctx);
   ByteModel model{"cost statistics", detail::cloud_bytes(s, geom.options.cost, sizeof(T)) +
-                                         static_cast<std::size_t>(3 * s.n) * sizeof(double),
+                                         resolve_scratch_bytes<T>(s, geom.options, ctx.kind() == DeviceKind::cpu),
                   0, 1, 1};
   const TilePlan plan = plan_batch(s.n, model, ctx.memory_budget(), o.batch_size);
   const auto rc = detail::upload_clouds<T>(*be, ctx.workspace(), geom, s);
-  return resolve<T>(*be, ctx.workspace(), geom, o, rc, s, plan.rows);
+  return resolve<T>(*be, ctx.workspace(), ctx.kind() == DeviceKind::cpu, geom, o, rc, s, plan.rows);
 }
 
 void check_result(const PointCloud& geom, const SinkhornResult& r, const Shape& s) {

@@ -420,37 +420,52 @@ SparsifyResult sparsify(const Context& ctx, const ConstMatrix& plan, const Spars
 
 namespace detail {
 
+index_t cost_percentile_block_rows(const Shape& s, std::size_t value_size) {
+  const auto row_bytes = static_cast<index_t>(static_cast<std::size_t>(s.m) * value_size);
+  return std::clamp<index_t>((index_t{1} << 20) / std::max<index_t>(row_bytes, 1), 1, std::max<index_t>(s.n, 1));
+}
+
+std::size_t cost_percentile_scratch_bytes(const Shape& s, std::size_t value_size) {
+  return static_cast<std::size_t>(cost_percentile_block_rows(s, value_size) * s.m) * value_size +
+         2 * kHistogramBins * sizeof(std::uint64_t) + 2 * kDefaultAlignment;
+}
+
 template <class T>
-double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q) {
+double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q,
+                       MemoryResource* host_workspace) {
   if (!(q >= 0 && q <= 100)) throw InvalidArgument("cost percentile q = " + num(q) + " must be in [0, 100]");
-  // Host copies of the resident clouds (any backend), dimension-major as on the device.
-  auto host_copy = [&](const T* src, index_t count) {
-    std::vector<double> tmp(static_cast<std::size_t>(count));
-    be.download(src, tmp.data(), count);
-    return std::vector<T>(tmp.begin(), tmp.end());
-  };
-  const std::vector<T> hx = host_copy(rc.cx.x, s.n * s.d);
-  const bool same = rc.cy.x == rc.cx.x;
-  const std::vector<T> hy = same ? std::vector<T>{} : host_copy(rc.cy.x, s.m * s.d);
-  std::vector<T> nx, ny;
-  Cloud<T> cx{hx.data(), nullptr, s.n, static_cast<int>(s.d)};
-  Cloud<T> cy{same ? hx.data() : hy.data(), nullptr, s.m, static_cast<int>(s.d)};
-  if (rc.cx.norms) {
-    nx = host_copy(rc.cx.norms, s.n);
-    cx.norms = nx.data();
-    if (rc.cy.norms == rc.cx.norms) {
-      cy.norms = nx.data();
-    } else {
-      ny = host_copy(rc.cy.norms, s.m);
-      cy.norms = ny.data();
+  Cloud<T> cx = rc.cx, cy = rc.cy;
+  std::vector<T> hx, hy, nx, ny;
+  HostResource plain_host;
+  MemoryResource& scratch_mr = host_workspace ? *host_workspace : plain_host;
+  if (host_workspace == nullptr) {
+    // Device-resident clouds: host copies, dimension-major as on the device.
+    auto host_copy = [&](const T* src, index_t count) {
+      std::vector<double> tmp(static_cast<std::size_t>(count));
+      be.download(src, tmp.data(), count);
+      return std::vector<T>(tmp.begin(), tmp.end());
+    };
+    const bool same = rc.cy.x == rc.cx.x;
+    hx = host_copy(rc.cx.x, s.n * s.d);
+    if (!same) hy = host_copy(rc.cy.x, s.m * s.d);
+    cx = {hx.data(), nullptr, s.n, static_cast<int>(s.d)};
+    cy = {same ? hx.data() : hy.data(), nullptr, s.m, static_cast<int>(s.d)};
+    if (rc.cx.norms) {
+      nx = host_copy(rc.cx.norms, s.n);
+      cx.norms = nx.data();
+      if (rc.cy.norms == rc.cx.norms) {
+        cy.norms = nx.data();
+      } else {
+        ny = host_copy(rc.cy.norms, s.m);
+        cy.norms = ny.data();
+      }
     }
   }
   auto sbe = make_cpu_sparsify_backend<T>();
   auto src = sbe->cloud_cost_source(cx, cy, rc.cost);
-  const index_t row_bytes = s.m * static_cast<index_t>(sizeof(T));
-  const index_t bs = std::clamp<index_t>((index_t{4} << 20) / std::max<index_t>(row_bytes, 1), 1, s.n);
-  std::vector<T> block(static_cast<std::size_t>(bs * s.m));
-  std::vector<std::uint64_t> bins(2 * kHistogramBins);
+  const index_t bs = cost_percentile_block_rows(s, sizeof(T));
+  Buffer<T> block(scratch_mr, static_cast<std::size_t>(bs * s.m));
+  Buffer<std::uint64_t> bins(scratch_mr, 2 * kHistogramBins);
   const HistogramSweep hs = [&](const KeyHistogramQuery& query, std::uint64_t* b) {
     for (index_t r0 = 0; r0 < s.n; r0 += bs) {
       const index_t rows = std::min(bs, s.n - r0);
@@ -461,8 +476,10 @@ double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape&
   return exact_percentile<T>(q, bins.data(), hs);
 }
 
-template double cost_percentile<float>(Backend<float>&, const ResidentClouds<float>&, const Shape&, double);
-template double cost_percentile<double>(Backend<double>&, const ResidentClouds<double>&, const Shape&, double);
+template double cost_percentile<float>(Backend<float>&, const ResidentClouds<float>&, const Shape&, double,
+                                       MemoryResource*);
+template double cost_percentile<double>(Backend<double>&, const ResidentClouds<double>&, const Shape&, double,
+                                        MemoryResource*);
 
 }  // namespace detail
 
@@ -472,7 +489,7 @@ double cost_quantile_impl(const Context& ctx, const PointCloud& geom, double q) 
   const detail::Shape s = detail::check_geometry(geom);
   auto be = detail::make_backend<T>(ctx);
   const auto rc = detail::upload_clouds<T>(*be, ctx.workspace(), geom, s);
-  return detail::cost_percentile<T>(*be, rc, s, q);
+  return detail::cost_percentile<T>(*be, rc, s, q, ctx.kind() == DeviceKind::cpu ? &ctx.workspace() : nullptr);
 }
 }  // namespace
 
