@@ -2,8 +2,11 @@
 // src/calibration/{exact,gradient}.cpp are the reference. Design:
 //
 //  * Residency: A (k x n CSR) and Aᵀ (n x k CSR, the host counting sort) are uploaded once into
-//    ctx.workspace() (budgeted device memory) with every per-record array. Per Newton step or
-//    epoch only k-sized vectors (η, S, c) and, for Newton, the ka x ka matrix cross the bus.
+//    the operation's workspace (budgeted device memory) with every per-record array. Every device
+//    buffer is declared up front (declare_cuda_*_workspace) so the planner refuses a small budget
+//    before anything is allocated; the passes take the allocated workspace and allocate nothing.
+//    No CUB or cuSPARSE call is made here, so there is no temp storage to size. Per Newton step
+//    or epoch only k-sized vectors (η, S, c) and, for Newton, the ka x ka matrix cross the bus.
 //  * S = A w: one warp per constraint row, lanes stride the row, a fixed shuffle tree reduces
 //    the 32 partials: deterministic (same result every run), not bitwise the CPU's granule order.
 //    The weight of a record is a functor, so the gradient calibrator's dropped-out, gated w'_i is
@@ -23,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <vector>
 
 #include "calibration/calib_backend.hpp"
@@ -52,53 +57,39 @@ struct DevCsr {
   __device__ __forceinline__ std::int64_t index(std::int64_t p) const { return idx64 ? idx64[p] : idx32[p]; }
 };
 
-std::size_t csr_device_bytes(const CsrMatrix& M) {
-  const std::size_t nnz = static_cast<std::size_t>(M.nnz());
-  return align_up((static_cast<std::size_t>(M.rows) + 1) * 8) + align_up(nnz * (M.wide_indices() ? 8 : 4)) +
-         align_up(nnz * 8);
-}
-
 template <class T>
-void upload(cudaStream_t s, const T* host, Buffer<T>& dst, std::size_t count) {
-  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst.data(), host, count * sizeof(T), cudaMemcpyHostToDevice, s));
+void upload(cudaStream_t s, const T* host, T* dst, std::size_t count) {
+  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst, host, count * sizeof(T), cudaMemcpyHostToDevice, s));
 }
 template <class T>
-void download(cudaStream_t s, const Buffer<T>& src, T* host, std::size_t count) {
-  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(host, src.data(), count * sizeof(T), cudaMemcpyDeviceToHost, s));
+void download(cudaStream_t s, const T* src, T* host, std::size_t count) {
+  if (count > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(host, src, count * sizeof(T), cudaMemcpyDeviceToHost, s));
   OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
 }
+void zero(cudaStream_t s, double* p, std::size_t count) {
+  if (count > 0) OTCAL_CUDA_CHECK(cudaMemsetAsync(p, 0, count * sizeof(double), s));
+}
 
-// One CSR resident in budgeted device memory, uploaded once.
-class DeviceCsr {
- public:
-  DeviceCsr(MemoryResource& mr, cudaStream_t s, const CsrMatrix& M)
-      : indptr_(mr, static_cast<std::size_t>(M.rows) + 1, s), values_(mr, static_cast<std::size_t>(M.nnz()), s) {
-    const std::size_t nnz = static_cast<std::size_t>(M.nnz());
-    if (M.wide_indices()) {
-      idx64_ = Buffer<std::int64_t>(mr, nnz, s);
-      upload(s, M.indices64.data(), idx64_, nnz);
-    } else {
-      idx32_ = Buffer<std::int32_t>(mr, nnz, s);
-      upload(s, M.indices32.data(), idx32_, nnz);
-    }
-    upload(s, M.indptr.data(), indptr_, M.indptr.size());
-    upload(s, M.values.data(), values_, nnz);
-    view_.indptr = indptr_.data();
-    view_.idx32 = M.wide_indices() ? nullptr : idx32_.data();
-    view_.idx64 = M.wide_indices() ? idx64_.data() : nullptr;
-    view_.values = values_.data();
-    view_.rows = M.rows;
-    view_.cols = M.cols;
-  }
-  const DevCsr& view() const { return view_; }
-
- private:
-  Buffer<std::int64_t> indptr_;
-  Buffer<std::int32_t> idx32_;
-  Buffer<std::int64_t> idx64_;
-  Buffer<double> values_;
-  DevCsr view_;
-};
+// Uploads M into its declared workspace buffers (calib::declare_csr) and returns the kernels' view.
+DevCsr upload_csr(cudaStream_t s, const detail::Workspace& ws, const CsrIds& ids, const CsrMatrix& M) {
+  const std::size_t nnz = static_cast<std::size_t>(M.nnz());
+  if (ids.rows != M.rows || ids.cols != M.cols || ids.wide != M.wide_indices() || ws.count(ids.values) != nnz)
+    throw InvalidArgument("calibration: a CSR does not match the shape its workspace was declared with");
+  DevCsr v;
+  v.indptr = ws.get(ids.indptr);
+  v.idx32 = M.wide_indices() ? nullptr : ws.get(ids.indices32);
+  v.idx64 = M.wide_indices() ? ws.get(ids.indices64) : nullptr;
+  v.values = ws.get(ids.values);
+  v.rows = M.rows;
+  v.cols = M.cols;
+  upload(s, M.indptr.data(), ws.get(ids.indptr), M.indptr.size());
+  if (M.wide_indices())
+    upload(s, M.indices64.data(), ws.get(ids.indices64), nnz);
+  else
+    upload(s, M.indices32.data(), ws.get(ids.indices32), nnz);
+  upload(s, M.values.data(), ws.get(ids.values), nnz);
+  return v;
+}
 
 // ---- weights of a record seen by the SpMV ------------------------------------------------------
 struct ArrayWeight {
@@ -205,14 +196,19 @@ __global__ void scale_kernel(double* x, double f, index_t n) {
 
 class CudaExactPasses final : public ExactPasses {
  public:
-  CudaExactPasses(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At, const std::vector<index_t>& active_rows,
-                  const std::vector<double>& design, const std::vector<double>& sigma2, const detail::DistanceMath& dist)
-      : ctx_(ctx), s_(static_cast<cudaStream_t>(ctx.compute_stream())), n_(A.cols), k_(A.rows),
-        ka_(static_cast<index_t>(active_rows.size())), dist_(dist), A_(ctx.workspace(), s_, A),
-        At_(ctx.workspace(), s_, At), d_(buf(n_)), u_(buf(n_)), g_(buf(n_)), dF_(buf(n_)), v_(buf(n_)),
-        best_g_(buf(n_)), sigma2_(buf(sigma2.empty() ? 0 : n_)), T_(buf(ka_ * ka_)), S_(buf(k_)), eta_(buf(k_)),
-        active_rows_(ctx.workspace(), static_cast<std::size_t>(ka_), s_),
-        active_of_(ctx.workspace(), static_cast<std::size_t>(k_), s_), flag_(ctx.workspace(), 1, s_) {
+  CudaExactPasses(const Context& ctx, const detail::Workspace& ws, const CudaExactIds& ids, const CsrMatrix& A,
+                  const CsrMatrix& At, const std::vector<index_t>& active_rows, const std::vector<double>& design,
+                  const std::vector<double>& sigma2, const detail::DistanceMath& dist)
+      : s_(static_cast<cudaStream_t>(ctx.compute_stream())), n_(A.cols), k_(A.rows),
+        ka_(static_cast<index_t>(active_rows.size())), dist_(dist), A_(upload_csr(s_, ws, ids.A, A)),
+        At_(upload_csr(s_, ws, ids.At, At)), d_(ws.get(ids.d)), u_(ws.get(ids.u)), g_(ws.get(ids.g)),
+        dF_(ws.get(ids.dF)), v_(ws.get(ids.v)), best_g_(ws.get(ids.best_g)),
+        sigma2_(sigma2.empty() ? nullptr : ws.get(ids.sigma2)), T_(ws.get(ids.T)), S_(ws.get(ids.S)),
+        eta_(ws.get(ids.eta)), active_rows_(ws.get(ids.active_rows)), active_of_(ws.get(ids.active_of)),
+        flag_(ws.get(ids.flag)) {
+    if (ws.count(ids.T) != static_cast<std::size_t>(ka_) * static_cast<std::size_t>(ka_) ||
+        (!sigma2.empty() && ws.count(ids.sigma2) != sigma2.size()))
+      throw InvalidArgument("calibration: the exact passes do not match the workspace they were declared with");
     std::vector<index_t> active_of(static_cast<std::size_t>(k_), -1);
     for (index_t a = 0; a < ka_; ++a) active_of[static_cast<std::size_t>(active_rows[a])] = a;
     upload(s_, design.data(), d_, static_cast<std::size_t>(n_));
@@ -224,15 +220,14 @@ class CudaExactPasses final : public ExactPasses {
 
   void scale_design(double f) override {
     if (n_ == 0) return;
-    scale_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_.data(), f, n_);
+    scale_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_, f, n_);
     OTCAL_CUDA_CHECK_LAUNCH("scale_kernel");
   }
   bool recompute(const double* eta) override {
     upload(s_, eta, eta_, static_cast<std::size_t>(k_));
-    OTCAL_CUDA_CHECK(cudaMemsetAsync(flag_.data(), 0, sizeof(unsigned), s_));
+    OTCAL_CUDA_CHECK(cudaMemsetAsync(flag_, 0, sizeof(unsigned), s_));
     if (n_ > 0) {
-      exact_recompute_kernel<<<grid_for(n_), kThreads, 0, s_>>>(At_.view(), eta_.data(), sigma2_ptr(), dist_, u_.data(),
-                                                               g_.data(), dF_.data(), flag_.data());
+      exact_recompute_kernel<<<grid_for(n_), kThreads, 0, s_>>>(At_, eta_, sigma2_, dist_, u_, g_, dF_, flag_);
       OTCAL_CUDA_CHECK_LAUNCH("exact_recompute_kernel");
     }
     unsigned bad = 0;
@@ -240,43 +235,43 @@ class CudaExactPasses final : public ExactPasses {
     return bad == 0;
   }
   void estimate_design(double* S) override {
-    spmv(s_, A_.view(), ArrayWeight{d_.data()}, S_.data());
+    spmv(s_, A_, ArrayWeight{d_}, S_);
     download(s_, S_, S, static_cast<std::size_t>(k_));
   }
   void estimate_weights(double* S) override {
-    spmv(s_, A_.view(), ProductWeight{d_.data(), g_.data()}, S_.data());
+    spmv(s_, A_, ProductWeight{d_, g_}, S_);
     download(s_, S_, S, static_cast<std::size_t>(k_));
   }
   void newton_matrix(double* T) override {
     if (ka_ == 0) return;
     if (n_ > 0) {
-      newton_weight_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_.data(), dF_.data(), sigma2_ptr(), v_.data(), n_);
+      newton_weight_kernel<<<grid_for(n_), kThreads, 0, s_>>>(d_, dF_, sigma2_, v_, n_);
       OTCAL_CUDA_CHECK_LAUNCH("newton_weight_kernel");
     }
-    OTCAL_CUDA_CHECK(cudaMemsetAsync(T_.data(), 0, T_.bytes(), s_));
-    newton_matrix_kernel<<<grid_for(ka_, kWarpsPerBlock), kThreads, 0, s_>>>(
-        A_.view(), At_.view(), active_rows_.data(), active_of_.data(), v_.data(), T_.data(), ka_);
+    const std::size_t t_count = static_cast<std::size_t>(ka_) * static_cast<std::size_t>(ka_);
+    zero(s_, T_, t_count);
+    newton_matrix_kernel<<<grid_for(ka_, kWarpsPerBlock), kThreads, 0, s_>>>(A_, At_, active_rows_, active_of_, v_, T_,
+                                                                            ka_);
     OTCAL_CUDA_CHECK_LAUNCH("newton_matrix_kernel");
-    download(s_, T_, T, T_.size());
+    download(s_, T_, T, t_count);
   }
   void keep_best() override { copy(best_g_, g_); }
   void restore_best() override { copy(g_, best_g_); }
   void download_g(double* g) override { download(s_, g_, g, static_cast<std::size_t>(n_)); }
 
  private:
-  Buffer<double> buf(index_t count) { return Buffer<double>(ctx_.workspace(), static_cast<std::size_t>(count), s_); }
-  const double* sigma2_ptr() const { return sigma2_.size() ? sigma2_.data() : nullptr; }
-  void copy(Buffer<double>& dst, const Buffer<double>& src) {
-    if (n_ > 0) OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToDevice, s_));
+  void copy(double* dst, const double* src) {
+    if (n_ > 0)
+      OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n_) * sizeof(double),
+                                       cudaMemcpyDeviceToDevice, s_));
   }
-  const Context& ctx_;
   cudaStream_t s_;
   index_t n_, k_, ka_;
   detail::DistanceMath dist_;
-  DeviceCsr A_, At_;
-  Buffer<double> d_, u_, g_, dF_, v_, best_g_, sigma2_, T_, S_, eta_;
-  Buffer<index_t> active_rows_, active_of_;
-  Buffer<unsigned> flag_;
+  DevCsr A_, At_;
+  double *d_, *u_, *g_, *dF_, *v_, *best_g_, *sigma2_, *T_, *S_, *eta_;
+  index_t *active_rows_, *active_of_;
+  unsigned* flag_;
 };
 
 // ---- gradient calibrator kernels ---------------------------------------------------------------
@@ -335,76 +330,99 @@ struct DeviceAdam {  // the CPU Adam's step counter and bias corrections, the up
 
 }  // namespace
 
-std::size_t cuda_exact_device_bytes(const CsrMatrix& A, index_t ka) {
-  const std::size_t n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
-  const std::size_t kas = static_cast<std::size_t>(ka);
-  return csr_device_bytes(A) + align_up((n + 1) * 8) + align_up(static_cast<std::size_t>(A.nnz()) * (A.wide_indices() ? 8 : 4)) +
-         align_up(static_cast<std::size_t>(A.nnz()) * 8)  // Aᵀ: n + 1 offsets, same nnz
-         + 7 * align_up(n * 8) + align_up(kas * kas * 8) + 2 * align_up(k * 8)  // S, η
-         + align_up(kas * 8) + align_up(k * 8) + align_up(4);                   // active maps, flag
+CudaExactIds declare_cuda_exact_workspace(WorkspaceDecl& decl, const CsrMatrix& A, index_t ka, bool has_sigma2) {
+  const auto n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
+  const auto kas = static_cast<std::size_t>(ka);
+  CudaExactIds ids;
+  ids.A = declare_csr(decl, "A", A.rows, A.cols, A.nnz());
+  ids.At = declare_csr(decl, "At", A.cols, A.rows, A.nnz());
+  ids.d = decl.add<double>("d", n);
+  ids.u = decl.add<double>("u", n);
+  ids.g = decl.add<double>("g", n);
+  ids.dF = decl.add<double>("dF", n);
+  ids.v = decl.add<double>("v", n);
+  ids.best_g = decl.add<double>("best_g", n);
+  ids.sigma2 = decl.add<double>("sigma2", has_sigma2 ? n : 0);
+  ids.T = decl.add<double>("T", kas * kas);
+  ids.S = decl.add<double>("S", k);
+  ids.eta = decl.add<double>("eta", k);
+  ids.active_rows = decl.add<index_t>("active_rows", kas);
+  ids.active_of = decl.add<index_t>("active_of", k);
+  ids.flag = decl.add<unsigned>("nonfinite_flag", 1);
+  return ids;
 }
 
-std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
+std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const detail::Workspace& ws,
+                                                    const CudaExactIds& ids, const CsrMatrix& A, const CsrMatrix& At,
                                                     const std::vector<index_t>& active_rows,
                                                     const std::vector<double>& design,
                                                     const std::vector<double>& sigma2,
                                                     const detail::DistanceMath& dist) {
-  return std::make_unique<CudaExactPasses>(ctx, A, At, active_rows, design, sigma2, dist);
+  return std::make_unique<CudaExactPasses>(ctx, ws, ids, A, At, active_rows, design, sigma2, dist);
 }
 
-std::size_t cuda_gradient_device_bytes(const CsrMatrix& A, bool l0) {
-  const std::size_t n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
-  return csr_device_bytes(A) + align_up((n + 1) * 8) +
-         align_up(static_cast<std::size_t>(A.nnz()) * (A.wide_indices() ? 8 : 4)) +
-         align_up(static_cast<std::size_t>(A.nnz()) * 8) + (l0 ? 8 : 4) * align_up(n * 8) + 2 * align_up(k * 8);
+CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMatrix& A, bool l0) {
+  const auto n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
+  const std::size_t nl0 = l0 ? n : 0;
+  CudaGradientIds ids;
+  ids.A = declare_csr(decl, "A", A.rows, A.cols, A.nnz());
+  ids.At = declare_csr(decl, "At", A.cols, A.rows, A.nnz());
+  ids.theta = decl.add<double>("theta", n);
+  ids.m = decl.add<double>("adam_m", n);
+  ids.v = decl.add<double>("adam_v", n);
+  ids.grad = decl.add<double>("grad_theta", n);
+  ids.alpha = decl.add<double>("log_alpha", nl0);
+  ids.m_alpha = decl.add<double>("adam_m_alpha", nl0);
+  ids.v_alpha = decl.add<double>("adam_v_alpha", nl0);
+  ids.grad_alpha = decl.add<double>("grad_log_alpha", nl0);
+  ids.S = decl.add<double>("S", k);
+  ids.c = decl.add<double>("c", k);
+  return ids;
 }
 
-void cuda_estimate(const Context& ctx, const CsrMatrix& A, const std::vector<double>& w, double* S) {
-  cudaStream_t s = static_cast<cudaStream_t>(ctx.compute_stream());
-  DeviceCsr dA(ctx.workspace(), s, A);
-  Buffer<double> dw(ctx.workspace(), w.size(), s), dS(ctx.workspace(), static_cast<std::size_t>(A.rows), s);
-  upload(s, w.data(), dw, w.size());
-  spmv(s, dA.view(), ArrayWeight{dw.data()}, dS.data());
-  download(s, dS, S, dS.size());
-}
-
-GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
-                                    const std::vector<double>& w0, const GradientOptions& o, const LossFunction& loss_fn,
+GradientDeviceRun run_gradient_cuda(const Context& ctx, const detail::Workspace& ws, const CudaGradientIds& ids,
+                                    const CsrMatrix& A, const CsrMatrix& At, const std::vector<double>& w0,
+                                    const GradientOptions& o, const LossFunction& loss_fn,
                                     const std::function<std::vector<double>(const std::vector<double>&)>& logged,
-                                    const std::function<void(index_t)>& floored_warning) {
-  using detail::RandomPurpose;
-  MemoryResource& mr = ctx.workspace();
+                                    const std::function<void(index_t)>& floored_warning,
+                                    std::vector<double>* initial_estimate) {
   cudaStream_t s = static_cast<cudaStream_t>(ctx.compute_stream());
-  ctx.enter_user_stream();
   const index_t n = A.cols, k = A.rows;
   const std::size_t nn = static_cast<std::size_t>(n), kk = static_cast<std::size_t>(k);
   GradientDeviceRun out;
   out.loss = std::numeric_limits<double>::quiet_NaN();
-  DeviceCsr dA(mr, s, A), dAt(mr, s, At);
-  Buffer<double> theta(mr, nn, s), m(mr, nn, s), v(mr, nn, s), grad(mr, nn, s), S_dev(mr, kk, s), c_dev(mr, kk, s);
-  // θ on the host exactly as the CPU (Philox noise, floor), uploaded once.
+  const DevCsr dA = upload_csr(s, ws, ids.A, A), dAt = upload_csr(s, ws, ids.At, At);
+  double* theta = ws.get(ids.theta);
+  double* m = ws.get(ids.m);
+  double* v = ws.get(ids.v);
+  double* grad = ws.get(ids.grad);
+  double* S_dev = ws.get(ids.S);
+  double* c_dev = ws.get(ids.c);
   std::vector<double> host(nn);
+  if (initial_estimate) {  // quirk 4: S0 = A w0, with θ's buffer holding w0 until θ is set below
+    initial_estimate->assign(kk, 0.0);
+    upload(s, w0.data(), theta, nn);
+    spmv(s, dA, ArrayWeight{theta}, S_dev);
+    download(s, S_dev, initial_estimate->data(), kk);
+  }
+  // θ on the host exactly as the CPU (Philox noise, floor), uploaded once.
   const index_t floored = initial_log_weights(w0, o.seed, o.noise_level, host.data());
   if (floored > 0) floored_warning(floored);
   out.floored = floored;
   upload(s, host.data(), theta, nn);
-  auto zero = [&](Buffer<double>& b) {
-    if (b.size()) OTCAL_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, b.bytes(), s));
-  };
-  zero(m);
-  zero(v);
+  zero(s, m, nn);
+  zero(s, v, nn);
   std::vector<double> S(kk), c(kk);
   const double lambda = o.l0_lambda / (o.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n, 1)) : 1.0);
   // One loss-and-gradient evaluation; returns L(S), S on the host.
   auto evaluate = [&](const double* log_alpha, std::uint32_t epoch, std::uint32_t gate_step, double* grad_alpha) {
-    spmv(s, dA.view(), DropoutWeight{theta.data(), log_alpha, o.seed, o.dropout_rate, o.temperature, epoch, gate_step},
-         S_dev.data());
+    spmv(s, dA, DropoutWeight{theta, log_alpha, o.seed, o.dropout_rate, o.temperature, epoch, gate_step}, S_dev);
     download(s, S_dev, S.data(), kk);
     const double loss = loss_fn(S.data(), c.data());
     upload(s, c.data(), c_dev, kk);
     if (n > 0) {
-      GradientKernelArgs a{dAt.view(), c_dev.data(), theta.data(), log_alpha, grad.data(), grad_alpha,
-                           o.seed,     o.dropout_rate, o.temperature, lambda, epoch, gate_step};
+      GradientKernelArgs a{dAt,   c_dev,          theta,         log_alpha, grad,  grad_alpha,
+                           o.seed, o.dropout_rate, o.temperature, lambda,    epoch, gate_step};
       gradient_kernel<<<grid_for(n), kThreads, 0, s>>>(a);
       OTCAL_CUDA_CHECK_LAUNCH("gradient_kernel");
     }
@@ -413,48 +431,52 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, cons
 
   const int E = o.epochs;
   const int stride = E > 10 ? std::max(1, E / 10) : 1;
+  // Quirk 1 (docs/calibration.md §3.8): the last dropout draw, taken before the final step, is
+  // handed back only when dropout is on; at rate 0 microcalibrate's draw is θ itself, post-step.
+  const bool last_draw = o.final_weights_last_dropout_draw && o.dropout_rate > 0;
   DeviceAdam adam{o.learning_rate};
   out.weights.assign(nn, 0.0);
   for (int e = 0; e < E; ++e) {
     const double loss = evaluate(nullptr, static_cast<std::uint32_t>(e), 0, nullptr);
     if (e % stride == 0 || e == E - 1) out.history.push_back({e, "dense", loss, logged(S)});
-    if (e == E - 1 && o.final_weights_last_dropout_draw) {  // quirk 1: θ before the last step
+    if (e == E - 1 && last_draw) {
       download(s, theta, host.data(), nn);
       for (index_t i = 0; i < n; ++i)
         out.weights[i] = detail::dropout_weight(o.seed, o.dropout_rate, i, host[i], static_cast<std::uint32_t>(e));
     }
-    adam.apply(s, theta.data(), m.data(), v.data(), grad.data(), n);
+    adam.apply(s, theta, m, v, grad, n);
     out.loss = loss;
   }
-  if (!(E > 0 && o.final_weights_last_dropout_draw)) {
+  if (!(E > 0 && last_draw)) {
     download(s, theta, host.data(), nn);
     for (index_t i = 0; i < n; ++i) out.weights[i] = std::exp(host[i]);
   }
   out.n_iterations = E;
 
   if (o.regularize_with_l0) {
-    Buffer<double> alpha(mr, nn, s), ma(mr, nn, s), va(mr, nn, s), ga(mr, nn, s);
+    double* alpha = ws.get(ids.alpha);
+    double* ma = ws.get(ids.m_alpha);
+    double* va = ws.get(ids.v_alpha);
+    double* ga = ws.get(ids.grad_alpha);
     const double la0 = std::log(o.init_mean / (1 - o.init_mean));
     for (index_t i = 0; i < n; ++i) host[i] = std::log(std::max(o.l0_init_dense_result ? out.weights[i] : w0[i], 1e-12));
     upload(s, host.data(), theta, nn);
-    std::fill(host.begin(), host.end(), la0);
-    upload(s, host.data(), alpha, nn);
-    zero(m);
-    zero(v);
-    zero(ma);
-    zero(va);
+    std::vector<double> la(nn, la0);
+    upload(s, la.data(), alpha, nn);
+    zero(s, m, nn);
+    zero(s, v, nn);
+    zero(s, ma, nn);
+    zero(s, va, nn);
     DeviceAdam adam_t{o.sparse_learning_rate}, adam_a{o.sparse_learning_rate};
     const int steps = 2 * E;
     const int l0_stride = std::max(1, stride / 2);
     for (int st = 0; st < steps; ++st) {
-      const double loss =
-          evaluate(alpha.data(), static_cast<std::uint32_t>(E + st), static_cast<std::uint32_t>(st), ga.data());
+      const double loss = evaluate(alpha, static_cast<std::uint32_t>(E + st), static_cast<std::uint32_t>(st), ga);
       if (st % l0_stride == 0 || st == steps - 1) out.history.push_back({st, "l0", loss, logged(S)});
-      adam_t.apply(s, theta.data(), m.data(), v.data(), grad.data(), n);
-      adam_a.apply(s, alpha.data(), ma.data(), va.data(), ga.data(), n);
+      adam_t.apply(s, theta, m, v, grad, n);
+      adam_a.apply(s, alpha, ma, va, ga, n);
       out.loss = loss;
     }
-    std::vector<double> la(nn);
     download(s, theta, host.data(), nn);
     download(s, alpha, la.data(), nn);
     for (index_t i = 0; i < n; ++i)
@@ -462,7 +484,6 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, cons
     out.n_iterations += steps;
   }
   OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
-  ctx.exit_user_stream();
   return out;
 }
 

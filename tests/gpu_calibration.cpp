@@ -2,7 +2,9 @@
 // tested against dense float64 references in the cpu suite): builder on a CUDA context equal to
 // the CPU build; raking, linear (bounded and GREG) and logit exact calibrators on Context::cuda(0)
 // vs Context::cpu() to 1e-9; the gradient calibrator (with dropout, and with L0 gates) for batch
-// sizes 1, 7 and n to 1e-6 relative in float64; peak device workspace <= planned <= budget.
+// sizes 1, 7 and n to 1e-6 relative in float64; peak device workspace <= planned <= budget; the
+// device plan is the declared workspace (src/calibration/workspace_layouts.hpp), refused one byte
+// below the minimum it names, and run at exactly that minimum.
 // Label gpu: the binary exits 77 (skipped) where no CUDA device works (tests/support/test_main.cpp).
 //
 // What "equal" means across backends: the same float64 formulas, but the device exp/log may differ
@@ -12,10 +14,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "calibration/workspace_layouts.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
 
@@ -169,6 +173,95 @@ TEST(GpuCalibration, TooSmallBudgetIsRefusedBeforeAnyWork) {
   EXPECT_THROW(otcal::calibrate_exact(otcal::Context::cuda(0, quiet(64 << 10)), v.cpu_sys, o), otcal::BudgetTooSmall);
   otcal::GradientOptions g;
   EXPECT_THROW(otcal::calibrate_gradient(otcal::Context::cuda(0, quiet(64 << 10)), v.cpu_sys, g), otcal::BudgetTooSmall);
+}
+
+// The device plan is the operation's declaration; the minimum it names is exact.
+TEST(GpuCalibration, DevicePlanIsTheDeclarationAndTheMinimumIsExact) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Survey v = survey(2500, seed);
+  struct Run {
+    std::vector<double> weights;
+    otcal::TilePlan plan;
+    otcal::MemoryReport memory;
+  };
+  struct Case {
+    std::string name;
+    std::function<otcal::WorkspaceDecl(const otcal::Context&)> decl;
+    std::function<Run(const otcal::Context&)> run;
+  };
+  otcal::ExactOptions logit{.calfun = otcal::CalFun::logit, .lower = 0.5, .upper = 2.0};
+  logit.variance.assign(static_cast<std::size_t>(v.cpu_sys.A.rows), 1.0);
+  otcal::GradientOptions dense;
+  dense.epochs = 4;
+  dense.dropout_rate = 0.1;
+  dense.seed = seed;
+  dense.excluded_log_initial = true;
+  dense.excluded_targets = {v.cpu_sys.names[0]};
+  otcal::GradientOptions l0 = dense;
+  l0.regularize_with_l0 = true;
+  std::vector<Case> cases;
+  const otcal::ConstraintSystem& sys = v.cpu_sys;
+  auto exact_case = [&](const std::string& name, const otcal::ExactOptions& eo) {
+    cases.push_back({"exact " + name, [&sys, eo](const otcal::Context& c) { return otcal::calib::exact_layout(c, sys, eo).decl; },
+                     [&sys, eo](const otcal::Context& c) {
+                       const auto r = otcal::calibrate_exact(c, sys, eo);
+                       return Run{r.weights, r.plan, r.memory};
+                     }});
+  };
+  auto gradient_case = [&](const std::string& name, const otcal::GradientOptions& go) {
+    cases.push_back({"gradient " + name,
+                     [&sys, go](const otcal::Context& c) { return otcal::calib::gradient_layout(c, sys, go).decl; },
+                     [&sys, go](const otcal::Context& c) {
+                       const auto r = otcal::calibrate_gradient(c, sys, go);
+                       return Run{r.weights, r.plan, r.memory};
+                     }});
+  };
+  exact_case("linear", {});
+  exact_case("logit", logit);
+  gradient_case("dense", dense);
+  gradient_case("l0", l0);
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::size_t budget = std::size_t{256} << 20;
+    otcal::Context ample = otcal::Context::cuda(0, quiet(budget));
+    const Run ref = k.run(ample);
+    const otcal::WorkspaceDecl decl = k.decl(ample);
+    EXPECT_EQ(ref.plan.planned_peak, decl.bytes(ref.plan.rows));
+    EXPECT_GT(ref.memory.peak_bytes, 0u);
+    EXPECT_LE(ref.memory.peak_bytes, ref.plan.planned_peak);
+    EXPECT_LE(ref.plan.planned_peak, budget);
+    std::size_t minimum = 0;
+    try {
+      k.run(otcal::Context::cuda(0, quiet(4096)));
+      ADD_FAILURE() << "a 4 KiB budget was accepted";
+    } catch (const otcal::BudgetTooSmall& e) {
+      minimum = e.required_bytes();
+    }
+    ASSERT_GT(minimum, 4096u);
+    otcal::Context short_ctx = otcal::Context::cuda(0, quiet(minimum - 1));
+    EXPECT_THROW(k.run(short_ctx), otcal::BudgetTooSmall);
+    EXPECT_EQ(short_ctx.statistics().allocations().total, 0);
+    Run at_min;
+    ASSERT_NO_THROW(at_min = k.run(otcal::Context::cuda(0, quiet(minimum))));
+    EXPECT_EQ(at_min.weights, ref.weights);  // same device, same kernels: deterministic
+  }
+}
+
+// Quirk 1 at dropout 0 hands back exp(θ) after the last step, as without the quirk (§3.8).
+TEST(GpuCalibration, LastDropoutDrawWithoutDropoutIsThePostStepWeights) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Survey v = survey(1200, seed);
+  otcal::GradientOptions o;
+  o.epochs = 3;
+  o.learning_rate = 0.05;
+  o.seed = seed;
+  o.dropout_rate = 0;
+  otcal::Context gctx = otcal::Context::cuda(0, quiet());
+  const auto post_step = otcal::calibrate_gradient(gctx, v.cpu_sys, o);
+  o.final_weights_last_dropout_draw = true;
+  EXPECT_EQ(otcal::calibrate_gradient(gctx, v.cpu_sys, o).weights, post_step.weights);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// Constraint-system builder (spec/calibration.md §1-§2) against a dense build written here.
+// Constraint-system builder (docs/calibration.md §1-§2) against a dense build written here.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// Diagnostics (spec/calibration.md §5): table formulas, Kish identities, planted warnings.
+// Diagnostics (docs/calibration.md §5): table formulas, Kish identities, planted warnings.
 #include <gtest/gtest.h>
 
 #include <cmath>

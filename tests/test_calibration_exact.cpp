@@ -1,4 +1,4 @@
-// Exact calibrators (spec/calibration.md §4) against closed forms and independent references
+// Exact calibrators (docs/calibration.md §4) against closed forms and independent references
 // written here: dense GREG with Eigen, iterative proportional fitting for raking.
 #include <gtest/gtest.h>
 

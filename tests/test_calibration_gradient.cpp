@@ -1,4 +1,4 @@
-// Gradient calibrator (spec/calibration.md §3): loss and gradient against an independent dense
+// Gradient calibrator (docs/calibration.md §3): loss and gradient against an independent dense
 // formula and finite differences, batch invariance (bitwise on the CPU), dropout, seeds,
 // convergence, and the L0 stage.
 #include <gtest/gtest.h>
@@ -363,6 +363,35 @@ TEST(CalibrationGradient, QuirkOptions) {
   for (const auto& h : frozen.history) EXPECT_NEAR(h.estimates[0], s0, 1e-9 * s0);
   EXPECT_NE(fresh.history.back().estimates[0], frozen.history.back().estimates[0]);
   EXPECT_TRUE(fresh.diagnostics.targets[0].excluded);
+}
+
+// Quirk 1 (docs/calibration.md §3.8) at dropout 0: microcalibrate's last "draw" is θ itself,
+// updated in place by the final Adam step, so it returns exp(θ) after the step — the default's
+// weights, bitwise (also as the start of an L0 stage that begins from the dense result).
+TEST(CalibrationGradient, LastDropoutDrawWithoutDropoutIsThePostStepWeights) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const auto sys = synthetic_system(500 + seed % 500, seed);
+  auto ctx = quiet_ctx();
+  otcal::GradientOptions o;
+  o.epochs = 3;
+  o.learning_rate = 0.05;
+  o.seed = seed;
+  o.dropout_rate = 0;
+  const auto post_step = otcal::calibrate_gradient(ctx, sys, o);
+  o.final_weights_last_dropout_draw = true;
+  const auto quirk = otcal::calibrate_gradient(ctx, sys, o);
+  EXPECT_EQ(quirk.weights, post_step.weights);
+  // and the step did move them: the pre-step weights would differ
+  o.epochs = 2;
+  o.final_weights_last_dropout_draw = false;
+  EXPECT_NE(otcal::calibrate_gradient(ctx, sys, o).weights, post_step.weights);
+  o.epochs = 3;
+  o.regularize_with_l0 = true;
+  o.l0_init_dense_result = true;
+  const auto l0_default = otcal::calibrate_gradient(ctx, sys, o);
+  o.final_weights_last_dropout_draw = true;
+  EXPECT_EQ(otcal::calibrate_gradient(ctx, sys, o).weights, l0_default.weights);
 }
 
 }  // namespace

@@ -86,59 +86,100 @@ TEST(StatisticsAdaptor, ThreadSafeCounts) {
   EXPECT_EQ(limit.allocated_bytes(), 0u);
 }
 
+namespace {
+// A random declaration: 1-4 buffers of random element sizes, fixed and per-row counts.
+otcal::WorkspaceDecl random_decl(std::mt19937_64& rng) {
+  otcal::WorkspaceDecl d;
+  d.operation = "op";
+  const int buffers = 1 + static_cast<int>(rng() % 4);
+  for (int b = 0; b < buffers; ++b)
+    d.buffers.push_back({"b" + std::to_string(b), std::size_t{1} << (rng() % 4), rng() % 20000, rng() % 700});
+  d.buffers[0].count_per_row += 1;  // at least one per-row byte
+  d.resident_bytes = rng() % 100000;
+  return d;
+}
+
+// The exact byte count at `rows`, computed here from the definition (256-byte granules).
+std::size_t bytes_at(const otcal::WorkspaceDecl& d, otcal::index_t rows) {
+  std::size_t total = 0;
+  for (const auto& b : d.buffers) {
+    const std::size_t raw = b.element_size * (b.fixed_count + b.count_per_row * static_cast<std::size_t>(rows));
+    total += (raw + 255) / 256 * 256;
+  }
+  return total;
+}
+}  // namespace
+
 TEST(Planner, FewestTilesEvenedOut) {
   std::mt19937_64 rng(std::random_device{}());
   for (int trial = 0; trial < 200; ++trial) {
-    const otcal::index_t n = 1 + static_cast<otcal::index_t>(rng() % 100000);
-    otcal::ByteModel m{"op", rng() % 100000, 1 + rng() % 5000, 1, 1};
-    const std::size_t budget = m.fixed_bytes + otcal::planner_headroom(1 << 30) + (1 + rng() % 200) * m.bytes_per_row +
-                               rng() % (std::size_t{1} << 26);
+    const otcal::index_t n = 1 + static_cast<otcal::index_t>(rng() % 20000);
+    const otcal::WorkspaceDecl d = random_decl(rng);
+    const std::size_t budget = bytes_at(d, 1) + d.resident_bytes + (1 + rng() % 200) * d.bytes_per_row() +
+                               rng() % (std::size_t{1} << 24);
     otcal::TilePlan p;
     try {
-      p = otcal::plan_tiles(n, m, budget);
+      p = otcal::plan_tiles(n, d, budget);
     } catch (const otcal::BudgetTooSmall& e) {
       EXPECT_GT(e.required_bytes(), budget);
+      EXPECT_GT(d.resident_bytes + bytes_at(d, 1) + otcal::planner_headroom(budget), budget);
       continue;
     }
-    const std::size_t avail = budget - m.fixed_bytes - otcal::planner_headroom(budget);
-    const otcal::index_t fit = static_cast<otcal::index_t>(avail / m.bytes_per_row);
+    // Largest row count that fits, by a plain scan.
+    otcal::index_t fit = 1;
+    while (fit < n && d.resident_bytes + bytes_at(d, fit + 1) + otcal::planner_headroom(budget) <= budget) ++fit;
     EXPECT_LE(p.rows, fit);
-    EXPECT_LE(p.planned_peak + otcal::planner_headroom(budget), budget);
+    EXPECT_EQ(p.planned_peak, bytes_at(d, p.rows)) << "the plan is the declared buffers";
+    EXPECT_LE(d.resident_bytes + p.planned_peak + otcal::planner_headroom(budget), budget);
     EXPECT_EQ(p.n_tiles, (n + p.rows - 1) / p.rows);
-    const otcal::index_t fewest = (n + fit - 1) / fit;
-    EXPECT_EQ(p.n_tiles, fewest) << "fewest tiles that fit";
+    EXPECT_EQ(p.n_tiles, (n + fit - 1) / fit) << "fewest tiles that fit";
     EXPECT_LE(p.rows * p.n_tiles - n, p.n_tiles) << "tiles are evened out";
   }
 }
 
 TEST(Planner, BudgetTooSmallNamesTheMinimumAndItWorks) {
-  otcal::ByteModel m{"sinkhorn", 1'000'000, 4096, 1, 1};
-  try {
-    otcal::plan_tiles(1000, m, 500'000);
-    FAIL();
-  } catch (const otcal::BudgetTooSmall& e) {
-    EXPECT_NE(std::string(e.what()).find(std::to_string(e.required_bytes())), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("sinkhorn"), std::string::npos);
-    EXPECT_NO_THROW(otcal::plan_tiles(1000, m, e.required_bytes())) << "the named minimum is enough";
-    EXPECT_THROW(otcal::plan_tiles(1000, m, e.required_bytes() - 64), otcal::BudgetTooSmall);
+  std::mt19937_64 rng(std::random_device{}());
+  for (int trial = 0; trial < 100; ++trial) {
+    otcal::WorkspaceDecl d = random_decl(rng);
+    d.operation = "sinkhorn";
+    const otcal::index_t rows = 1 + static_cast<otcal::index_t>(rng() % 1000);
+    try {
+      otcal::plan_fixed_batch(5000, d, 1000, rows);
+      FAIL();
+    } catch (const otcal::BudgetTooSmall& e) {
+      EXPECT_NE(std::string(e.what()).find(std::to_string(e.required_bytes())), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("sinkhorn"), std::string::npos);
+      EXPECT_EQ(e.required_bytes(), otcal::minimum_budget(d, rows));
+      EXPECT_NO_THROW(otcal::plan_fixed_batch(5000, d, e.required_bytes(), rows)) << "the named minimum is enough";
+      EXPECT_THROW(otcal::plan_fixed_batch(5000, d, e.required_bytes() - 1, rows), otcal::BudgetTooSmall)
+          << "and it is the minimum";
+    }
   }
 }
 
 TEST(Planner, ExplicitBatchIsCheckedNeverShrunkAndClamped) {
-  otcal::ByteModel m{"op", 1000, 100, 1, 1};
-  EXPECT_THROW(otcal::plan_fixed_batch(500, m, 1 << 20, 0), otcal::InvalidArgument);
-  EXPECT_THROW(otcal::plan_fixed_batch(50000, m, 100000, 20000), otcal::BudgetTooSmall);
-  const auto p = otcal::plan_fixed_batch(500, m, 1 << 20, 7);
+  otcal::WorkspaceDecl d;
+  d.operation = "op";
+  d.add<char>("fixed", 1000);
+  d.add<char>("rows", 0, 100);
+  EXPECT_THROW(otcal::plan_fixed_batch(500, d, 1 << 20, 0), otcal::InvalidArgument);
+  EXPECT_THROW(otcal::plan_fixed_batch(50000, d, 100000, 20000), otcal::BudgetTooSmall);
+  const auto p = otcal::plan_fixed_batch(500, d, 1 << 20, 7);
   EXPECT_EQ(p.rows, 7);
   EXPECT_EQ(p.n_tiles, 72);
-  const auto q = otcal::plan_fixed_batch(500, m, 1 << 20, 9999);
+  EXPECT_EQ(p.planned_peak, std::size_t{1024 + 768});
+  const auto q = otcal::plan_fixed_batch(500, d, 1 << 20, 9999);
   EXPECT_EQ(q.rows, 500);
   EXPECT_TRUE(q.clamped);
 }
 
 TEST(Planner, RowAlignmentKeepsGranules) {
-  otcal::ByteModel m{"op", 0, 8, 256, 256};
-  const auto p = otcal::plan_tiles(100000, m, 1 << 16);
+  otcal::WorkspaceDecl d;
+  d.operation = "op";
+  d.add<double>("rows", 0, 1);
+  d.row_align = 256;
+  d.min_rows = 256;
+  const auto p = otcal::plan_tiles(100000, d, 1 << 16);
   EXPECT_EQ(p.rows % 256, 0);
   EXPECT_GE(p.rows, 256);
 }

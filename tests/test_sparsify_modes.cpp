@@ -726,7 +726,7 @@ TEST(SparsifySource, NeverCallsApplyPushOrPull) {
   const char* root = std::getenv("OTCAL_SOURCE_DIR");
   if (root == nullptr) GTEST_SKIP() << "OTCAL_SOURCE_DIR is not set";
   for (const char* file : {"src/sparsify/sparsify.cpp", "src/cpu/sparsify_cpu.cpp", "src/sparsify/sparsify_backend.hpp",
-                           "src/sparsify/radix_select.hpp"}) {
+                           "src/core/radix_select.hpp"}) {
     std::ifstream in(std::string(root) + "/" + file);
     ASSERT_TRUE(in) << file;
     std::stringstream ss;

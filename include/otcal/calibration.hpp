@@ -1,5 +1,5 @@
 #pragma once
-// Survey-weight calibration (spec/calibration.md): the sparse targets x records constraint system
+// Survey-weight calibration (docs/calibration.md): the sparse targets x records constraint system
 // built in O(nnz), exact Deville-Sarndal calibrators (Newton on the dual, as R's survey::grake),
 // a microcalibrate-compatible gradient calibrator with optional L0 gates, and diagnostics.
 #include <cstdint>
@@ -63,15 +63,12 @@ struct ConstraintSystem {
   std::vector<index_t> margin_offsets;  // margin m owns rows [margin_offsets[m], margin_offsets[m+1])
   std::vector<double> design_weights;   // n: the weight column, or ones
   std::vector<std::string> warnings;    // zero/low support, negative targets, magnitude checks
-  std::size_t planned_peak_bytes = 0;   // workspace peak of the build (ByteModel)
+  std::size_t planned_peak_bytes = 0;   // workspace peak of the build (its declared buffers)
+  MemoryReport memory{};                // the build's measured peak against the same plan
 
   index_t n_records() const { return A.cols; }
   index_t n_constraints() const { return A.rows; }
 };
-
-// Workspace model of build_constraints: a category-to-row map per record (int32) and per-row
-// counters; the CSR itself is the output.
-ByteModel constraint_build_model(index_t n_records, index_t max_rows_per_margin);
 
 // §2. Throws InvalidArgument on every validation failure of §1. Emits warnings via ctx.warn().
 ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec);
@@ -134,10 +131,6 @@ struct GradientOptions {
   bool legacy_eval_gate = false;                 // sigma(log alpha) evaluation gate (l0 < PR #41)
 };
 
-// Workspace model of one gradient epoch: fixed per-record state (theta, Adam m and v, gates)
-// plus per-target accumulators, and per batch row the dropped-out weights.
-ByteModel gradient_model(index_t n_records, index_t n_targets, bool l0);
-
 // nf_j = 1 / |group of j|, rescaled by 1 / mean(nf) (§3.6).
 std::vector<double> normalization_from_groups(const std::vector<std::string>& group_of_target);
 
@@ -189,7 +182,8 @@ struct CalibrationResult {
   std::vector<std::string> dropped_constraints;  // zero row, zero target (§4.3)
   std::vector<HistoryRow> history;
   Diagnostics diagnostics;
-  TilePlan plan;                // workspace plan (planned_peak)
+  TilePlan plan;                // workspace plan (planned_peak); rows = the batch for gradient
+  MemoryReport memory{};        // measured peak of the operation against plan.planned_peak
 };
 
 CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& options);
@@ -211,6 +205,8 @@ struct LossAndGradient {
   double loss = 0;
   std::vector<double> estimates;  // S over the active (non-excluded) targets
   std::vector<double> gradient;   // dL/dtheta, n
+  TilePlan plan;
+  MemoryReport memory{};
 };
 LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& theta,
                               const GradientOptions& options, int epoch);

@@ -2,6 +2,7 @@
 // Context: where operations run (CPU via OpenMP, or one CUDA device), with which memory
 // resources, streams and budget. Passed to every operation; cheap to copy (shared handle).
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -15,7 +16,8 @@ enum class DeviceKind { cpu, cuda };
 
 struct ContextOptions {
   std::size_t memory_budget = 0;      // bytes; 0 = default (a quarter of the memory, capped by free)
-  int threads = 0;                    // CPU backend OpenMP threads; 0 = OpenMP's default
+  int threads = 0;                    // CPU backend threads for this context's operations; 0 = OpenMP's
+                                      // default. The process-wide OpenMP setting is left alone.
   StreamHandle user_stream = nullptr; // CUDA: work is ordered after, and before, this stream
   // Receives every warning; the default prints "otcal: warning: ..." to stderr.
   std::function<void(const std::string&)> on_warning;
@@ -73,6 +75,9 @@ class Context {
   void synchronize() const;
 
   void warn(const std::string& message) const;
+
+  // Point clouds uploaded to this context's device so far (a resident problem uploads each once).
+  std::uint64_t cloud_uploads() const;
 
   struct Impl;
   explicit Context(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}

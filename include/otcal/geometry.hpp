@@ -1,5 +1,6 @@
 #pragma once
 // Point-cloud geometry: two clouds, a ground cost and how to scale it (spec/sinkhorn.md §1).
+#include <optional>
 #include <string>
 
 #include "otcal/array.hpp"
@@ -30,6 +31,20 @@ struct ScaleCost {
 struct GeometryOptions {
   Cost cost{};
   ScaleCost scale{};
+};
+
+// How epsilon is given: an absolute value, or a factor of the scaled cost's mean or std (OTT's
+// relative_epsilon). Unset epsilon with `none` means 0.05 * std of the scaled cost.
+enum class RelativeEpsilon { none, mean, std };
+struct EpsilonSpec {
+  std::optional<double> epsilon;
+  RelativeEpsilon relative = RelativeEpsilon::none;
+};
+
+// The scale s (C = c / s) and the target epsilon of the scaled cost, resolved once per solve.
+struct ResolvedGeometry {
+  double scale = 1;
+  double epsilon = 0;
 };
 
 // x [n, d] and y [m, d], same dtype, host or device views. y empty means y = x.

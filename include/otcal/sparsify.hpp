@@ -15,6 +15,7 @@
 #include "otcal/csr.hpp"
 #include "otcal/geometry.hpp"
 #include "otcal/planner.hpp"
+#include "otcal/problem.hpp"
 #include "otcal/sinkhorn.hpp"
 
 namespace otcal {
@@ -79,19 +80,17 @@ struct PlanMetadata {
   bool converged = false;
 };
 
-// The plan of a Sinkhorn solve on `geom`: T_ij = exp((f_i + g_j - c_ij / s) / eps), with the s and
-// eps stored in `result` (never re-resolved). Values have the result's precision.
-SparsifyResult sparsify(const Context& ctx, const PointCloud& geom, const SinkhornResult& result,
+// The plan T_ij = exp((f_i + g_j - c_ij / s) / eps) of potentials on a resident problem, with the s
+// and eps stored in the potentials (never re-resolved). Values have the problem's precision. Any
+// batch size, any number of times: nothing is uploaded again but the potentials.
+SparsifyResult sparsify(const Problem& problem, const Potentials& potentials, const SparsifyOptions& options);
+
+// The same on a fresh upload of `geom` (one call: upload, sparsify, release).
+SparsifyResult sparsify(const Context& ctx, const PointCloud& geom, const Potentials& potentials,
                         const SparsifyOptions& options);
 
 // A dense host row-major [n, m] plan (float32 or float64), rows sliced block by block.
 SparsifyResult sparsify(const Context& ctx, const ConstMatrix& plan, const SparsifyOptions& options,
                         const PlanMetadata& metadata = {});
-
-// numpy's linear percentile (q in [0, 100]) of all n*m unscaled costs c_ij of `geom`, computed
-// exactly in bounded memory by histogram refinement on the IEEE bit patterns (spec §7.1). Costs
-// are evaluated in `precision`. Used by scale_cost = median (q = 50).
-double exact_cost_quantile(const Context& ctx, const PointCloud& geom, double q,
-                           DType precision = DType::float64);
 
 }  // namespace otcal

@@ -1,4 +1,4 @@
-// Constraint-system builder (spec/calibration.md §1-§2): validation, then the targets x records
+// Constraint-system builder (docs/calibration.md §1-§2): validation, then the targets x records
 // CSR in O(nnz) by counting sort. No dense k x n buffer exists on any path.
 #include <algorithm>
 #include <cmath>
@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "calibration/workspace_layouts.hpp"
+#include "core/operation.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
 
@@ -67,16 +69,6 @@ void RecordTable::add_strings(std::string name, std::vector<std::string> values)
   columns.push_back(TableColumn{std::move(name), false, {}, std::move(values)});
 }
 
-ByteModel constraint_build_model(index_t n_records, index_t max_rows_per_margin) {
-  ByteModel m;
-  m.operation = "build_constraints";
-  // row-of-record map (int32, n) + per-row counters (int64, largest margin)
-  m.fixed_bytes = align_up(static_cast<std::size_t>(n_records) * 4) +
-                  align_up(static_cast<std::size_t>(std::max<index_t>(max_rows_per_margin, 1)) * 8);
-  m.bytes_per_row = 0;
-  return m;
-}
-
 CsrMatrix transpose(const CsrMatrix& A) {
   CsrMatrix T;
   T.rows = A.cols;
@@ -110,13 +102,11 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
 
   // ---- validation (§1) -------------------------------------------------------------------------
   std::vector<const TableColumn*> margin_cols, cont_cols;
-  index_t max_margin_rows = 0;
   for (const auto& [col, cats] : spec.marginal) {
     sys.margin_offsets.push_back(static_cast<index_t>(sys.names.size()));
     const TableColumn* c = table.find(col);
     if (!c) throw InvalidArgument("Margin variable '" + col + "' not in data columns");
     margin_cols.push_back(c);
-    max_margin_rows = std::max<index_t>(max_margin_rows, static_cast<index_t>(cats.size()));
     for (const auto& [cat, t] : cats) {
       sys.names.push_back(col + "=" + cat);
       sys.targets.push_back(t);
@@ -174,14 +164,13 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
   }
 
   // ---- workspace and CSR shape -------------------------------------------------------------------
-  const ByteModel model = constraint_build_model(n, max_margin_rows);
-  sys.planned_peak_bytes = model.fixed_bytes;
-  if (model.fixed_bytes + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())  // refuse before allocating
-    throw BudgetTooSmall("build_constraints needs at least " +
-                             format_bytes(model.fixed_bytes + planner_headroom(ctx.memory_budget())) +
-                             " of workspace (a row map of 4 bytes per record); budget is " +
-                             format_bytes(ctx.memory_budget()),
-                         model.fixed_bytes);
+  const calib::BuildLayout layout = calib::build_layout(ctx, table, spec);
+  const TilePlan plan = calib::plan_calibration(layout.decl, ctx, n);  // refuses before allocating
+  sys.planned_peak_bytes = plan.planned_peak;
+  detail::OperationScope scope(ctx);
+  const detail::Workspace ws(calib::host_scratch(ctx), layout.decl, plan.rows);
+  std::int32_t* row_of = ws.get(layout.row_of_record);
+  std::int64_t* next = ws.get(layout.row_counters);
   const index_t k = static_cast<index_t>(sys.names.size());
   CsrMatrix& A = sys.A;
   A.rows = k;
@@ -207,12 +196,6 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
       A.indices32[pos] = static_cast<std::int32_t>(i);
     A.values[pos] = v;
   };
-
-  // The build runs on the host for every context (O(nnz) counting sort; a CUDA calibrator uploads
-  // the CSR once): on CUDA the workspace is device memory, so the scratch comes from pinned host.
-  MemoryResource& scratch = ctx.kind() == DeviceKind::cuda ? ctx.pinned_host() : ctx.workspace();
-  Buffer<std::int32_t> row_of(scratch, static_cast<std::size_t>(n));
-  Buffer<std::int64_t> next(scratch, static_cast<std::size_t>(std::max<index_t>(max_margin_rows, 1)));
 
   index_t row = 0;
   std::int64_t pos = 0;
@@ -315,6 +298,7 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
   warn(negative, "target(s) are negative");
   warn(zero_sum, "column(s) have a zero estimate sum");
   warn(magnitude, "target(s) are zero or more than an order of magnitude from their unit-weight column sum");
+  sys.memory = calib::memory_report(ctx, plan, scope.finish());
   return sys;
 }
 

@@ -1,25 +1,58 @@
 #pragma once
 // The calibration backend seam: the host loops (Newton in exact.cpp, the epoch loop in
 // gradient.cpp) are written once against these per-record passes; the CPU implementation lives
-// next to each loop, the CUDA one in cuda/calibration.cu (CUDA builds only, OTCAL_WITH_CUDA).
+// next to each loop, the CUDA one in cuda/calibration.cu. The CUDA entry points are declared in
+// every build; a build without CUDA links src/core/no_cuda.cpp's stand-ins, which throw.
 //
 // On CUDA the constraint CSR A (k x n) and its transpose Aᵀ are uploaded once into the budgeted
 // device workspace (the builder itself runs on the host, O(nnz) counting sort, and the result is
 // uploaded once); every per-record array (d, u, g, F', σ², θ, Adam moments, gates) lives on the
 // device. Only k-sized vectors (S, η, c), the ka x ka Newton matrix and scalars cross the bus.
+//
+// Every device buffer is declared into the operation's WorkspaceDecl (declare_cuda_*) before it
+// is planned, and the passes take the allocated detail::Workspace: they allocate nothing.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "core/workspace.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/detail/calib_math.hpp"
 #include "otcal/detail/philox.hpp"
 
 namespace otcal::calib {
+
+// A rows x cols CSR in an operation's workspace: int64 offsets, the index array of the width
+// CsrMatrix::wide_indices would pick (the other declared empty), float64 values.
+struct CsrIds {
+  BufferId<std::int64_t> indptr;
+  BufferId<std::int32_t> indices32;
+  BufferId<std::int64_t> indices64;
+  BufferId<double> values;
+  index_t rows = 0, cols = 0;
+  bool wide = false;
+};
+inline CsrIds declare_csr(WorkspaceDecl& d, const std::string& name, index_t rows, index_t cols, std::int64_t nnz) {
+  CsrIds c;
+  c.rows = rows;
+  c.cols = cols;
+  c.wide = cols >= (index_t{1} << 31);
+  const auto z = static_cast<std::size_t>(nnz);
+  c.indptr = d.add<std::int64_t>(name + ".indptr", static_cast<std::size_t>(rows) + 1);
+  c.indices32 = d.add<std::int32_t>(name + ".indices32", c.wide ? 0 : z);
+  c.indices64 = d.add<std::int64_t>(name + ".indices64", c.wide ? z : 0);
+  c.values = d.add<double>(name + ".values", z);
+  return c;
+}
+
+// A constraint row takes part in the Newton system when some record has a non-zero coefficient
+// in it (docs/calibration.md §4.3); the others are dropped (or refused when their target is not 0).
+inline bool row_is_active(const CsrMatrix& A, index_t r) { return A.indptr[r + 1] > A.indptr[r]; }
 
 // §3.2: theta_i = log(max(w0_i + u_i * noise_level, 1e-12)), u_i from Philox(seed, i, init noise).
 // Written once for both backends (the CUDA path computes it on the host and uploads it). Returns
@@ -51,12 +84,19 @@ class ExactPasses {
   virtual void download_g(double* g) = 0;           // n values to the host
 };
 
-#ifdef OTCAL_WITH_CUDA
-// Device workspace of the CUDA exact passes: both CSRs, 7 per-record float64 arrays (d, u, g, F',
-// v, best g, σ²), T (ka²) and the k-sized vectors. The host keeps one ka² copy of T for Eigen.
-std::size_t cuda_exact_device_bytes(const CsrMatrix& A, index_t ka);
-// `sigma2` is empty (all 1) or n values; `design` n values. Uploads everything once.
-std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
+// Device workspace of the CUDA exact passes: both CSRs, 6 per-record float64 arrays (d, u, g, F',
+// v, best g) and σ² when given, T (ka²), S and η (k), the active-row maps and the non-finite flag.
+// The host keeps its own ka² copy of T for Eigen (host memory, not the device budget).
+struct CudaExactIds {
+  CsrIds A, At;
+  BufferId<double> d, u, g, dF, v, best_g, sigma2, T, S, eta;
+  BufferId<index_t> active_rows, active_of;
+  BufferId<unsigned> flag;
+};
+CudaExactIds declare_cuda_exact_workspace(WorkspaceDecl& decl, const CsrMatrix& A, index_t ka, bool has_sigma2);
+// `sigma2` is empty (all 1) or n values; `design` n values. Uploads everything once into `ws`.
+std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const detail::Workspace& ws,
+                                                    const CudaExactIds& ids, const CsrMatrix& A, const CsrMatrix& At,
                                                     const std::vector<index_t>& active_rows,
                                                     const std::vector<double>& design,
                                                     const std::vector<double>& sigma2,
@@ -74,16 +114,21 @@ struct GradientDeviceRun {
   index_t floored = 0;
 };
 using LossFunction = std::function<double(const double* S, double* c)>;
-std::size_t cuda_gradient_device_bytes(const CsrMatrix& A, bool l0);
+// Device workspace of the gradient epochs: both CSRs, θ, Adam m and v, the gradient (n each; four
+// more for the L0 gates), S and c (k). No per-row (batch) buffer.
+struct CudaGradientIds {
+  CsrIds A, At;
+  BufferId<double> theta, m, v, grad, alpha, m_alpha, v_alpha, grad_alpha, S, c;
+};
+CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMatrix& A, bool l0);
 // `logged(S)` turns S into the history row's estimates (quirk 4). `floored_warning` is called
-// before the epochs when initial weights were floored (to keep the CPU's warning order).
-GradientDeviceRun run_gradient_cuda(const Context& ctx, const CsrMatrix& A, const CsrMatrix& At,
-                                    const std::vector<double>& w0, const GradientOptions& o,
-                                    const LossFunction& loss,
+// before the epochs when initial weights were floored (to keep the CPU's warning order). A
+// non-null `initial_estimate` receives A w0 (quirk 4's frozen estimates) before the first epoch.
+GradientDeviceRun run_gradient_cuda(const Context& ctx, const detail::Workspace& ws, const CudaGradientIds& ids,
+                                    const CsrMatrix& A, const CsrMatrix& At, const std::vector<double>& w0,
+                                    const GradientOptions& o, const LossFunction& loss,
                                     const std::function<std::vector<double>(const std::vector<double>&)>& logged,
-                                    const std::function<void(index_t)>& floored_warning);
-// S = A w for a host w (the quirk-4 initial estimate) on the device.
-void cuda_estimate(const Context& ctx, const CsrMatrix& A, const std::vector<double>& w, double* S);
-#endif
+                                    const std::function<void(index_t)>& floored_warning,
+                                    std::vector<double>* initial_estimate);
 
 }  // namespace otcal::calib

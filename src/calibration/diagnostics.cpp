@@ -1,4 +1,4 @@
-// Diagnostics of a weight vector against a constraint system (spec/calibration.md §5).
+// Diagnostics of a weight vector against a constraint system (docs/calibration.md §5).
 #include <algorithm>
 #include <cmath>
 #include <limits>

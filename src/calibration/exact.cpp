@@ -1,4 +1,4 @@
-// Exact calibrators (spec/calibration.md §4): Deville-Sarndal distance functions with R survey's
+// Exact calibrators (docs/calibration.md §4): Deville-Sarndal distance functions with R survey's
 // F and F', Newton on the dual lambda as grake does (eta0 = 0, step halving on non-finite g,
 // prescaling), GREG closed form for unbounded linear, pinv by truncated symmetric eigensolve.
 #include <Eigen/Dense>
@@ -14,6 +14,8 @@
 
 #include "calibration/calib_backend.hpp"
 #include "calibration/kernels.hpp"
+#include "calibration/workspace_layouts.hpp"
+#include "core/operation.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
 
@@ -43,22 +45,24 @@ detail::DistanceMath make_distance(CalFun f, double L, double U) {
   return m;
 }
 
-// The CPU passes: budgeted host workspace, OpenMP, fixed reduction order (bitwise reproducible).
+// The CPU passes over the operation's workspace (calib::exact_layout): OpenMP, fixed reduction
+// order (bitwise reproducible).
 class CpuExactPasses final : public calib::ExactPasses {
  public:
-  CpuExactPasses(MemoryResource& mr, const CsrMatrix& A, const CsrMatrix& At, const std::vector<index_t>& active_rows,
-                 const std::vector<index_t>& active_of, const std::vector<double>& design,
-                 const std::vector<double>& sigma2_of, const detail::DistanceMath& dist)
-      : A_(A), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_of_(sigma2_of), dist_(dist),
-        n_(A.cols), d_(mr, n_), u_(mr, n_), g_(mr, n_), dF_(mr, n_), v_(mr, n_), tmp_(mr, n_), best_g_(mr, n_),
-        acc_(mr, A) {
+  CpuExactPasses(const detail::Workspace& ws, const calib::CpuExactIds& ids, const CsrMatrix& A,
+                 const calib::CsrView& At, const std::vector<index_t>& active_rows,
+                 const std::vector<index_t>& active_of, const std::vector<double>& design, const double* sigma2,
+                 const detail::DistanceMath& dist)
+      : A_(calib::csr_view(A)), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_(sigma2),
+        dist_(dist), n_(A.cols), d_(ws.get(ids.d)), u_(ws.get(ids.u)), g_(ws.get(ids.g)), dF_(ws.get(ids.dF)),
+        v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), acc_(A_, ws, ids.acc) {
     for (index_t i = 0; i < n_; ++i) d_[i] = design[i];
   }
   void scale_design(double f) override {
     for (index_t i = 0; i < n_; ++i) d_[i] *= f;
   }
   bool recompute(const double* eta) override {
-    calib::transpose_apply(At_, eta, 0, n_, tmp_.data());
+    calib::transpose_apply(At_, eta, 0, n_, tmp_);
     bool finite = true;
 #pragma omp parallel for schedule(static) reduction(&& : finite)
     for (index_t i = 0; i < n_; ++i) {
@@ -69,16 +73,16 @@ class CpuExactPasses final : public calib::ExactPasses {
     }
     return finite;
   }
-  void estimate_design(double* S) override { estimate(d_.data(), S); }
+  void estimate_design(double* S) override { estimate(d_, S); }
   void estimate_weights(double* S) override {
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * g_[i];
-    estimate(v_.data(), S);
+    estimate(v_, S);
   }
   void newton_matrix(double* T) override {
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * dF_[i] / sigma2(i);
-    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_.data(), T);
+    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T);
   }
   void keep_best() override {
     for (index_t i = 0; i < n_; ++i) best_g_[i] = g_[i];
@@ -91,18 +95,18 @@ class CpuExactPasses final : public calib::ExactPasses {
   }
 
  private:
-  double sigma2(index_t i) const { return sigma2_of_.empty() ? 1.0 : sigma2_of_[i]; }
+  double sigma2(index_t i) const { return sigma2_ ? sigma2_[i] : 1.0; }
   void estimate(const double* w, double* S) {  // S = A w
     acc_.reset();
     acc_.add_batch(0, n_, w);
     acc_.finish(S);
   }
-  const CsrMatrix &A_, &At_;
+  calib::CsrView A_, At_;
   const std::vector<index_t>&active_rows_, &active_of_;
-  const std::vector<double>& sigma2_of_;
+  const double* sigma2_;
   detail::DistanceMath dist_;
   index_t n_;
-  Buffer<double> d_, u_, g_, dF_, v_, tmp_, best_g_;
+  double *d_, *u_, *g_, *dF_, *v_, *tmp_, *best_g_;
   calib::RowAccumulator acc_;
 };
 
@@ -135,16 +139,12 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) +
                           ") or one per constraint (" + std::to_string(k) + ")");
   const detail::DistanceMath dist = make_distance(o.calfun, o.lower, o.upper);
-  const bool on_device = ctx.kind() == DeviceKind::cuda;
-#ifndef OTCAL_WITH_CUDA
-  if (on_device) throw DeviceError("calibrate: this otcal was built without CUDA; use a CPU context");
-#endif
 
   CalibrationResult res;
   // Drop zero-row zero-target constraints; a zero row with a non-zero target is infeasible.
   std::vector<index_t> active_rows, active_of(static_cast<std::size_t>(k), -1);
   for (index_t r = 0; r < k; ++r) {
-    if (A.indptr[r + 1] == A.indptr[r]) {
+    if (!calib::row_is_active(A, r)) {
       if (sys.targets[r] != 0)
         throw InvalidArgument("Constraint '" + sys.names[r] + "' has no record with a non-zero coefficient but target " +
                               fmt(sys.targets[r]) + "; it cannot be met: drop it or fix the data");
@@ -156,62 +156,52 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   }
   const index_t ka = static_cast<index_t>(active_rows.size());
 
-  // Workspace (CPU): d, u, g, F', v, best g (6 n) + transpose apply out (n) + T (ka²) + accumulator
-  // (4 k). Not in the workspace: the transpose Aᵀ (nnz, like the CSR input itself) and Eigen's
-  // eigensolver copies of T (about 2 ka² float64).
-  // CUDA (cuda_exact_device_bytes): both CSRs, 7 n-arrays, T and k-vectors in device memory; the
-  // host holds the T copy for Eigen (not device workspace).
-  std::size_t fixed = 7 * align_up(static_cast<std::size_t>(n) * 8) +
-                      align_up(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka) * 8) +
-                      calib::RowAccumulator::bytes(k);
-#ifdef OTCAL_WITH_CUDA
-  if (on_device) fixed = calib::cuda_exact_device_bytes(A, ka);
-#endif
-  ByteModel model{"calibrate_exact", fixed, 0, 1, 1};
-  if (model.fixed_bytes + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())
-    throw BudgetTooSmall("calibrate_exact needs at least " + format_bytes(model.fixed_bytes + planner_headroom(ctx.memory_budget())) +
-                             " (7 float64 per record + the " + std::to_string(ka) + "² Newton matrix" +
-                             (on_device ? std::string(" + the constraint CSR and its transpose on the device") : "") +
-                             "); budget is " + format_bytes(ctx.memory_budget()),
-                         model.fixed_bytes);
-  res.plan.rows = n;
-  res.plan.n_tiles = 1;
-  res.plan.planned_peak = model.fixed_bytes;
+  // One declaration for the whole run (calib::exact_layout), planned before anything is allocated.
+  const calib::ExactLayout layout = calib::exact_layout(ctx, sys, o);
+  res.plan = calib::plan_calibration(layout.decl, ctx, n);
+  detail::OperationScope scope(ctx);
+  const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
 
-  const CsrMatrix At = transpose(A);
   std::vector<double> S(static_cast<std::size_t>(k)), eta(static_cast<std::size_t>(k), 0.0);
-  // σ²_i: all 1, per record, or x_iᵀ v for a length-k v (§4.1); must be positive and finite.
-  std::vector<double> sigma2_of;
+  // σ²_i: all 1, per record, or x_iᵀ v for a length-k v (§4.1); must be positive and finite. On
+  // CUDA Aᵀ is built on the host for the upload and σ² is computed there too.
+  CsrMatrix At_host;
+  calib::CsrView At;
+  if (layout.on_device) {
+    At_host = transpose(A);
+    At = calib::csr_view(At_host);
+  } else {
+    At = calib::transpose_into(A, ws, layout.cpu.At);
+  }
+  std::vector<double> sigma2_host;
+  double* sigma2 = nullptr;
   if (!o.variance.empty()) {
-    sigma2_of.resize(static_cast<std::size_t>(n));
+    if (layout.on_device) sigma2_host.resize(static_cast<std::size_t>(n));
+    sigma2 = layout.on_device ? sigma2_host.data() : ws.get(layout.cpu.sigma2);
     if (static_cast<index_t>(o.variance.size()) == n && n != k)
-      sigma2_of = o.variance;
+      std::copy(o.variance.begin(), o.variance.end(), sigma2);
     else
-      calib::transpose_apply(At, o.variance.data(), 0, n, sigma2_of.data());
+      calib::transpose_apply(At, o.variance.data(), 0, n, sigma2);
     for (index_t i = 0; i < n; ++i)
-      if (!(sigma2_of[i] > 0 && std::isfinite(sigma2_of[i])))
-        throw InvalidArgument("calibrate: variance gives sigma^2 = " + fmt(sigma2_of[i]) + " for record " +
+      if (!(sigma2[i] > 0 && std::isfinite(sigma2[i])))
+        throw InvalidArgument("calibrate: variance gives sigma^2 = " + fmt(sigma2[i]) + " for record " +
                               std::to_string(i) + "; it must be positive and finite");
   }
 
   // T lives in the workspace on the CPU; on CUDA the device builds it and the host copy is plain
   // host memory (one ka² download per Newton step, then Eigen's symmetric eigensolver).
   std::unique_ptr<calib::ExactPasses> passes;
-  Buffer<double> T;
   std::vector<double> T_host;
   double* T_data = nullptr;
-#ifdef OTCAL_WITH_CUDA
-  if (on_device) {
-    passes = calib::make_cuda_exact_passes(ctx, A, At, active_rows, sys.design_weights, sigma2_of, dist);
+  if (layout.on_device) {
+    passes = calib::make_cuda_exact_passes(ctx, ws, layout.device, A, At_host, active_rows, sys.design_weights,
+                                           sigma2_host, dist);
     T_host.resize(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka));
     T_data = T_host.data();
-  }
-#endif
-  if (!passes) {
-    MemoryResource& mr = ctx.workspace();
-    passes = std::make_unique<CpuExactPasses>(mr, A, At, active_rows, active_of, sys.design_weights, sigma2_of, dist);
-    T = Buffer<double>(mr, static_cast<std::size_t>(ka * ka));
-    T_data = T.data();
+  } else {
+    passes = std::make_unique<CpuExactPasses>(ws, layout.cpu, A, At, active_rows, active_of, sys.design_weights,
+                                              sigma2, dist);
+    T_data = ws.get(layout.cpu.T);
   }
   double best_ratio = INFINITY;  // the best iterate is what force returns on failure
   auto keep_if_best = [&](double r) {
@@ -348,6 +338,8 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   if (!res.dropped_constraints.empty())
     res.diagnostics.warnings.push_back(std::to_string(res.dropped_constraints.size()) +
                                        " zero-row constraint(s) with target 0 were dropped");
+  passes.reset();
+  res.memory = calib::memory_report(ctx, res.plan, scope.finish());
   return res;
 }
 

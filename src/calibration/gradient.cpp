@@ -1,4 +1,4 @@
-// Gradient calibrator with microcalibrate semantics (spec/calibration.md §3): log-weights, Adam,
+// Gradient calibrator with microcalibrate semantics (docs/calibration.md §3): log-weights, Adam,
 // inverted log-space dropout, normalization factors, excluded targets, and the exact two-pass
 // batched gradient (pass 1: S = A w' over record batches; pass 2: per batch w'_i (Aᵀc)_i), then
 // the optional L0 hard-concrete stage (§3.7). Random draws are Philox, keyed by (seed, purpose,
@@ -10,6 +10,8 @@
 
 #include "calibration/calib_backend.hpp"
 #include "calibration/kernels.hpp"
+#include "calibration/workspace_layouts.hpp"
+#include "core/operation.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/detail/philox.hpp"
 #include "otcal/errors.hpp"
@@ -55,31 +57,25 @@ class GradientEngine {
     for (std::size_t j = 0; j < sys.targets.size(); ++j)
       if (!std::isfinite(sys.targets[j])) throw InvalidArgument("Target '" + sys.names[j] + "' is not finite");
     if (o.batch_size && *o.batch_size < 1) throw InvalidArgument("batch_size must be >= 1");
-    if (ctx.kind() == DeviceKind::cuda) {
-#ifdef OTCAL_WITH_CUDA
-      // On the device no batch buffer exists (w' is recomputed from θ in the kernels): the plan is
-      // the resident state, both CSRs included, in one piece.
-      const std::size_t need = calib::cuda_gradient_device_bytes(A_, o.regularize_with_l0);
-      if (need + planner_headroom(ctx.memory_budget()) > ctx.memory_budget())
-        throw BudgetTooSmall("calibrate_gradient on CUDA needs at least " +
-                                 format_bytes(need + planner_headroom(ctx.memory_budget())) +
-                                 " of device memory (per-record state and the constraint CSR and its transpose); "
-                                 "budget is " + format_bytes(ctx.memory_budget()),
-                             need);
-      plan_.rows = n_;
-      plan_.n_tiles = 1;
-      plan_.planned_peak = need;
-#else
-      throw DeviceError("calibrate: this otcal was built without CUDA; use a CPU context");
-#endif
-    } else {
-      const ByteModel model = gradient_model(n_, k_, o.regularize_with_l0);
-      plan_ = plan_batch(n_, model, ctx.memory_budget(), o.batch_size);
-    }
-    At_ = transpose(A_);
+    const auto& w0 = sys.design_weights;
+    if (static_cast<index_t>(w0.size()) != n_)
+      throw InvalidArgument("gradient calibration: design_weights must have one value per record");
+    for (index_t i = 0; i < n_; ++i)
+      if (!std::isfinite(w0[i]))
+        throw InvalidArgument("initial weight of record " + std::to_string(i) + " is not finite");
   }
 
-  const TilePlan& plan() const { return plan_; }
+  // The CPU evaluation's buffers, bound once per operation to its workspace (the batch is the
+  // tile rows of the plan).
+  struct Evaluation {
+    Evaluation(const CsrMatrix& A, const detail::Workspace& ws, const calib::EvaluationIds& ids, index_t batch)
+        : At(calib::transpose_into(A, ws, ids.At)), acc(calib::csr_view(A), ws, ids.acc),
+          wb(ws.get(ids.batch_weights)), atc(ws.get(ids.batch_gradient)), B(std::max<index_t>(batch, 1)) {}
+    calib::CsrView At;
+    calib::RowAccumulator acc;
+    double *wb, *atc;
+    index_t B;
+  };
 
   // Element math shared with the CUDA passes (include/otcal/detail/calib_math.hpp).
   double dropout_weight(index_t i, double theta, std::uint32_t epoch) const {
@@ -117,12 +113,13 @@ class GradientEngine {
 
   // One loss-and-gradient evaluation (two passes over record batches). log_alpha == nullptr:
   // dense stage. Returns the data loss L(S); S holds every row's estimate (excluded included).
-  double evaluate(const double* theta, const double* log_alpha, std::uint32_t dropout_epoch, std::uint32_t gate_step,
-                  double* grad_theta, double* grad_alpha, double* S) {
-    MemoryResource& mr = ctx_.workspace();
-    const index_t B = plan_.rows > 0 ? plan_.rows : 1;
-    Buffer<double> wb(mr, static_cast<std::size_t>(B)), atc(mr, static_cast<std::size_t>(B));
-    calib::RowAccumulator acc(mr, A_);
+  double evaluate(Evaluation& ev, const double* theta, const double* log_alpha, std::uint32_t dropout_epoch,
+                  std::uint32_t gate_step, double* grad_theta, double* grad_alpha, double* S) const {
+    const index_t B = ev.B;
+    double* wb = ev.wb;
+    double* atc = ev.atc;
+    calib::RowAccumulator& acc = ev.acc;
+    acc.reset();
     // pass 1: S = A w'
     for (index_t b0 = 0; b0 < n_; b0 += B) {
       const index_t b1 = std::min(n_, b0 + B);
@@ -132,7 +129,7 @@ class GradientEngine {
         if (log_alpha) w *= training_gate(i, log_alpha[i], gate_step).z;
         wb[i - b0] = w;
       }
-      acc.add_batch(b0, b1, wb.data());
+      acc.add_batch(b0, b1, wb);
     }
     acc.finish(S);
     // loss and c = ∂L/∂S
@@ -142,7 +139,7 @@ class GradientEngine {
     const double lambda = o_.l0_lambda / (o_.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n_, 1)) : 1.0);
     for (index_t b0 = 0; b0 < n_; b0 += B) {
       const index_t b1 = std::min(n_, b0 + B);
-      calib::transpose_apply(At_, c.data(), b0, b1, atc.data());
+      calib::transpose_apply(ev.At, c.data(), b0, b1, atc);
 #pragma omp parallel for schedule(static) if (b1 - b0 >= calib::kParallelMinRecords)
       for (index_t i = b0; i < b1; ++i) {
         const double we = dropout_weight(i, theta[i], dropout_epoch);
@@ -164,22 +161,16 @@ class GradientEngine {
     return loss;
   }
 
-  CalibrationResult run() {
-    MemoryResource& mr = ctx_.workspace();
+  CalibrationResult run(const detail::Workspace& ws, const calib::GradientLayout& l, index_t batch) {
     CalibrationResult res;
-    res.plan = plan_;
     const auto& w0 = sys_.design_weights;
-    if (static_cast<index_t>(w0.size()) != n_)
-      throw InvalidArgument("gradient calibration: design_weights must have one value per record");
-    for (index_t i = 0; i < n_; ++i)
-      if (!std::isfinite(w0[i]))
-        throw InvalidArgument("initial weight of record " + std::to_string(i) + " is not finite");
-#ifdef OTCAL_WITH_CUDA
-    if (ctx_.kind() == DeviceKind::cuda) return run_on_device();
-#endif
-    Buffer<double> theta(mr, n_), m(mr, n_), v(mr, n_), grad(mr, n_);
+    Evaluation ev(A_, ws, l.eval, batch);
+    double* theta = ws.get(l.theta);
+    double* m = ws.get(l.m);
+    double* v = ws.get(l.v);
+    double* grad = ws.get(l.grad);
     std::vector<double> S(static_cast<std::size_t>(k_));
-    const index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta.data());
+    const index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta);
     for (index_t i = 0; i < n_; ++i) m[i] = v[i] = 0;
     std::vector<std::string> excluded;
     for (index_t j = 0; j < k_; ++j)
@@ -192,29 +183,33 @@ class GradientEngine {
     std::vector<double> S0;  // quirk 4: excluded targets frozen at their initial estimate A w0
     if (o_.excluded_log_initial) {
       S0.assign(static_cast<std::size_t>(k_), 0.0);
-      calib::RowAccumulator acc0(mr, A_);
-      acc0.add_batch(0, n_, w0.data());
-      acc0.finish(S0.data());
+      ev.acc.reset();
+      ev.acc.add_batch(0, n_, w0.data());
+      ev.acc.finish(S0.data());
     }
     auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     const int E = o_.epochs;
     const int stride = E > 10 ? std::max(1, E / 10) : 1;
     Adam adam{o_.learning_rate};
     res.weights.assign(static_cast<std::size_t>(n_), 0.0);
+    const bool last_draw = keeps_last_dropout_draw();
     for (int e = 0; e < E; ++e) {
-      const double loss = evaluate(theta.data(), nullptr, static_cast<std::uint32_t>(e), 0, grad.data(), nullptr, S.data());
+      const double loss = evaluate(ev, theta, nullptr, static_cast<std::uint32_t>(e), 0, grad, nullptr, S.data());
       if (e % stride == 0 || e == E - 1) res.history.push_back({e, "dense", loss, logged(S)});
-      if (e == E - 1 && o_.final_weights_last_dropout_draw)
+      if (e == E - 1 && last_draw)
         for (index_t i = 0; i < n_; ++i) res.weights[i] = dropout_weight(i, theta[i], static_cast<std::uint32_t>(e));
-      adam.apply(theta.data(), m.data(), v.data(), grad.data(), n_);
+      adam.apply(theta, m, v, grad, n_);
       res.diagnostics.loss = loss;
     }
-    if (!(E > 0 && o_.final_weights_last_dropout_draw))
+    if (!(E > 0 && last_draw))
       for (index_t i = 0; i < n_; ++i) res.weights[i] = std::exp(theta[i]);
     res.n_iterations = E;
 
     if (o_.regularize_with_l0) {
-      Buffer<double> alpha(mr, n_), ma(mr, n_), va(mr, n_), ga(mr, n_);
+      double* alpha = ws.get(l.alpha);
+      double* ma = ws.get(l.m_alpha);
+      double* va = ws.get(l.v_alpha);
+      double* ga = ws.get(l.grad_alpha);
       const double la0 = std::log(o_.init_mean / (1 - o_.init_mean));
       for (index_t i = 0; i < n_; ++i) {
         const double start = o_.l0_init_dense_result ? res.weights[i] : w0[i];
@@ -226,11 +221,11 @@ class GradientEngine {
       const int steps = 2 * E;
       const int l0_stride = std::max(1, stride / 2);
       for (int s = 0; s < steps; ++s) {
-        const double loss = evaluate(theta.data(), alpha.data(), static_cast<std::uint32_t>(E + s),
-                                     static_cast<std::uint32_t>(s), grad.data(), ga.data(), S.data());
+        const double loss = evaluate(ev, theta, alpha, static_cast<std::uint32_t>(E + s),
+                                     static_cast<std::uint32_t>(s), grad, ga, S.data());
         if (s % l0_stride == 0 || s == steps - 1) res.history.push_back({s, "l0", loss, logged(S)});
-        adam_t.apply(theta.data(), m.data(), v.data(), grad.data(), n_);
-        adam_a.apply(alpha.data(), ma.data(), va.data(), ga.data(), n_);
+        adam_t.apply(theta, m, v, grad, n_);
+        adam_a.apply(alpha, ma, va, ga, n_);
         res.diagnostics.loss = loss;
       }
       for (index_t i = 0; i < n_; ++i) res.weights[i] = std::exp(theta[i]) * eval_gate(alpha[i]);
@@ -253,35 +248,31 @@ class GradientEngine {
     return res;
   }
 
-#ifdef OTCAL_WITH_CUDA
   // Every epoch on the device (cuda/calibration.cu); the host computes L(S) and c from the k
   // estimates, exactly as on the CPU.
-  CalibrationResult run_on_device() {
+  CalibrationResult run_on_device(const detail::Workspace& ws, const calib::GradientLayout& l) {
     CalibrationResult res;
-    res.plan = plan_;
     std::vector<std::string> excluded;
     for (index_t j = 0; j < k_; ++j)
       if (!active_[j]) excluded.push_back(sys_.names[j]);
     std::vector<std::string> warnings;
     std::vector<double> S0;
-    if (o_.excluded_log_initial) {
-      S0.assign(static_cast<std::size_t>(k_), 0.0);
-      calib::cuda_estimate(ctx_, A_, sys_.design_weights, S0.data());
-    }
     auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
+    const CsrMatrix At = transpose(A_);  // host counting sort, uploaded once into the workspace
     calib::GradientDeviceRun dev = calib::run_gradient_cuda(
-        ctx_, A_, At_, sys_.design_weights, o_, [this](const double* S, double* c) { return loss_and_c(S, c); },
-        logged, [&](index_t floored) {
+        ctx_, ws, l.device, A_, At, sys_.design_weights, o_,
+        [this](const double* S, double* c) { return loss_and_c(S, c); }, logged,
+        [&](index_t floored) {
           warnings.push_back(std::to_string(floored) + " initial weight(s) (after noise) were floored to 1e-12");
           ctx_.warn(warnings.back());
-        });
+        },
+        o_.excluded_log_initial ? &S0 : nullptr);
     res.weights = std::move(dev.weights);
     res.history = std::move(dev.history);
     res.n_iterations = dev.n_iterations;
     if (!res.history.empty()) res.diagnostics.loss = dev.loss;
     return finish(std::move(res), excluded, warnings);
   }
-#endif
 
   index_t k_active() const { return k_active_; }
   const std::vector<char>& active() const { return active_; }
@@ -296,32 +287,34 @@ class GradientEngine {
     return out;
   }
 
+  // Quirk 1 (§3.8): microcalibrate hands back exp of its last dropout draw, taken before the final
+  // Adam step; at dropout 0 that draw is θ itself, which the step then updates in place, so the
+  // weights it returns are exp(θ) after the step — the same as without the quirk.
+  bool keeps_last_dropout_draw() const { return o_.final_weights_last_dropout_draw && o_.dropout_rate > 0; }
+
   const Context& ctx_;
   const ConstraintSystem& sys_;
   const CsrMatrix& A_;
-  CsrMatrix At_;
   GradientOptions o_;
   index_t n_, k_, k_active_ = 0;
   std::vector<char> active_;
-  TilePlan plan_;
 };
 
 }  // namespace
 
-ByteModel gradient_model(index_t n_records, index_t n_targets, bool l0) {
-  const std::size_t per_record_state = (l0 ? 8 : 4) * align_up(static_cast<std::size_t>(n_records) * 8);
-  ByteModel m;
-  m.operation = "calibrate_gradient";
-  m.fixed_bytes = per_record_state + calib::RowAccumulator::bytes(n_targets) + 2 * kDefaultAlignment;
-  m.bytes_per_row = 16;  // w' and (Aᵀc) per batch record
-  m.min_rows = 1;
-  m.row_align = 1;  // the S reduction is granule-ordered inside RowAccumulator for any batch
-  return m;
-}
-
 CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& options) {
   GradientEngine engine(ctx, sys, options);
-  return engine.run();
+  const calib::GradientLayout layout = calib::gradient_layout(ctx, sys, options);
+  const TilePlan plan = calib::plan_calibration(layout.decl, ctx, sys.A.cols, options.batch_size);
+  detail::OperationScope scope(ctx);
+  CalibrationResult res;
+  {
+    const detail::Workspace ws(ctx.workspace(), layout.decl, plan.rows, ctx.compute_stream());
+    res = layout.on_device ? engine.run_on_device(ws, layout) : engine.run(ws, layout, plan.rows);
+  }
+  res.plan = plan;
+  res.memory = calib::memory_report(ctx, plan, scope.finish());
+  return res;
 }
 
 LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& theta,
@@ -331,13 +324,21 @@ LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, c
   GradientEngine engine(ctx, sys, options);
   const index_t n = sys.A.cols;
   if (static_cast<index_t>(theta.size()) != n) throw InvalidArgument("gradient_loss: theta must have one value per record");
+  const calib::LossLayout layout = calib::gradient_loss_layout(ctx, sys);
   LossAndGradient out;
-  out.gradient.resize(static_cast<std::size_t>(n));
-  std::vector<double> S(static_cast<std::size_t>(sys.A.rows));
-  out.loss = engine.evaluate(theta.data(), nullptr, static_cast<std::uint32_t>(epoch), 0, out.gradient.data(), nullptr,
-                             S.data());
-  for (index_t j = 0; j < sys.A.rows; ++j)
-    if (engine.active()[j]) out.estimates.push_back(S[j]);
+  out.plan = calib::plan_calibration(layout.decl, ctx, n, options.batch_size);
+  detail::OperationScope scope(ctx);
+  {
+    const detail::Workspace ws(ctx.workspace(), layout.decl, out.plan.rows);
+    GradientEngine::Evaluation ev(sys.A, ws, layout.eval, out.plan.rows);
+    out.gradient.resize(static_cast<std::size_t>(n));
+    std::vector<double> S(static_cast<std::size_t>(sys.A.rows));
+    out.loss = engine.evaluate(ev, theta.data(), nullptr, static_cast<std::uint32_t>(epoch), 0, out.gradient.data(),
+                               nullptr, S.data());
+    for (index_t j = 0; j < sys.A.rows; ++j)
+      if (engine.active()[j]) out.estimates.push_back(S[j]);
+  }
+  out.memory = calib::memory_report(ctx, out.plan, scope.finish());
   return out;
 }
 

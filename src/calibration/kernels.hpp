@@ -7,11 +7,72 @@
 #include <cstdint>
 #include <vector>
 
+#include "calibration/calib_backend.hpp"
+#include "core/workspace.hpp"
 #include "otcal/csr.hpp"
-#include "otcal/memory.hpp"
 #include "otcal/types.hpp"
 
 namespace otcal::calib {
+
+// A host CSR whose arrays live either in a CsrMatrix (the input A) or in the operation's
+// workspace (Aᵀ): the passes read both through the same view, so the arithmetic is one code.
+struct CsrView {
+  index_t rows = 0, cols = 0;
+  bool wide = false;
+  const std::int64_t* indptr = nullptr;
+  const std::int32_t* indices32 = nullptr;
+  const std::int64_t* indices64 = nullptr;
+  const double* values = nullptr;
+
+  bool wide_indices() const { return wide; }
+  std::int64_t index(std::int64_t p) const { return wide ? indices64[p] : indices32[p]; }
+};
+
+inline CsrView csr_view(const CsrMatrix& M) {
+  return {M.rows, M.cols, M.wide_indices(), M.indptr.data(), M.indices32.data(), M.indices64.data(), M.values.data()};
+}
+
+// Aᵀ (n x k) into its declared workspace buffers, by the counting sort of otcal::transpose: the
+// same entries in the same order (constraint rows ascending within a record), so every pass over
+// it is bitwise what it was over the CsrMatrix. indptr doubles as the scatter cursor (no scratch).
+inline CsrView transpose_into(const CsrMatrix& A, const detail::Workspace& ws, const CsrIds& t) {
+  std::int64_t* indptr = ws.get(t.indptr);
+  std::int32_t* idx32 = ws.get(t.indices32);
+  std::int64_t* idx64 = ws.get(t.indices64);
+  double* values = ws.get(t.values);
+  const index_t n = A.cols;
+  const std::int64_t nnz = A.nnz();
+  std::fill(indptr, indptr + n + 1, std::int64_t{0});
+  for (std::int64_t p = 0; p < nnz; ++p) ++indptr[A.index(p) + 1];
+  for (index_t i = 0; i < n; ++i) indptr[i + 1] += indptr[i];
+  for (index_t r = 0; r < A.rows; ++r)
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
+      const std::int64_t q = indptr[A.index(p)]++;
+      if (t.wide)
+        idx64[q] = r;
+      else
+        idx32[q] = static_cast<std::int32_t>(r);
+      values[q] = A.values[p];
+    }
+  for (index_t i = n; i > 0; --i) indptr[i] = indptr[i - 1];  // cursors ended one record ahead
+  indptr[0] = 0;
+  return {t.rows, t.cols, t.wide, indptr, idx32, idx64, values};
+}
+
+// The four per-row arrays of a RowAccumulator, declared in the operation's list.
+struct AccumulatorIds {
+  BufferId<std::int64_t> cursor, granule;
+  BufferId<double> sum, partial;
+};
+inline AccumulatorIds declare_accumulator(WorkspaceDecl& d, index_t rows) {
+  const auto k = static_cast<std::size_t>(rows);
+  AccumulatorIds a;
+  a.cursor = d.add<std::int64_t>("S.cursor", k);
+  a.granule = d.add<std::int64_t>("S.granule", k);
+  a.sum = d.add<double>("S.sum", k);
+  a.partial = d.add<double>("S.partial", k);
+  return a;
+}
 
 // Below this many records per batch the passes run on one thread (no result depends on it).
 inline constexpr index_t kParallelMinRecords = 4096;
@@ -22,16 +83,15 @@ inline constexpr index_t kParallelMinRecords = 4096;
 // fixed by the granules alone, so S is bitwise identical for every batch size and thread count.
 class RowAccumulator {
  public:
-  RowAccumulator(MemoryResource& mr, const CsrMatrix& A)
-      : A_(A), cursor_(mr, static_cast<std::size_t>(A.rows)), granule_(mr, static_cast<std::size_t>(A.rows)),
-        sum_(mr, static_cast<std::size_t>(A.rows)), partial_(mr, static_cast<std::size_t>(A.rows)) {
+  RowAccumulator(const CsrView& A, const detail::Workspace& ws, const AccumulatorIds& ids)
+      : A_(A), cursor_(ws.get(ids.cursor)), granule_(ws.get(ids.granule)), sum_(ws.get(ids.sum)),
+        partial_(ws.get(ids.partial)) {
     reset();
   }
-  static std::size_t bytes(index_t rows) { return 4 * align_up(static_cast<std::size_t>(rows) * 8); }
 
   void reset() {
     for (index_t r = 0; r < A_.rows; ++r) {
-      cursor_[r] = A_.indptr[static_cast<std::size_t>(r)];
+      cursor_[r] = A_.indptr[r];
       granule_[r] = 0;
       sum_[r] = 0;
       partial_[r] = 0;
@@ -45,7 +105,7 @@ class RowAccumulator {
 #pragma omp parallel for schedule(dynamic, 16) if (b1 - b0 >= kParallelMinRecords)
     for (index_t r = 0; r < A_.rows; ++r) {
       std::int64_t p = cursor_[r];
-      const std::int64_t end = A_.indptr[static_cast<std::size_t>(r) + 1];
+      const std::int64_t end = A_.indptr[r + 1];
       std::int64_t g = granule_[r];
       double s = sum_[r], part = partial_[r];
       for (; p < end; ++p) {
@@ -71,13 +131,13 @@ class RowAccumulator {
   }
 
  private:
-  const CsrMatrix& A_;
-  Buffer<std::int64_t> cursor_, granule_;
-  Buffer<double> sum_, partial_;
+  CsrView A_;
+  std::int64_t *cursor_, *granule_;
+  double *sum_, *partial_;
 };
 
 // out[i - b0] = Σ_j At_ij c_j for records i in [b0, b1); At is the n x k transpose.
-inline void transpose_apply(const CsrMatrix& At, const double* c, index_t b0, index_t b1, double* out) {
+inline void transpose_apply(const CsrView& At, const double* c, index_t b0, index_t b1, double* out) {
   const bool wide = At.wide_indices();
 #pragma omp parallel for schedule(static) if (b1 - b0 >= kParallelMinRecords)
   for (index_t i = b0; i < b1; ++i) {
@@ -91,7 +151,7 @@ inline void transpose_apply(const CsrMatrix& At, const double* c, index_t b0, in
 // T[a][b] = Σ_i A_{row(a), i} v_i A_{row(b), i} over active rows (active_of[r] = a or -1), row-major
 // ka x ka. Rows of T are independent (parallel, no atomics); each sums records in ascending order,
 // so T is bitwise symmetric and deterministic.
-inline void accumulate_newton_matrix(const CsrMatrix& A, const CsrMatrix& At, const std::vector<index_t>& active_rows,
+inline void accumulate_newton_matrix(const CsrView& A, const CsrView& At, const std::vector<index_t>& active_rows,
                                      const std::vector<index_t>& active_of, const double* v, double* T) {
   const index_t ka = static_cast<index_t>(active_rows.size());
   const bool wide = A.wide_indices();

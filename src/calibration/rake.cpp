@@ -1,7 +1,9 @@
-// Iterative raking with R survey::rake() semantics (spec/calibration.md §4.6).
+// Iterative raking with R survey::rake() semantics (docs/calibration.md §4.6).
 #include <algorithm>
 #include <cmath>
 
+#include "calibration/workspace_layouts.hpp"
+#include "core/operation.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
 
@@ -14,18 +16,25 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
   if (!(o.epsilon > 0)) throw InvalidArgument("rake: epsilon must be > 0");
   if (sys.margin_offsets.size() < 2) throw InvalidArgument("rake: the constraint system has no marginal targets");
   const index_t kc = sys.n_categorical;
-  std::vector<double> w = sys.design_weights;
+  if (static_cast<index_t>(sys.design_weights.size()) != n)
+    throw InvalidArgument("rake: design_weights must have one value per record");
+  const calib::RakeLayout layout = calib::rake_layout(ctx, sys);
+  CalibrationResult res;
+  res.plan = calib::plan_calibration(layout.decl, ctx, n);
+  detail::OperationScope scope(ctx);
+  const detail::Workspace ws(calib::host_scratch(ctx), layout.decl, res.plan.rows);
+  double* w = ws.get(layout.weights);
+  double* prev = ws.get(layout.previous);
+  std::copy(sys.design_weights.begin(), sys.design_weights.end(), w);
   double dsum = 0;
-  for (double d : w) dsum += d;
+  for (index_t i = 0; i < n; ++i) dsum += w[i];
   const double eps_abs = o.epsilon >= 1 ? o.epsilon : o.epsilon * dsum;
   auto cell_total = [&](index_t r) {
     double s = 0;
     for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) s += A.values[p] * w[A.index(p)];
     return s;
   };
-  std::vector<double> prev(static_cast<std::size_t>(kc));
   for (index_t r = 0; r < kc; ++r) prev[r] = cell_total(r);
-  CalibrationResult res;
   int sweep = 0;
   bool converged = false;
   while (sweep < o.max_sweeps) {
@@ -55,14 +64,15 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
   }
   res.converged = converged;
   res.n_iterations = sweep;
-  res.weights = w;
+  res.weights.assign(w, w + n);
   res.g.resize(static_cast<std::size_t>(n));
   for (index_t i = 0; i < n; ++i) res.g[i] = sys.design_weights[i] != 0 ? w[i] / sys.design_weights[i] : 0.0;
-  res.diagnostics = diagnose(sys, w);
+  res.diagnostics = diagnose(sys, res.weights);
   if (!converged) {
     res.diagnostics.warnings.push_back("Raking did not converge after " + std::to_string(sweep) + " iterations");
     ctx.warn(res.diagnostics.warnings.back());
   }
+  res.memory = calib::memory_report(ctx, res.plan, scope.finish());
   return res;
 }
 

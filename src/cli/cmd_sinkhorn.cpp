@@ -89,9 +89,11 @@ int run_sinkhorn(const SinkhornArgs& s) {
 
   // 3. Solve; the outputs go into a temporary sibling of --out until everything is written.
   io::AtomicOutputDir out(s.out, "--out");
-  const SinkhornResult r = sinkhorn_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(), opt, kFlagNames);
-  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, opt.precision);
-  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, opt.precision);
+  const Problem problem = upload_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(),
+                                            opt.precision.value_or(DType::float64), kFlagNames);
+  const SinkhornResult r = sinkhorn_with_flags(problem, opt, kFlagNames);
+  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, r.precision);
+  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, r.precision);
 
   nlohmann::json j = sinkhorn_summary(r);
   j["command"] = "sinkhorn";

@@ -1,4 +1,5 @@
-// `otcal solve`: Sinkhorn then sparsify in one process (the clouds are read once), writing
+// `otcal solve`: Sinkhorn then sparsify on one resident problem (the clouds are read and uploaded
+// once), writing
 // f.npy, g.npy, result.json and plan.npz into --out atomically. result.json is the sinkhorn
 // summary with a "sparsify" section; the sparsify summary also goes to stdout.
 #include <cmath>
@@ -39,16 +40,17 @@ int run(const Args& s) {
   const PointCloud geom = clouds.geometry(cost, scale);
 
   io::AtomicOutputDir out(s.out, "--out");
-  const SinkhornResult r = sinkhorn_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(), opt,
-                                               {{"batch_size", "--batch-size"}, {"scale_cost", "--scale-cost"},
-                                                {"tau_a", "--tau-a"}, {"tau_b", "--tau-b"}});
-  const Context sctx = sparsify_context(s.common, ctx);
-  const SparsifyResult sr = run_sparsify([&] { return sparsify(sctx, geom, r, sopt); });
+  const std::vector<std::pair<std::string, std::string>> flags = {
+      {"batch_size", "--batch-size"}, {"scale_cost", "--scale-cost"}, {"tau_a", "--tau-a"}, {"tau_b", "--tau-b"}};
+  const Problem problem = upload_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(),
+                                            opt.precision.value_or(DType::float64), flags);
+  const SinkhornResult r = sinkhorn_with_flags(problem, opt, flags);
+  const SparsifyResult sr = run_sparsify([&] { return sparsify(problem, r, sopt); });
 
-  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, opt.precision);
-  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, opt.precision);
+  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, r.precision);
+  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, r.precision);
   write_plan_npz(out.file("plan.npz"), sr.csr);
-  nlohmann::json sj = sparsify_summary(sr, sopt, sctx);
+  nlohmann::json sj = sparsify_summary(sr, sopt, ctx);
   nlohmann::json j = sinkhorn_summary(r);
   j["command"] = "solve";
   j["inputs"] = {{"x", s.in.x}, {"y", path_or_null(s.in.y)}};

@@ -50,12 +50,11 @@ int run(const Args& s) {
   Stopwatch total;
   const SparsifyOptions opt = s.sp.options();
   io::check_output_file(s.out, "--out");
-  const Context chosen = s.common.make_context();
-  const Context ctx = sparsify_context(s.common, chosen);
+  const Context ctx = s.common.make_context();
 
   // The solve this plan belongs to.
   const nlohmann::json rj = read_result_json(s.potentials);
-  SinkhornResult r;
+  Potentials r;
   r.epsilon = field<double>(rj, "epsilon", s.potentials);
   r.scale = field<double>(rj, "scale", s.potentials);
   r.cost = with_flag("--potentials result.json cost", [&] { return Cost::parse(field<std::string>(rj, "cost", s.potentials)); });
@@ -76,9 +75,6 @@ int run(const Args& s) {
                           std::to_string(m) + " points: pass the clouds the potentials were solved on");
   // The weights are absorbed in the potentials; they are only checked for consistency.
   load_weights_ab(clouds, s.in);
-  r.n = n;
-  r.m = m;
-  r.d = clouds.x.shape[1];
   const PointCloud geom = clouds.geometry(r.cost, ScaleCost{});
 
   io::AtomicFile out(s.out, "--out");

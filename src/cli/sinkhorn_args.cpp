@@ -131,16 +131,27 @@ nlohmann::json SolverArgs::to_json() const {
           {"on_divergence", on_divergence}};
 }
 
-SinkhornResult sinkhorn_with_flags(const Context& ctx, const PointCloud& geom, ConstVector a, ConstVector b,
-                                   const SinkhornOptions& opt,
-                                   const std::vector<std::pair<std::string, std::string>>& flag_names) {
+namespace {
+template <class F>
+auto with_flag_names(const std::vector<std::pair<std::string, std::string>>& flag_names, F&& f) {
   try {
-    return sinkhorn(ctx, geom, a, b, opt);
+    return f();
   } catch (const BudgetTooSmall&) {
     throw;
   } catch (const InvalidArgument& e) {
     throw InvalidArgument(flagify(e.what(), flag_names));
   }
+}
+}  // namespace
+
+Problem upload_with_flags(const Context& ctx, const PointCloud& geom, ConstVector a, ConstVector b, DType precision,
+                          const std::vector<std::pair<std::string, std::string>>& flag_names) {
+  return with_flag_names(flag_names, [&] { return Problem::upload(ctx, geom, a, b, precision); });
+}
+
+SinkhornResult sinkhorn_with_flags(const Problem& problem, const SinkhornOptions& opt,
+                                   const std::vector<std::pair<std::string, std::string>>& flag_names) {
+  return with_flag_names(flag_names, [&] { return sinkhorn(problem, opt); });
 }
 
 nlohmann::json path_or_null(const std::string& text) {

@@ -83,10 +83,11 @@ struct SolverArgs {
   nlohmann::json to_json() const;
 };
 
-// sinkhorn() with the library's option names in its validation errors rewritten to the flags
-// that set them (`flag_names`, see flagify); BudgetTooSmall passes through unchanged.
-SinkhornResult sinkhorn_with_flags(const Context& ctx, const PointCloud& geom, ConstVector a, ConstVector b,
-                                   const SinkhornOptions& opt,
+// Problem::upload and sinkhorn() with the library's option names in their validation errors
+// rewritten to the flags that set them (`flag_names`, see flagify); BudgetTooSmall passes through.
+Problem upload_with_flags(const Context& ctx, const PointCloud& geom, ConstVector a, ConstVector b, DType precision,
+                          const std::vector<std::pair<std::string, std::string>>& flag_names);
+SinkhornResult sinkhorn_with_flags(const Problem& problem, const SinkhornOptions& opt,
                                    const std::vector<std::pair<std::string, std::string>>& flag_names);
 
 // nlohmann::json(text), or null for "" (a flag that was not given).

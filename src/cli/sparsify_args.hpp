@@ -72,17 +72,6 @@ SparsifyResult run_sparsify(F&& f) {
   }
 }
 
-// The sparsifier has only a CPU implementation: with --device auto it runs on the CPU (with the
-// same budget) when auto picked a GPU; an explicit cuda device is an error from sparsify().
-inline Context sparsify_context(const CommonOptions& common, const Context& chosen) {
-  if (chosen.kind() == DeviceKind::cuda && common.device == "auto") {
-    ContextOptions o;
-    o.memory_budget = common.budget_bytes();
-    return Context::cpu(o);
-  }
-  return chosen;
-}
-
 inline void write_plan_npz(const std::string& path, const CsrMatrix& csr) { io::write_npz_csr(path, csr); }
 
 inline nlohmann::json sparsify_summary(const SparsifyResult& r, const SparsifyOptions& o, const Context& ctx) {

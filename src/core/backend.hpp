@@ -95,13 +95,31 @@ class Backend {
   virtual unsigned value_flags(const T* v, index_t n) = 0;
 };
 
-// The backend of the context's device. Throws DeviceError for CUDA in a build without it.
+// The backend of the context's device, one per dtype, owned by the context and made on first use.
+// Throws DeviceError for CUDA in a build without it.
 template <class T>
-std::unique_ptr<Backend<T>> make_backend(const Context& ctx);
+Backend<T>& backend(const Context& ctx);
 
+// The factories behind backend(): src/cpu, and cuda/ (or the no_cuda.cpp stand-in that throws).
 template <class T>
 std::unique_ptr<Backend<T>> make_cpu_backend(const Context& ctx);
 template <class T>
-std::unique_ptr<Backend<T>> make_cuda_backend(const Context& ctx);  // cuda/ or no_cuda.cpp
+std::unique_ptr<Backend<T>> make_cuda_backend(const Context& ctx);
+
+// Counts one cloud upload on the context (Context::cloud_uploads).
+void count_cloud_upload(const Context& ctx);
+
+// Runs the calling thread's OpenMP regions with `threads` threads (0: unchanged) until destroyed,
+// then restores the previous count: the context's setting, never the process-wide one.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads);
+  ~ThreadScope();
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int previous_ = 0;
+};
 
 }  // namespace otcal::detail

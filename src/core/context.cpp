@@ -3,9 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include <iostream>
 #include <mutex>
 
+#include "core/backend.hpp"
 #include "core/cuda_runtime.hpp"
 #include "otcal/errors.hpp"
 
@@ -32,9 +35,16 @@ struct Context::Impl {
   StreamHandle compute = nullptr, copy = nullptr, user = nullptr;
   std::function<void(const std::string&)> on_warning;
   std::mutex warn_mutex;
+  // One backend per dtype, made on first use; they hold a non-owning view of this context.
+  std::mutex backend_mutex;
+  std::unique_ptr<detail::Backend<float>> backend32;
+  std::unique_ptr<detail::Backend<double>> backend64;
+  std::atomic<std::uint64_t> cloud_uploads{0};
 
   ~Impl() {
-    // Budgeted buffers must be gone before the streams they were used on.
+    // Backends and budgeted buffers must be gone before the streams they were used on.
+    backend32.reset();
+    backend64.reset();
     if (kind == DeviceKind::cuda) {
       detail::cuda_stream_destroy(compute);
       detail::cuda_stream_destroy(copy);
@@ -83,9 +93,6 @@ Context Context::cpu(ContextOptions o) {
   auto c = std::make_shared<Impl>();
   c->kind = DeviceKind::cpu;
   c->threads = o.threads > 0 ? o.threads : default_threads();
-#ifdef _OPENMP
-  if (o.threads > 0) omp_set_num_threads(o.threads);
-#endif
   c->name = "cpu (" + std::to_string(c->threads) + " thread" + (c->threads == 1 ? "" : "s") + ")";
   c->note = "cpu requested";
   c->base = std::make_unique<HostResource>();
@@ -195,6 +202,49 @@ void Context::warn(const std::string& message) const {
   if (impl_->on_warning) impl_->on_warning(message);
   else std::cerr << "otcal: warning: " << message << "\n";
 }
+
+std::uint64_t Context::cloud_uploads() const { return impl_->cloud_uploads.load(); }
+
+namespace detail {
+
+void count_cloud_upload(const Context& ctx) { ++ctx.impl().cloud_uploads; }
+
+template <class T>
+Backend<T>& backend(const Context& ctx) {
+  Context::Impl& c = ctx.impl();
+  std::lock_guard<std::mutex> lock(c.backend_mutex);
+  auto& slot = [&]() -> std::unique_ptr<Backend<T>>& {
+    if constexpr (std::is_same_v<T, float>) return c.backend32;
+    else return c.backend64;
+  }();
+  if (!slot) {
+    // A view that does not own the Impl: the backend lives inside it, so an owning handle would
+    // keep the context alive forever.
+    const Context view(std::shared_ptr<Context::Impl>(std::shared_ptr<Context::Impl>{}, &c));
+    slot = c.kind == DeviceKind::cuda ? make_cuda_backend<T>(view) : make_cpu_backend<T>(view);
+  }
+  return *slot;
+}
+
+template Backend<float>& backend<float>(const Context&);
+template Backend<double>& backend<double>(const Context&);
+
+ThreadScope::ThreadScope(int threads) {
+#ifdef _OPENMP
+  previous_ = omp_get_max_threads();
+  if (threads > 0) omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
+
+ThreadScope::~ThreadScope() {
+#ifdef _OPENMP
+  omp_set_num_threads(previous_);
+#endif
+}
+
+}  // namespace detail
 
 SystemInfo system_info() {
   SystemInfo s;

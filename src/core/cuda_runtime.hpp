@@ -29,5 +29,7 @@ void cuda_stream_destroy(StreamHandle s) noexcept;
 void cuda_stream_synchronize(StreamHandle s);
 // `waiter` waits for all work currently queued on `signaller` (through an event).
 void cuda_stream_wait(StreamHandle waiter, StreamHandle signaller);
+// Synchronous device -> host copy of a caller's device array (small reads: weights to validate).
+void cuda_copy_to_host(void* host, const void* device, std::size_t bytes);
 
 }  // namespace otcal::detail

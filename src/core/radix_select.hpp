@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "otcal/detail/hd.hpp"
-#include "sparsify/sparsify_backend.hpp"
+#include "core/block_backend.hpp"
 
 namespace otcal::detail {
 

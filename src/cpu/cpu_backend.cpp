@@ -22,23 +22,6 @@ constexpr int kLanes = 8;         // fixed-shape accumulation lanes (vectorisabl
 // Below this many cost entries a parallel region costs more than it saves.
 constexpr index_t kParallelWork = index_t{1} << 16;
 
-// Costs of one row against columns [j0, j0 + jn) into acc[0..jn).
-template <CostKind K, class T>
-inline void cost_block(const Cloud<T>& rows, const Cloud<T>& cols, index_t i, index_t j0, index_t jn, T p, T* acc) {
-  for (index_t j = 0; j < jn; ++j) acc[j] = T(0);
-  for (int k = 0; k < rows.d; ++k) {
-    const T xi = rows.x[k * rows.n + i];
-    const T* yk = cols.x + k * cols.n + j0;
-#pragma omp simd
-    for (index_t j = 0; j < jn; ++j) acc[j] += cost_term<K>(xi, yk[j], p);
-  }
-  if constexpr (K != CostKind::sqeuclidean) {
-    const T ni = rows.norms ? rows.norms[i] : T(0);
-    for (index_t j = 0; j < jn; ++j)
-      acc[j] = cost_finish<K>(acc[j], p, ni, cols.norms ? cols.norms[j0 + j] : T(0));
-  }
-}
-
 inline double fma_t(double a, double b, double c) { return OTCAL_FMA(a, b, c); }
 inline float fma_t(float a, float b, float c) { return OTCAL_FMAF(a, b, c); }
 
@@ -46,31 +29,6 @@ inline float fma_t(float a, float b, float c) { return OTCAL_FMAF(a, b, c); }
 template <class T>
 inline T nan_max(T v, T m) {
   return (v > m || v != v) ? v : m;
-}
-
-template <class T>
-inline T lanes_max(const T* v, index_t jn) {
-  T lane[kLanes];
-  for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
-  index_t j = 0;
-  for (; j + kLanes <= jn; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] = nan_max(v[j + l], lane[l]);
-  for (int l = 0; j + l < jn; ++l) lane[l] = nan_max(v[j + l], lane[l]);
-  T mx = lane[0];
-  for (int l = 1; l < kLanes; ++l) mx = nan_max(lane[l], mx);
-  return mx;
-}
-
-template <class T>
-inline T lanes_sum(const T* v, index_t jn) {
-  T lane[kLanes] = {};
-  index_t j = 0;
-  for (; j + kLanes <= jn; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] += v[j + l];
-  for (int l = 0; j + l < jn; ++l) lane[l] += v[j + l];
-  T s = T(0);
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
 }
 
 // t_j = beta_j - c(x_i, y_j) * c_scale for one granule, into t[0..jn); returns max_j t_j (NaN if
@@ -138,7 +96,6 @@ inline T granule_exp2_sum(const T* t, index_t jn, T mx) {
 template <class T>
 class CpuBackend final : public Backend<T> {
  public:
-  explicit CpuBackend(const Context& ctx) : ctx_(ctx) {}
 
   void upload_cloud(const ConstMatrix& h, T* dst) override {
     const index_t n = h.rows, d = h.cols;
@@ -309,24 +266,16 @@ class CpuBackend final : public Backend<T> {
     return out;
   }
 
-  Context ctx_;
 };
 
 }  // namespace
 
 template <class T>
-std::unique_ptr<Backend<T>> make_cpu_backend(const Context& ctx) {
-  return std::make_unique<CpuBackend<T>>(ctx);
-}
-
-template <class T>
-std::unique_ptr<Backend<T>> make_backend(const Context& ctx) {
-  return ctx.kind() == DeviceKind::cuda ? make_cuda_backend<T>(ctx) : make_cpu_backend<T>(ctx);
+std::unique_ptr<Backend<T>> make_cpu_backend(const Context&) {
+  return std::make_unique<CpuBackend<T>>();
 }
 
 template std::unique_ptr<Backend<float>> make_cpu_backend<float>(const Context&);
 template std::unique_ptr<Backend<double>> make_cpu_backend<double>(const Context&);
-template std::unique_ptr<Backend<float>> make_backend<float>(const Context&);
-template std::unique_ptr<Backend<double>> make_backend<double>(const Context&);
 
 }  // namespace otcal::detail

@@ -10,7 +10,7 @@
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
-#include "sparsify/radix_select.hpp"
+#include "core/radix_select.hpp"
 #include "sparsify/sparsify_backend.hpp"
 
 namespace otcal::detail {
@@ -279,17 +279,17 @@ std::unique_ptr<SparsifyBackend<T>> make_cpu_sparsify_backend() {
 
 template <class T>
 std::unique_ptr<SparsifyBackend<T>> make_sparsify_backend(const Context& ctx, std::int64_t staging_entries) {
-  if (ctx.kind() == DeviceKind::cuda) {
-#ifdef OTCAL_WITH_CUDA
-    return make_cuda_sparsify_backend<T>(ctx, staging_entries);
-#else
-    (void)staging_entries;
-    throw DeviceError("this otcal was built without CUDA (OTCAL_CUDA=OFF or no nvcc found); use --device cpu");
-#endif
-  }
+  if (ctx.kind() == DeviceKind::cuda) return make_cuda_sparsify_backend<T>(ctx, staging_entries);
   return make_cpu_sparsify_backend<T>();
 }
 
+template <class T>
+std::unique_ptr<BlockBackend<T>> make_cpu_block_backend() {
+  return std::make_unique<CpuSparsifyBackend<T>>();
+}
+
+template std::unique_ptr<BlockBackend<float>> make_cpu_block_backend<float>();
+template std::unique_ptr<BlockBackend<double>> make_cpu_block_backend<double>();
 template std::unique_ptr<SparsifyBackend<float>> make_cpu_sparsify_backend<float>();
 template std::unique_ptr<SparsifyBackend<double>> make_cpu_sparsify_backend<double>();
 template std::unique_ptr<SparsifyBackend<float>> make_sparsify_backend<float>(const Context&, std::int64_t);

@@ -1,5 +1,8 @@
-#include "sinkhorn/problem.hpp"
+#include "geometry/clouds.hpp"
 
+#include "core/cuda_runtime.hpp"
+
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -8,7 +11,21 @@
 
 namespace otcal::detail {
 
-Shape check_geometry(const PointCloud& geom) {
+namespace {
+template <class V>
+std::vector<double> widened(const void* device, std::size_t count) {
+  std::vector<V> raw(count);
+  cuda_copy_to_host(raw.data(), device, count * sizeof(V));
+  return std::vector<double>(raw.begin(), raw.end());
+}
+
+// A host float64 copy of a caller's device array (O(size): weights, or clouds for norm statistics).
+std::vector<double> device_to_host(const void* data, DType dtype, std::size_t count) {
+  return dtype == DType::float32 ? widened<float>(data, count) : widened<double>(data, count);
+}
+}  // namespace
+
+Shape check_geometry(const PointCloud& geom, DeviceKind device) {
   const ConstMatrix& x = geom.x;
   const ConstMatrix& y = geom.y_or_x();
   if (x.empty() || x.rows <= 0) throw InvalidArgument("x is empty: the source cloud needs at least one point");
@@ -17,8 +34,15 @@ Shape check_geometry(const PointCloud& geom) {
   if (y.cols != x.cols)
     throw InvalidArgument("x has " + std::to_string(x.cols) + " columns but y has " + std::to_string(y.cols) +
                           ": both clouds must live in the same dimension");
-  if (x.location != Location::host || y.location != Location::host)
-    throw InvalidArgument("device-resident point clouds are not accepted yet: pass host arrays");
+  if (!geom.y.empty() && geom.y.location != x.location)
+    throw InvalidArgument("x and y live in different places (one on the host, one on the device): pass both from "
+                          "the same place");
+  if (x.location == Location::device && device != DeviceKind::cuda)
+    throw InvalidArgument("x is a device array but the context runs on the cpu: pass host arrays or use a CUDA "
+                          "context");
+  if (!geom.y.empty() && geom.y.dtype != x.dtype)
+    throw InvalidArgument(std::string("x is ") + dtype_name(x.dtype) + " but y is " + dtype_name(geom.y.dtype) +
+                          ": pass both clouds in the same dtype");
   const Cost& c = geom.options.cost;
   if ((c.kind == CostKind::pnorm || c.kind == CostKind::sq_pnorm) && !(std::isfinite(c.p) && c.p >= 1))
     throw InvalidArgument("cost exponent p = " + std::to_string(c.p) + " must be finite and >= 1");
@@ -28,6 +52,13 @@ Shape check_geometry(const PointCloud& geom) {
 std::vector<double> host_weights(const ConstVector& w, index_t size, const char* name, const char* points) {
   std::vector<double> out(static_cast<std::size_t>(size), 1.0 / static_cast<double>(size));
   if (w.empty()) return out;
+  if (w.location == Location::device) {
+    if (w.size != size)
+      throw InvalidArgument(std::string(name) + " has " + std::to_string(w.size) + " entries but " + points +
+                            " has " + std::to_string(size) + " points: give one weight per point");
+    const std::vector<double> h = device_to_host(w.data, w.dtype, static_cast<std::size_t>(size));
+    return host_weights(ConstVector::of(h.data(), size), size, name, points);
+  }
   if (w.size != size)
     throw InvalidArgument(std::string(name) + " has " + std::to_string(w.size) + " entries but " + points + " has " +
                           std::to_string(size) + " points: give one weight per point");
@@ -47,14 +78,50 @@ std::vector<double> host_weights(const ConstVector& w, index_t size, const char*
   return out;
 }
 
-std::size_t cloud_bytes(const Shape& s, const Cost& cost, std::size_t value_size) {
-  std::size_t values = static_cast<std::size_t>((s.n + s.m) * s.d);
-  if (cost.kind == CostKind::cosine) values += static_cast<std::size_t>(s.n + s.m);
-  return values * value_size + 4 * kDefaultAlignment;
+NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y) {
+  if (x.location == Location::device) {
+    const std::vector<double> hx = device_to_host(x.data, x.dtype, static_cast<std::size_t>(x.rows * x.cols));
+    const std::vector<double> hy = &y == &x || y.data == x.data
+                                       ? hx
+                                       : device_to_host(y.data, y.dtype, static_cast<std::size_t>(y.rows * y.cols));
+    return norm_stats(ConstMatrix::of(hx.data(), x.rows, x.cols), ConstMatrix::of(hy.data(), y.rows, y.cols));
+  }
+  NormStats s;
+  const index_t d = x.cols;
+  std::vector<double> mx(static_cast<std::size_t>(d), 0.0), my(static_cast<std::size_t>(d), 0.0);
+  for (index_t i = 0; i < x.rows; ++i) {
+    double sq = 0;
+    for (index_t k = 0; k < d; ++k) {
+      const double v = x.at(i, k);
+      sq += v * v;
+      mx[static_cast<std::size_t>(k)] += v;
+    }
+    s.mean_sq_x += sq;
+    s.max_sq_x = std::max(s.max_sq_x, sq);
+  }
+  for (index_t j = 0; j < y.rows; ++j) {
+    double sq = 0;
+    for (index_t k = 0; k < d; ++k) {
+      const double v = y.at(j, k);
+      sq += v * v;
+      my[static_cast<std::size_t>(k)] += v;
+    }
+    s.mean_sq_y += sq;
+    s.max_sq_y = std::max(s.max_sq_y, sq);
+  }
+  s.mean_sq_x /= static_cast<double>(x.rows);
+  s.mean_sq_y /= static_cast<double>(y.rows);
+  for (index_t k = 0; k < d; ++k)
+    s.dot_means += mx[static_cast<std::size_t>(k)] / static_cast<double>(x.rows) * my[static_cast<std::size_t>(k)] /
+                   static_cast<double>(y.rows);
+  return s;
 }
 
 namespace {
 [[noreturn]] void bad_points(const ConstMatrix& h, const char* name) {
+  if (h.location == Location::device)
+    throw InvalidArgument(std::string(name) + " holds NaN or infinite coordinates: point coordinates must be "
+                          "finite; drop or impute those points");
   for (index_t i = 0; i < h.rows; ++i)
     for (index_t k = 0; k < h.cols; ++k) {
       const double v = h.at(i, k);
@@ -70,38 +137,38 @@ namespace {
 }  // namespace
 
 template <class T>
-ResidentClouds<T> upload_clouds(Backend<T>& be, MemoryResource& mr, const PointCloud& geom, const Shape& s) {
+ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s, T* x,
+                                T* y, T* norms_x, T* norms_y) {
   ResidentClouds<T> r;
   const bool same = geom.y.empty();
   r.cost = {geom.options.cost.kind, geom.options.cost.p};
-  r.x = Buffer<T>(mr, static_cast<std::size_t>(s.n * s.d));
-  be.upload_cloud(geom.x, r.x.data());
-  if (be.value_flags(r.x.data(), s.n * s.d) != 0) bad_points(geom.x, "x");
+  be.upload_cloud(geom.x, x);
+  count_cloud_upload(ctx);
+  if (be.value_flags(x, s.n * s.d) != 0) bad_points(geom.x, "x");
   if (!same) {
-    r.y = Buffer<T>(mr, static_cast<std::size_t>(s.m * s.d));
-    be.upload_cloud(geom.y, r.y.data());
-    if (be.value_flags(r.y.data(), s.m * s.d) != 0) bad_points(geom.y, "y");
+    be.upload_cloud(geom.y, y);
+    count_cloud_upload(ctx);
+    if (be.value_flags(y, s.m * s.d) != 0) bad_points(geom.y, "y");
   }
-  const T* yptr = same ? r.x.data() : r.y.data();
-  r.cx = {r.x.data(), nullptr, s.n, static_cast<int>(s.d)};
+  const T* yptr = same ? x : y;
+  r.cx = {x, nullptr, s.n, static_cast<int>(s.d)};
   r.cy = {yptr, nullptr, s.m, static_cast<int>(s.d)};
   if (r.cost.kind == CostKind::cosine) {
-    r.norms_x = Buffer<T>(mr, static_cast<std::size_t>(s.n));
-    be.point_norms(r.x.data(), s.n, static_cast<int>(s.d), r.norms_x.data());
-    r.cx.norms = r.norms_x.data();
+    be.point_norms(x, s.n, static_cast<int>(s.d), norms_x);
+    r.cx.norms = norms_x;
     if (same) {
-      r.cy.norms = r.norms_x.data();
+      r.cy.norms = norms_x;
     } else {
-      r.norms_y = Buffer<T>(mr, static_cast<std::size_t>(s.m));
-      be.point_norms(yptr, s.m, static_cast<int>(s.d), r.norms_y.data());
-      r.cy.norms = r.norms_y.data();
+      be.point_norms(yptr, s.m, static_cast<int>(s.d), norms_y);
+      r.cy.norms = norms_y;
     }
   }
   return r;
 }
 
-template ResidentClouds<float> upload_clouds<float>(Backend<float>&, MemoryResource&, const PointCloud&, const Shape&);
-template ResidentClouds<double> upload_clouds<double>(Backend<double>&, MemoryResource&, const PointCloud&,
-                                                      const Shape&);
+template ResidentClouds<float> upload_clouds<float>(const Context&, Backend<float>&, const PointCloud&, const Shape&,
+                                                    float*, float*, float*, float*);
+template ResidentClouds<double> upload_clouds<double>(const Context&, Backend<double>&, const PointCloud&,
+                                                      const Shape&, double*, double*, double*, double*);
 
 }  // namespace otcal::detail

@@ -1,39 +1,62 @@
 #pragma once
-// The resident form of a point-cloud problem on a backend: clouds uploaded dimension-major, norms
-// for the cosine cost, weights. Shared by sinkhorn(), apply_transport(), marginal() and sparsify().
-#include <memory>
-#include <optional>
+// Input checks and the resident layout of a point-cloud problem: clouds dimension-major (coordinate
+// k of point i at x[k * n + i]), norms for the cosine cost, weights. Written once for every backend.
 #include <string>
 #include <vector>
 
 #include "core/backend.hpp"
 #include "otcal/geometry.hpp"
-#include "otcal/memory.hpp"
 #include "otcal/planner.hpp"
 
 namespace otcal::detail {
 
-// Checks x and y (shapes, p of the cost) and returns (n, m, d). Names the bad input.
+// Checks x and y (shapes, locations, p of the cost) and returns (n, m, d). Names the bad input.
 struct Shape {
   index_t n = 0, m = 0, d = 0;
 };
-Shape check_geometry(const PointCloud& geom);
+Shape check_geometry(const PointCloud& geom, DeviceKind device);
 
 // Weights as float64 host vectors: uniform when empty; validated (length, sign, finite, mass).
+// Device views are read back once (O(n)) to be validated and kept on the host.
 std::vector<double> host_weights(const ConstVector& w, index_t size, const char* name, const char* points);
 
-// Bytes of the resident clouds (+ norms) on a backend.
-std::size_t cloud_bytes(const Shape& s, const Cost& cost, std::size_t value_size);
+// Host-side statistics of the inputs (O((n + m) d)), for the sqeuclidean closed forms.
+struct NormStats {
+  double mean_sq_x = 0, mean_sq_y = 0, max_sq_x = 0, max_sq_y = 0, dot_means = 0;
+};
+NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y);
 
 template <class T>
 struct ResidentClouds {
-  Buffer<T> x, y, norms_x, norms_y;
   Cloud<T> cx, cy;
   CostParams cost;
 };
 
-// Uploads both clouds (y = x when y is empty) and checks them for NaN/Inf on the backend.
+// The resident buffers of a problem, declared once: the upload allocates exactly these.
 template <class T>
-ResidentClouds<T> upload_clouds(Backend<T>& be, MemoryResource& mr, const PointCloud& geom, const Shape& s);
+struct ResidentLayout {
+  WorkspaceDecl decl;
+  BufferId<T> x, y, norms_x, norms_y, a, b;
+};
+template <class T>
+ResidentLayout<T> resident_layout(const Shape& s, const Cost& cost, bool same_clouds) {
+  const auto n = static_cast<std::size_t>(s.n), m = static_cast<std::size_t>(s.m), d = static_cast<std::size_t>(s.d);
+  const bool cosine = cost.kind == CostKind::cosine;
+  ResidentLayout<T> l;
+  l.decl.operation = "upload";
+  l.x = l.decl.template add<T>("x", n * d);
+  l.y = l.decl.template add<T>("y", same_clouds ? 0 : m * d);
+  l.norms_x = l.decl.template add<T>("norms_x", cosine ? n : 0);
+  l.norms_y = l.decl.template add<T>("norms_y", cosine && !same_clouds ? m : 0);
+  l.a = l.decl.template add<T>("a", n);
+  l.b = l.decl.template add<T>("b", m);
+  return l;
+}
+
+// Uploads both clouds into the given buffers (y = x when y is empty), computes the norms, and
+// checks the coordinates for NaN/Inf on the backend (one flag word).
+template <class T>
+ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s, T* x,
+                                T* y, T* norms_x, T* norms_y);
 
 }  // namespace otcal::detail

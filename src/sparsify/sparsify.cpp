@@ -10,10 +10,11 @@
 #include <limits>
 #include <sstream>
 
+#include "core/operation.hpp"
+#include "core/radix_select.hpp"
+#include "core/workspace.hpp"
+#include "geometry/problem_impl.hpp"
 #include "otcal/errors.hpp"
-#include "sinkhorn/problem.hpp"
-#include "sparsify/cost_quantile.hpp"
-#include "sparsify/radix_select.hpp"
 #include "sparsify/row_sampling.hpp"
 #include "sparsify/sparsify_backend.hpp"
 
@@ -68,38 +69,53 @@ index_t sample_count(const SparsifyOptions& o, index_t n) {
   return std::min(o.n_samples.value_or(kDefaultPercentileSamples), n);
 }
 
-// Peak-memory formula (spec §7.3):
-//   fixed   = resident inputs + histogram bins (percentile) + sampled-row workspace + alignment slack
-//   per row = m * sizeof(T)                 dense block
-//           + m * sizeof(idx)               mass: the per-row selection order
-//           + sizeof(T) + 2 * 8             row max, kept count, output offset
-//   + the backend's own bytes (a device backend: staging buffers, sort scratch; none on the CPU)
+// The workspace of a sparsify run, declared once (docs/sparsify.md §7.3):
+//   per row  the dense block (m values), its row max, kept count and output offset, and in mass
+//            mode the per-row selection order (m column ids);
+//   fixed    the histogram bins (percentile) and the sampled rows (sampled percentile);
+//   and whatever the backend declares (a device backend: staging, sort and scan scratch).
 // The CSR pieces go straight to the host result arrays and are not workspace.
 template <class T>
-ByteModel sparsify_model(index_t n, index_t m, const SparsifyOptions& o, std::size_t resident_bytes,
-                         const SparsifyBackend<T>& be) {
+struct SparsifyLayout {
+  WorkspaceDecl decl;
+  BufferId<T> block, row_max;
+  BufferId<std::int64_t> counts, offsets;
+  BufferId<std::int32_t> order32;
+  BufferId<std::int64_t> order64;
+  BufferId<std::uint64_t> bins;
+  BufferId<index_t> ids;
+  BufferId<std::pair<std::uint64_t, index_t>> heap;
+};
+
+template <class T>
+SparsifyLayout<T> sparsify_layout(index_t n, index_t m, const SparsifyOptions& o, SparsifyBackend<T>& be,
+                                  std::size_t resident_bytes) {
   const bool wide = m >= (index_t{1} << 31);
-  std::size_t fixed = resident_bytes + 12 * kDefaultAlignment;
-  if (needs_histogram(o)) fixed += 2 * detail::kHistogramBins * sizeof(std::uint64_t);
-  if (sampled(o)) {
-    const auto k = static_cast<std::size_t>(sample_count(o, n));
-    fixed += k * (sizeof(std::pair<std::uint64_t, index_t>) + sizeof(index_t));
-  }
-  std::size_t per_row = static_cast<std::size_t>(m) * sizeof(T) + sizeof(T) + 2 * sizeof(std::int64_t);
-  if (o.mode == SparsifyMode::mass) per_row += static_cast<std::size_t>(m) * (wide ? 8 : 4);
-  fixed += be.extra_fixed_bytes(n, m, o.mode == SparsifyMode::mass);
-  per_row += be.extra_bytes_per_row(m, o.mode == SparsifyMode::mass);
-  return ByteModel{"sparsify", fixed, per_row, 1, 1};
+  const bool mass = o.mode == SparsifyMode::mass;
+  const auto M = static_cast<std::size_t>(m);
+  const std::size_t k = sampled(o) ? static_cast<std::size_t>(sample_count(o, n)) : 0;
+  SparsifyLayout<T> l;
+  l.decl.operation = "sparsify";
+  l.decl.resident_bytes = resident_bytes;
+  l.block = l.decl.template add<T>("block", 0, M);
+  l.row_max = l.decl.template add<T>("row_max", 0, 1);
+  l.counts = l.decl.template add<std::int64_t>("counts", 0, 1);
+  l.offsets = l.decl.template add<std::int64_t>("offsets", 0, 1);
+  l.order32 = l.decl.template add<std::int32_t>("order32", 0, mass && !wide ? M : 0);
+  l.order64 = l.decl.template add<std::int64_t>("order64", 0, mass && wide ? M : 0);
+  l.bins = l.decl.template add<std::uint64_t>("bins", needs_histogram(o) ? 2 * detail::kHistogramBins : 0);
+  l.ids = l.decl.template add<index_t>("sample_ids", k);
+  l.heap = l.decl.template add<std::pair<std::uint64_t, index_t>>("sample_heap", be.host_workspace() ? k : 0);
+  be.declare_workspace(l.decl, n, m, mass);
+  return l;
 }
 
 template <class T>
 class BlockLoop {
  public:
-  BlockLoop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& src, index_t bs)
-      : ctx_(ctx), be_(be), src_(src), n_(src.rows()), m_(src.cols()), bs_(std::max<index_t>(bs, 1)) {
-    MemoryResource& mr = ctx.workspace();
-    block_ = Buffer<T>(mr, static_cast<std::size_t>(bs_ * m_));
-    row_max_ = Buffer<T>(mr, static_cast<std::size_t>(bs_));
+  BlockLoop(SparsifyBackend<T>& be, PlanBlockSource<T>& src, index_t bs, T* block, T* row_max)
+      : be_(be), src_(src), n_(src.rows()), m_(src.cols()), bs_(std::max<index_t>(bs, 1)), block_(block),
+        row_max_(row_max) {
     if (!be.host_workspace()) row_max_host_.resize(static_cast<std::size_t>(bs_));
   }
 
@@ -109,13 +125,13 @@ class BlockLoop {
   template <class F>
   void sweep(index_t count, const index_t* ids, F&& fn) {
     unsigned flags = 0;
-    T* host_max = be_.host_workspace() ? row_max_.data() : row_max_host_.data();
+    T* host_max = be_.host_workspace() ? row_max_ : row_max_host_.data();
     for (index_t b0 = 0; b0 < count; b0 += bs_) {
       const index_t rows = std::min(bs_, count - b0);
-      src_.build(b0, rows, ids ? ids + b0 : nullptr, block_.data());
-      flags |= be_.row_max(block_.data(), rows, m_, row_max_.data());
-      be_.download_row_max(row_max_.data(), rows, host_max);
-      fn(block_.data(), rows, row_max_.data(), static_cast<const T*>(host_max), b0);
+      src_.build(b0, rows, ids ? ids + b0 : nullptr, block_);
+      flags |= be_.row_max(block_, rows, m_, row_max_);
+      be_.download_row_max(row_max_, rows, host_max);
+      fn(static_cast<const T*>(block_), rows, static_cast<const T*>(row_max_), static_cast<const T*>(host_max), b0);
     }
     check_flags(flags);
   }
@@ -136,20 +152,19 @@ class BlockLoop {
       throw InvalidArgument("the plan holds negative entries: a transport plan must be non-negative");
   }
 
-  const Context& ctx_;
   SparsifyBackend<T>& be_;
   PlanBlockSource<T>& src_;
   index_t n_, m_, bs_;
-  Buffer<T> block_, row_max_;
+  T* block_;
+  T* row_max_;
   std::vector<T> row_max_host_;  // device workspace only
 };
 
 // Threshold statistics (spec §4.2, §4.3, §7.1) and the output pass (§2).
 template <class T>
 void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& src, const SparsifyOptions& o,
-              index_t bs, SparsifyResult& res) {
-  MemoryResource& mr = ctx.workspace();
-  BlockLoop<T> loop(ctx, be, src, bs);
+              index_t bs, const SparsifyLayout<T>& layout, const detail::Workspace& ws, SparsifyResult& res) {
+  BlockLoop<T> loop(be, src, bs, ws.get(layout.block), ws.get(layout.row_max));
   const index_t n = loop.n(), m = loop.m();
   auto warn = [&](const std::string& w) {
     res.warnings.push_back(w);
@@ -169,34 +184,34 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
       break;
     }
     case SparsifyMode::percentile: {
-      Buffer<std::uint64_t> bins(mr, 2 * detail::kHistogramBins);
-      Buffer<index_t> ids;
+      std::uint64_t* const bins = ws.get(layout.bins);
+      const std::size_t n_bins = ws.count(layout.bins);
+      index_t* ids = nullptr;
       index_t count = n;
       // exact_percentile reads the bins on the host: in place on the CPU, else a host copy
       // downloaded after each pass. On a device the row sample is drawn on the host and uploaded.
       const bool on_host = be.host_workspace();
       if (o.percentile_method == PercentileMethod::sampled) {
         count = sample_count(o, n);
-        ids = Buffer<index_t>(mr, static_cast<std::size_t>(count));
+        ids = ws.get(layout.ids);
         if (on_host) {
-          Buffer<std::pair<std::uint64_t, index_t>> heap(mr, static_cast<std::size_t>(count));
-          detail::sample_rows(o.seed, n, count, heap.data(), ids.data());
+          detail::sample_rows(o.seed, n, count, ws.get(layout.heap), ids);
         } else {
           std::vector<std::pair<std::uint64_t, index_t>> heap(static_cast<std::size_t>(count));
           std::vector<index_t> host_ids(static_cast<std::size_t>(count));
           detail::sample_rows(o.seed, n, count, heap.data(), host_ids.data());
-          be.upload_ids(host_ids.data(), count, ids.data());
+          be.upload_ids(host_ids.data(), count, ids);
         }
       }
       std::vector<std::uint64_t> host_bins(on_host ? 0 : 2 * detail::kHistogramBins);
       const detail::HistogramSweep hs = [&](const detail::KeyHistogramQuery& q, std::uint64_t* b) {
-        if (!on_host) be.zero_bins(bins.data(), bins.size());
-        loop.sweep(count, ids.data(), [&](const T* block, index_t rows, const T* row_max, const T*, index_t) {
-          be.key_histogram(block, rows, m, row_max, q, bins.data());
+        if (!on_host) be.zero_bins(bins, n_bins);
+        loop.sweep(count, ids, [&](const T* block, index_t rows, const T* row_max, const T*, index_t) {
+          be.key_histogram(block, rows, m, row_max, q, bins);
         });
-        be.download_bins(bins.data(), bins.size(), b);
+        be.download_bins(bins, n_bins, b);
       };
-      thr = detail::exact_percentile<T>(*o.value, on_host ? bins.data() : host_bins.data(), hs);
+      thr = detail::exact_percentile<T>(*o.value, on_host ? bins : host_bins.data(), hs);
       break;
     }
     case SparsifyMode::mass: break;
@@ -210,34 +225,23 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   csr.dtype = dtype_of<T>();
   csr.indptr.assign(static_cast<std::size_t>(n) + 1, 0);
   const bool wide = csr.wide_indices();
-  Buffer<std::int64_t> counts(mr, static_cast<std::size_t>(loop.bs()));
-  Buffer<std::int64_t> offsets_ws(mr, static_cast<std::size_t>(loop.bs()));
+  std::int64_t* const counts = ws.get(layout.counts);
+  std::int64_t* const offsets_ws = ws.get(layout.offsets);
   // The loop reads the kept counts and writes the output offsets on the host: the workspace
   // arrays themselves on the CPU, host copies on a device (counts come back by download_counts).
   const bool on_host = be.host_workspace();
   std::vector<std::int64_t> counts_mirror(on_host ? 0 : static_cast<std::size_t>(loop.bs()));
   std::vector<std::int64_t> offsets_mirror(on_host ? 0 : static_cast<std::size_t>(loop.bs()));
-  std::int64_t* const host_counts = on_host ? counts.data() : counts_mirror.data();
-  std::int64_t* const offsets = on_host ? offsets_ws.data() : offsets_mirror.data();
-  Buffer<std::int32_t> order32;
-  Buffer<std::int64_t> order64;
-  void* order = nullptr;
-  if (o.mode == SparsifyMode::mass) {
-    if (wide) {
-      order64 = Buffer<std::int64_t>(mr, static_cast<std::size_t>(loop.bs() * m));
-      order = order64.data();
-    } else {
-      order32 = Buffer<std::int32_t>(mr, static_cast<std::size_t>(loop.bs() * m));
-      order = order32.data();
-    }
-  }
+  std::int64_t* const host_counts = on_host ? counts : counts_mirror.data();
+  std::int64_t* const offsets = on_host ? offsets_ws : offsets_mirror.data();
+  void* const order = wide ? static_cast<void*>(ws.get(layout.order64)) : static_cast<void*>(ws.get(layout.order32));
   const index_t max_k = o.max_k.value_or(0);
   std::int64_t nnz = 0;
   index_t massless = 0;
   // Writes the selected entries of a block at `offsets` into the given arrays.
   auto emit = [&](const T* block, index_t rows, const T* row_max, std::int32_t* i32, std::int64_t* i64, double* vals) {
     if (o.mode == SparsifyMode::mass)
-      be.gather_selected(block, rows, m, order, wide, counts.data(), offsets, i32, i64, vals);
+      be.gather_selected(block, rows, m, order, wide, counts, offsets, i32, i64, vals);
     else
       be.compact_at_least(block, rows, m, row_max, thr, offsets, i32, i64, vals);
   };
@@ -248,9 +252,9 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   std::vector<double> piece_values;
   loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, const T* host_max, index_t r0) {
     for (index_t r = 0; r < rows; ++r) massless += host_max[r] > T(0) ? 0 : 1;
-    if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts.data());
-    else be.count_at_least(block, rows, m, row_max, thr, counts.data());
-    be.download_counts(counts.data(), rows, host_counts);
+    if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts);
+    else be.count_at_least(block, rows, m, row_max, thr, counts);
+    be.download_counts(counts, rows, host_counts);
     for (index_t r = 0; r < rows; ++r) {
       offsets[static_cast<std::size_t>(r)] = nnz;
       nnz += host_counts[static_cast<std::size_t>(r)];
@@ -300,31 +304,21 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
          "normalized into a Markov transition matrix.");
 }
 
-struct ScopedPeak {
-  StatisticsAdaptor& stats;
-  StatisticsAdaptor::Counter* out;
-  explicit ScopedPeak(StatisticsAdaptor& s, StatisticsAdaptor::Counter* o) : stats(s), out(o) { stats.push_scope(); }
-  ~ScopedPeak() {
-    const auto c = stats.pop_scope();
-    if (out) *out = c;
-  }
-};
-
-void finish(const Context& ctx, SparsifyResult& res, const StatisticsAdaptor::Counter& peak,
-            std::chrono::steady_clock::time_point start) {
+void finish(const Context& ctx, SparsifyResult& res, std::size_t peak, std::chrono::steady_clock::time_point start) {
   res.batch_size = res.plan.rows;
   res.memory.budget_bytes = ctx.memory_budget();
-  res.memory.peak_bytes = static_cast<std::size_t>(peak.peak);
+  res.memory.peak_bytes = peak;
   res.memory.planned_peak_bytes = res.plan.planned_peak;
   res.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 template <class T>
-SparsifyResult sparsify_cloud(const Context& ctx, const PointCloud& geom, const SinkhornResult& r,
-                              const SparsifyOptions& o) {
+SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const SparsifyOptions& o,
+                                const PointCloud* pending) {
   const auto start = std::chrono::steady_clock::now();
   validate(o);
-  const detail::Shape s = detail::check_geometry(geom);
+  const Context& ctx = p.ctx;
+  const detail::Shape s = p.shape;
   if (static_cast<index_t>(r.f.size()) != s.n || static_cast<index_t>(r.g.size()) != s.m)
     throw InvalidArgument("the Sinkhorn result has potentials of lengths " + std::to_string(r.f.size()) + " and " +
                           std::to_string(r.g.size()) + " but the geometry has " + std::to_string(s.n) + " and " +
@@ -332,31 +326,35 @@ SparsifyResult sparsify_cloud(const Context& ctx, const PointCloud& geom, const 
   if (!(r.epsilon > 0) || !std::isfinite(r.epsilon) || !(r.scale > 0) || !std::isfinite(r.scale))
     throw InvalidArgument("the Sinkhorn result carries no valid resolved epsilon/scale (epsilon = " +
                           num(r.epsilon) + ", scale = " + num(r.scale) + "); solve first");
-  if (r.cost.kind != geom.options.cost.kind || (r.cost.kind >= CostKind::pnorm && r.cost.p != geom.options.cost.p))
+  const Cost& cost = p.geometry.cost;
+  if (r.cost.kind != cost.kind || (r.cost.kind >= CostKind::pnorm && r.cost.p != cost.p))
     throw InvalidArgument("the Sinkhorn result was solved with cost " + r.cost.name() + " but the geometry has " +
-                          geom.options.cost.name() + ": pass the geometry the result was solved on");
+                          cost.name() + ": pass the geometry the result was solved on");
+  if (r.precision != p.precision)
+    throw InvalidArgument(std::string("the potentials are ") + dtype_name(r.precision) + " but the problem was "
+                          "uploaded in " + dtype_name(p.precision) + ": upload it in the potentials' precision");
 
   SparsifyResult res;
   res.cost = r.reg_ot_cost;
   res.converged = r.converged;
-  const std::size_t resident = detail::cloud_bytes(s, geom.options.cost, sizeof(T)) +
-                               static_cast<std::size_t>(s.n + s.m) * sizeof(T) + 2 * kDefaultAlignment;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
-  res.plan = plan_batch(s.n, sparsify_model<T>(s.n, s.m, o, resident, *sbe), ctx.memory_budget(), o.batch_size);
+  SparsifyLayout<T> layout = sparsify_layout<T>(s.n, s.m, o, *sbe, p.budget_in_use());
+  const auto f_id = layout.decl.template add<T>("f", static_cast<std::size_t>(s.n));
+  const auto g_id = layout.decl.template add<T>("g", static_cast<std::size_t>(s.m));
+  res.plan = plan_batch(s.n, layout.decl, ctx.memory_budget(), o.batch_size);
+  if (pending) detail::upload_now(p, *pending);
 
-  auto be = detail::make_backend<T>(ctx);
-  StatisticsAdaptor::Counter peak;
-  {
-    ScopedPeak scope(ctx.statistics(), &peak);
-    MemoryResource& mr = ctx.workspace();
-    const auto rc = detail::upload_clouds<T>(*be, mr, geom, s);
-    Buffer<T> f(mr, static_cast<std::size_t>(s.n)), g(mr, static_cast<std::size_t>(s.m));
-    be->upload(r.f.data(), f.data(), s.n);
-    be->upload(r.g.data(), g.data(), s.m);
-    auto src = sbe->cloud_plan_source(rc.cx, rc.cy, rc.cost, 1.0 / r.scale, r.epsilon, f.data(), g.data());
-    run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, res);
-  }
-  finish(ctx, res, peak, start);
+  detail::OperationScope scope(ctx);
+  const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
+  const detail::DrainStreams drain(ctx);
+  sbe->bind_workspace(ws, layout.decl, res.plan.rows);
+  detail::Backend<T>& be = p.backend<T>();
+  be.upload(r.f.data(), ws.get(f_id), s.n);
+  be.upload(r.g.data(), ws.get(g_id), s.m);
+  const detail::ResidentClouds<T>& rc = p.resident<T>().clouds;
+  auto src = sbe->cloud_plan_source(rc.cx, rc.cy, rc.cost, 1.0 / r.scale, r.epsilon, ws.get(f_id), ws.get(g_id));
+  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, res);
+  finish(ctx, res, scope.finish(), start);
   return res;
 }
 
@@ -374,15 +372,16 @@ SparsifyResult sparsify_dense(const Context& ctx, const ConstMatrix& plan, const
   res.cost = meta.cost;
   res.converged = meta.converged;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
-  res.plan = plan_batch(plan.rows, sparsify_model<T>(plan.rows, plan.cols, o, 0, *sbe), ctx.memory_budget(),
-                        o.batch_size);
-  StatisticsAdaptor::Counter peak;
-  {
-    ScopedPeak scope(ctx.statistics(), &peak);
-    auto src = sbe->dense_source(plan);
-    run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, res);
-  }
-  finish(ctx, res, peak, start);
+  const SparsifyLayout<T> layout =
+      sparsify_layout<T>(plan.rows, plan.cols, o, *sbe, ctx.limiter().allocated_bytes());
+  res.plan = plan_batch(plan.rows, layout.decl, ctx.memory_budget(), o.batch_size);
+  detail::OperationScope scope(ctx);
+  const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
+  const detail::DrainStreams drain(ctx);
+  sbe->bind_workspace(ws, layout.decl, res.plan.rows);
+  auto src = sbe->dense_source(plan);
+  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, res);
+  finish(ctx, res, scope.finish(), start);
   return res;
 }
 
@@ -406,96 +405,24 @@ const char* sparsify_mode_name(SparsifyMode mode) {
   return "unknown";
 }
 
-SparsifyResult sparsify(const Context& ctx, const PointCloud& geom, const SinkhornResult& result,
+SparsifyResult sparsify(const Problem& problem, const Potentials& potentials, const SparsifyOptions& options) {
+  return problem.precision() == DType::float32 ? sparsify_problem<float>(problem.impl(), potentials, options, nullptr)
+                                               : sparsify_problem<double>(problem.impl(), potentials, options, nullptr);
+}
+
+// Planned before the upload, so BudgetTooSmall names the minimum of the whole call.
+SparsifyResult sparsify(const Context& ctx, const PointCloud& geom, const Potentials& potentials,
                         const SparsifyOptions& options) {
-  return result.precision == DType::float32 ? sparsify_cloud<float>(ctx, geom, result, options)
-                                            : sparsify_cloud<double>(ctx, geom, result, options);
+  validate(options);
+  const auto p = detail::prepare_problem(ctx, geom, {}, {}, potentials.precision);
+  return potentials.precision == DType::float32 ? sparsify_problem<float>(*p, potentials, options, &geom)
+                                                : sparsify_problem<double>(*p, potentials, options, &geom);
 }
 
 SparsifyResult sparsify(const Context& ctx, const ConstMatrix& plan, const SparsifyOptions& options,
                         const PlanMetadata& metadata) {
   return plan.dtype == DType::float32 ? sparsify_dense<float>(ctx, plan, options, metadata)
                                       : sparsify_dense<double>(ctx, plan, options, metadata);
-}
-
-namespace detail {
-
-index_t cost_percentile_block_rows(const Shape& s, std::size_t value_size) {
-  const auto row_bytes = static_cast<index_t>(static_cast<std::size_t>(s.m) * value_size);
-  return std::clamp<index_t>((index_t{1} << 20) / std::max<index_t>(row_bytes, 1), 1, std::max<index_t>(s.n, 1));
-}
-
-std::size_t cost_percentile_scratch_bytes(const Shape& s, std::size_t value_size) {
-  return static_cast<std::size_t>(cost_percentile_block_rows(s, value_size) * s.m) * value_size +
-         2 * kHistogramBins * sizeof(std::uint64_t) + 2 * kDefaultAlignment;
-}
-
-template <class T>
-double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q,
-                       MemoryResource* host_workspace) {
-  if (!(q >= 0 && q <= 100)) throw InvalidArgument("cost percentile q = " + num(q) + " must be in [0, 100]");
-  Cloud<T> cx = rc.cx, cy = rc.cy;
-  std::vector<T> hx, hy, nx, ny;
-  HostResource plain_host;
-  MemoryResource& scratch_mr = host_workspace ? *host_workspace : plain_host;
-  if (host_workspace == nullptr) {
-    // Device-resident clouds: host copies, dimension-major as on the device.
-    auto host_copy = [&](const T* src, index_t count) {
-      std::vector<double> tmp(static_cast<std::size_t>(count));
-      be.download(src, tmp.data(), count);
-      return std::vector<T>(tmp.begin(), tmp.end());
-    };
-    const bool same = rc.cy.x == rc.cx.x;
-    hx = host_copy(rc.cx.x, s.n * s.d);
-    if (!same) hy = host_copy(rc.cy.x, s.m * s.d);
-    cx = {hx.data(), nullptr, s.n, static_cast<int>(s.d)};
-    cy = {same ? hx.data() : hy.data(), nullptr, s.m, static_cast<int>(s.d)};
-    if (rc.cx.norms) {
-      nx = host_copy(rc.cx.norms, s.n);
-      cx.norms = nx.data();
-      if (rc.cy.norms == rc.cx.norms) {
-        cy.norms = nx.data();
-      } else {
-        ny = host_copy(rc.cy.norms, s.m);
-        cy.norms = ny.data();
-      }
-    }
-  }
-  auto sbe = make_cpu_sparsify_backend<T>();
-  auto src = sbe->cloud_cost_source(cx, cy, rc.cost);
-  const index_t bs = cost_percentile_block_rows(s, sizeof(T));
-  Buffer<T> block(scratch_mr, static_cast<std::size_t>(bs * s.m));
-  Buffer<std::uint64_t> bins(scratch_mr, 2 * kHistogramBins);
-  const HistogramSweep hs = [&](const KeyHistogramQuery& query, std::uint64_t* b) {
-    for (index_t r0 = 0; r0 < s.n; r0 += bs) {
-      const index_t rows = std::min(bs, s.n - r0);
-      src->build(r0, rows, nullptr, block.data());
-      sbe->key_histogram(block.data(), rows, s.m, nullptr, query, b);
-    }
-  };
-  return exact_percentile<T>(q, bins.data(), hs);
-}
-
-template double cost_percentile<float>(Backend<float>&, const ResidentClouds<float>&, const Shape&, double,
-                                       MemoryResource*);
-template double cost_percentile<double>(Backend<double>&, const ResidentClouds<double>&, const Shape&, double,
-                                        MemoryResource*);
-
-}  // namespace detail
-
-namespace {
-template <class T>
-double cost_quantile_impl(const Context& ctx, const PointCloud& geom, double q) {
-  const detail::Shape s = detail::check_geometry(geom);
-  auto be = detail::make_backend<T>(ctx);
-  const auto rc = detail::upload_clouds<T>(*be, ctx.workspace(), geom, s);
-  return detail::cost_percentile<T>(*be, rc, s, q, ctx.kind() == DeviceKind::cpu ? &ctx.workspace() : nullptr);
-}
-}  // namespace
-
-double exact_cost_quantile(const Context& ctx, const PointCloud& geom, double q, DType precision) {
-  return precision == DType::float32 ? cost_quantile_impl<float>(ctx, geom, q)
-                                     : cost_quantile_impl<double>(ctx, geom, q);
 }
 
 }  // namespace otcal

@@ -8,64 +8,17 @@
 #include <memory>
 #include <optional>
 
-#include "core/backend.hpp"
+#include "core/block_backend.hpp"
+#include "core/workspace.hpp"
 #include "otcal/array.hpp"
 #include "otcal/context.hpp"
 #include "otcal/planner.hpp"
 
 namespace otcal::detail {
 
-// Flags returned by row_max (OR over the block).
-inline constexpr unsigned kBlockNaN = 1u;       // a NaN entry
-inline constexpr unsigned kBlockPosInf = 2u;    // a +inf entry
-inline constexpr unsigned kBlockNegative = 4u;  // an entry < 0 (a dense input that is not a plan)
-
-// Produces rows of a plan (or of a cost matrix) into a dense row-major block.
 template <class T>
-class PlanBlockSource {
+class SparsifyBackend : public BlockBackend<T> {
  public:
-  virtual ~PlanBlockSource() = default;
-  virtual index_t rows() const = 0;
-  virtual index_t cols() const = 0;
-  // Rows r0 .. r0 + count - 1, or rows ids[0 .. count) when ids is not null, into out [count, cols].
-  // Entry values are pure functions of (i, j): identical on every call, for every block shape.
-  virtual void build(index_t r0, index_t count, const index_t* ids, T* out) = 0;
-};
-
-// Which entries a histogram pass counts: all entries (pass 1), or those whose key bits above
-// `shift + 16` equal one of `n_prefixes` candidate prefixes. Bin = the 16 key bits at `shift`.
-struct KeyHistogramQuery {
-  int shift = 0;
-  int n_prefixes = 0;              // 0 = count every entry
-  std::uint64_t prefix[2] = {0, 0};
-};
-inline constexpr int kHistogramBits = 16;
-inline constexpr std::size_t kHistogramBins = std::size_t{1} << kHistogramBits;
-
-template <class T>
-class SparsifyBackend {
- public:
-  virtual ~SparsifyBackend() = default;
-
-  // Plan rows T_ij = exp((f_i + g_j - c_ij * inv_scale) / eps) of resident clouds; f, g resident
-  // (length rows.n, cols.n). The source keeps pointers: all of them must outlive it.
-  virtual std::unique_ptr<PlanBlockSource<T>> cloud_plan_source(const Cloud<T>& rows, const Cloud<T>& cols,
-                                                                const CostParams& cost, double inv_scale, double eps,
-                                                                const T* f, const T* g) = 0;
-  // Unscaled cost rows c_ij.
-  virtual std::unique_ptr<PlanBlockSource<T>> cloud_cost_source(const Cloud<T>& rows, const Cloud<T>& cols,
-                                                                const CostParams& cost) = 0;
-  // Rows sliced from a caller's host matrix (converted to T).
-  virtual std::unique_ptr<PlanBlockSource<T>> dense_source(const ConstMatrix& host) = 0;
-
-  // out_max[r] = max_j block[r, j] (NaN propagates); returns kBlock* flags of the block.
-  virtual unsigned row_max(const T* block, index_t rows, index_t m, T* out_max) = 0;
-
-  // bins[c * kHistogramBins + b] += entries of rows with row_max > 0 (every row when row_max is
-  // null) that match prefix c (or all, c = 0) and have bin b.
-  virtual void key_histogram(const T* block, index_t rows, index_t m, const T* row_max, const KeyHistogramQuery& q,
-                             std::uint64_t* bins) = 0;
-
   // Element-wise selection (threshold, percentile, min_row): keep block[r, j] iff it is >= thr in
   // float64 and != 0, for rows with row_max > 0. counts[r] = entries kept.
   virtual void count_at_least(const T* block, index_t rows, index_t m, const T* row_max, double thr,
@@ -104,10 +57,10 @@ class SparsifyBackend {
   // streams pieces through pinned buffers); this completes every pending write into the given
   // output arrays (the same arrays, possibly reallocated, with the same absolute offsets).
   virtual void flush_output(std::int32_t* /*indices32*/, std::int64_t* /*indices64*/, double* /*values*/) {}
-  // Bytes the backend adds to the sparsify ByteModel: device staging, pinned buffers, sort
-  // scratch (zero on the CPU). `mass`: the mass mode runs.
-  virtual std::size_t extra_fixed_bytes(index_t /*n*/, index_t /*m*/, bool /*mass*/) const { return 0; }
-  virtual std::size_t extra_bytes_per_row(index_t /*m*/, bool /*mass*/) const { return 0; }
+  // The backend's own workspace (a device backend: staging, sort and scan scratch; none on the CPU)
+  // is declared into the operation's list before planning, and bound to the allocation after it.
+  virtual void declare_workspace(WorkspaceDecl& /*decl*/, index_t /*n*/, index_t /*m*/, bool /*mass*/) {}
+  virtual void bind_workspace(const Workspace& /*ws*/, const WorkspaceDecl& /*decl*/, index_t /*rows*/) {}
 
  protected:
   template <class V>

@@ -52,15 +52,6 @@ OTCAL_HD OTCAL_INLINE T cost_finish(T acc, T p, T norm_i, T norm_j) {
   (void)norm_j;
 }
 
-// Whole cost of one pair, dimension-major storage: x[k * ldx + i], y[k * ldy + j].
-template <CostKind K, class T>
-OTCAL_HD OTCAL_INLINE T cost_pair(const T* x, long long ldx, long long i, const T* y, long long ldy, long long j,
-                                  int d, T p, T norm_i, T norm_j) {
-  T acc = T(0);
-  for (int k = 0; k < d; ++k) acc += cost_term<K>(x[k * ldx + i], y[k * ldy + j], p);
-  return cost_finish<K>(acc, p, norm_i, norm_j);
-}
-
 // Calls f(std::integral_constant-like tag) with the cost kind as a compile-time value.
 template <CostKind K>
 struct CostTag {

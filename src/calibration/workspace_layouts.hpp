@@ -1,0 +1,193 @@
+#pragma once
+// The workspace of every calibration operation, declared once (docs/host-layer.md §3). Each
+// operation plans with the declaration returned here and allocates exactly that list with
+// detail::Workspace, so tests read the very declaration the operation ran with.
+//
+// Budgeted: everything the operation itself allocates per record or per target pair (the
+// transpose Aᵀ, per-record state, the Newton matrix, the granule accumulators, the gradient's
+// batch buffers; on CUDA also the uploaded A). Not budgeted: the caller's inputs (the
+// ConstraintSystem), the results (plain vectors, like every operation's outputs) and O(k) host
+// vectors (S, η, c) that are the same on both backends, and Eigen's copies of T for the
+// eigensolve (docs/calibration.md §4.7).
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "calibration/calib_backend.hpp"
+#include "calibration/kernels.hpp"
+#include "otcal/calibration.hpp"
+#include "otcal/context.hpp"
+#include "otcal/planner.hpp"
+
+namespace otcal::calib {
+
+// The builder, and rake, run on the host for every context: on CUDA their scratch comes from
+// pinned host memory (the device workspace is not host-addressable), planned against the same
+// budget so that a refusal still comes before any allocation.
+inline MemoryResource& host_scratch(const Context& ctx) {
+  return ctx.kind() == DeviceKind::cuda ? ctx.pinned_host() : ctx.workspace();
+}
+
+// ---- build_constraints (§2) ---------------------------------------------------------------------
+struct BuildLayout {
+  WorkspaceDecl decl;
+  BufferId<std::int32_t> row_of_record;  // category -> row within the current margin, per record
+  BufferId<std::int64_t> row_counters;   // counting-sort counters of the current margin's rows
+};
+
+inline BuildLayout build_layout(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+  std::size_t max_rows_per_margin = 1;
+  for (const auto& margin : spec.marginal) max_rows_per_margin = std::max(max_rows_per_margin, margin.second.size());
+  BuildLayout l;
+  l.decl.operation = "build_constraints";
+  l.decl.resident_bytes = ctx.limiter().allocated_bytes();
+  l.row_of_record = l.decl.add<std::int32_t>("row_of_record", spec.marginal.empty() ? 0 : static_cast<std::size_t>(table.n_records));
+  l.row_counters = l.decl.add<std::int64_t>("row_counters", spec.marginal.empty() ? 0 : max_rows_per_margin);
+  return l;
+}
+
+// ---- calibrate_exact (§4.3-§4.5) -----------------------------------------------------------------
+struct CpuExactIds {
+  CsrIds At;
+  BufferId<double> d, u, g, dF, v, tmp, best_g, sigma2, T;
+  AccumulatorIds acc;
+};
+
+struct ExactLayout {
+  WorkspaceDecl decl;
+  bool on_device = false;
+  index_t ka = 0;       // active constraint rows: T is ka x ka
+  CpuExactIds cpu;      // declared when !on_device
+  CudaExactIds device;  // declared when on_device
+};
+
+inline index_t active_row_count(const CsrMatrix& A) {
+  index_t ka = 0;
+  for (index_t r = 0; r < A.rows; ++r) ka += row_is_active(A, r);
+  return ka;
+}
+
+// σ² is per record whenever options.variance is given (as n values or as x_iᵀ v, §4.1).
+inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& o) {
+  const CsrMatrix& A = sys.A;
+  const auto n = static_cast<std::size_t>(A.cols);
+  const bool has_sigma2 = !o.variance.empty();
+  ExactLayout l;
+  l.decl.operation = "calibrate_exact";
+  l.decl.resident_bytes = ctx.limiter().allocated_bytes();
+  l.on_device = ctx.kind() == DeviceKind::cuda;
+  l.ka = active_row_count(A);
+  const auto ka = static_cast<std::size_t>(l.ka);
+  if (l.on_device) {
+    l.device = declare_cuda_exact_workspace(l.decl, A, l.ka, has_sigma2);
+    return l;
+  }
+  CpuExactIds& c = l.cpu;
+  c.At = declare_csr(l.decl, "At", A.cols, A.rows, A.nnz());
+  c.d = l.decl.add<double>("d", n);
+  c.u = l.decl.add<double>("u", n);
+  c.g = l.decl.add<double>("g", n);
+  c.dF = l.decl.add<double>("dF", n);
+  c.v = l.decl.add<double>("v", n);
+  c.tmp = l.decl.add<double>("At_eta", n);
+  c.best_g = l.decl.add<double>("best_g", n);
+  c.sigma2 = l.decl.add<double>("sigma2", has_sigma2 ? n : 0);
+  c.T = l.decl.add<double>("T", ka * ka);
+  c.acc = declare_accumulator(l.decl, A.rows);
+  return l;
+}
+
+// ---- rake (§4.6) ---------------------------------------------------------------------------------
+struct RakeLayout {
+  WorkspaceDecl decl;
+  BufferId<double> weights;   // n, raked in place, copied to the result at the end
+  BufferId<double> previous;  // margin cell totals of the previous sweep
+};
+
+inline RakeLayout rake_layout(const Context& ctx, const ConstraintSystem& sys) {
+  RakeLayout l;
+  l.decl.operation = "rake";
+  l.decl.resident_bytes = ctx.limiter().allocated_bytes();
+  l.weights = l.decl.add<double>("weights", static_cast<std::size_t>(sys.A.cols));
+  l.previous = l.decl.add<double>("cell_totals", static_cast<std::size_t>(std::max<index_t>(sys.n_categorical, 0)));
+  return l;
+}
+
+// ---- calibrate_gradient and gradient_loss (§3.4, §3.7) -------------------------------------------
+// One loss-and-gradient evaluation on the CPU: Aᵀ, the granule accumulators of S, and per batch
+// record w' and (Aᵀc) — the batch size is the tile rows.
+struct EvaluationIds {
+  CsrIds At;
+  AccumulatorIds acc;
+  BufferId<double> batch_weights, batch_gradient;
+};
+
+inline EvaluationIds declare_evaluation(WorkspaceDecl& d, const CsrMatrix& A) {
+  EvaluationIds e;
+  e.At = declare_csr(d, "At", A.cols, A.rows, A.nnz());
+  e.acc = declare_accumulator(d, A.rows);
+  e.batch_weights = d.add<double>("batch_weights", 0, 1);
+  e.batch_gradient = d.add<double>("batch_At_c", 0, 1);
+  return e;
+}
+
+struct GradientLayout {
+  WorkspaceDecl decl;
+  bool on_device = false;
+  // CPU: the evaluation plus θ, Adam m and v and the gradient (n each), four more with L0 gates.
+  EvaluationIds eval;
+  BufferId<double> theta, m, v, grad, alpha, m_alpha, v_alpha, grad_alpha;
+  CudaGradientIds device;  // declared when on_device
+};
+
+inline GradientLayout gradient_layout(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& o) {
+  const CsrMatrix& A = sys.A;
+  const auto n = static_cast<std::size_t>(A.cols);
+  const std::size_t nl0 = o.regularize_with_l0 ? n : 0;
+  GradientLayout l;
+  l.decl.operation = "calibrate_gradient";
+  l.decl.resident_bytes = ctx.limiter().allocated_bytes();
+  l.on_device = ctx.kind() == DeviceKind::cuda;
+  if (l.on_device) {
+    l.device = declare_cuda_gradient_workspace(l.decl, A, o.regularize_with_l0);
+    return l;
+  }
+  l.eval = declare_evaluation(l.decl, A);
+  l.theta = l.decl.add<double>("theta", n);
+  l.m = l.decl.add<double>("adam_m", n);
+  l.v = l.decl.add<double>("adam_v", n);
+  l.grad = l.decl.add<double>("grad_theta", n);
+  l.alpha = l.decl.add<double>("log_alpha", nl0);
+  l.m_alpha = l.decl.add<double>("adam_m_alpha", nl0);
+  l.v_alpha = l.decl.add<double>("adam_v_alpha", nl0);
+  l.grad_alpha = l.decl.add<double>("grad_log_alpha", nl0);
+  return l;
+}
+
+// gradient_loss (host only): one evaluation; θ is the caller's and the gradient is the result.
+struct LossLayout {
+  WorkspaceDecl decl;
+  EvaluationIds eval;
+};
+
+inline LossLayout gradient_loss_layout(const Context& ctx, const ConstraintSystem& sys) {
+  LossLayout l;
+  l.decl.operation = "gradient_loss";
+  l.decl.resident_bytes = ctx.limiter().allocated_bytes();
+  l.eval = declare_evaluation(l.decl, sys.A);
+  return l;
+}
+
+// The tile of a calibration operation: the gradient's batch on the CPU (explicit or planned);
+// everything else, and the gradient on CUDA (no batch buffer there), in one piece of n rows.
+inline TilePlan plan_calibration(const WorkspaceDecl& decl, const Context& ctx, index_t n_records,
+                                 std::optional<index_t> batch = std::nullopt) {
+  return plan_batch(n_records, decl, ctx.memory_budget(), decl.bytes_per_row() > 0 ? batch : std::nullopt);
+}
+
+// The MemoryReport of an operation whose scope has just finished.
+inline MemoryReport memory_report(const Context& ctx, const TilePlan& plan, std::size_t measured_peak) {
+  return {ctx.memory_budget(), measured_peak, plan.planned_peak};
+}
+
+}  // namespace otcal::calib

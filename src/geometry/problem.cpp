@@ -1,0 +1,91 @@
+// Problem::upload: the inputs are checked and uploaded once, into the declared resident layout.
+#include "otcal/problem.hpp"
+
+#include "core/cuda_runtime.hpp"
+#include "core/operation.hpp"
+#include "geometry/problem_impl.hpp"
+#include "otcal/errors.hpp"
+
+namespace otcal {
+
+namespace {
+
+template <class T>
+std::unique_ptr<detail::Resident<T>> upload_resident(Problem::Impl& p, const PointCloud& geom) {
+  detail::Backend<T>& be = p.backend<T>();
+  detail::ResidentLayout<T> layout = detail::resident_layout<T>(p.shape, geom.options.cost, p.same);
+  layout.decl.resident_bytes = p.ctx.limiter().allocated_bytes();
+  plan_tiles(0, layout.decl, p.ctx.memory_budget());  // BudgetTooSmall before anything is allocated
+
+  detail::OperationScope scope(p.ctx);
+  auto r = std::make_unique<detail::Resident<T>>();
+  r->buffers = detail::Workspace(p.ctx.workspace(), layout.decl, 0, p.ctx.compute_stream());
+  const detail::Workspace& w = r->buffers;
+  r->clouds = detail::upload_clouds<T>(p.ctx, be, geom, p.shape, w.get(layout.x), w.get(layout.y),
+                                       w.get(layout.norms_x), w.get(layout.norms_y));
+  r->a = w.get(layout.a);
+  r->b = w.get(layout.b);
+  be.upload(p.a.data(), r->a, p.shape.n);
+  be.upload(p.b.data(), r->b, p.shape.m);
+  scope.finish();
+  return r;
+}
+
+}  // namespace
+
+namespace detail {
+
+std::shared_ptr<Problem::Impl> prepare_problem(const Context& ctx, const PointCloud& geom, const ConstVector& a,
+                                               const ConstVector& b, DType precision) {
+  // Device views may have been written on the caller's stream: let it finish before reading them.
+  const bool any_device = geom.x.location == Location::device || a.location == Location::device ||
+                          b.location == Location::device;
+  if (any_device && ctx.kind() == DeviceKind::cuda && ctx.user_stream() != nullptr)
+    cuda_stream_synchronize(ctx.user_stream());
+  auto p = std::make_shared<Problem::Impl>(ctx);
+  p->shape = detail::check_geometry(geom, ctx.kind());
+  p->geometry = geom.options;
+  p->precision = precision;
+  p->same = geom.y.empty();
+  p->a = host_weights(a, p->shape.n, "a", "x");
+  p->b = host_weights(b, p->shape.m, "b", "y");
+  for (double v : p->a) p->sum_a += v;
+  for (double v : p->b) p->sum_b += v;
+  const std::size_t value_size = dtype_size(precision);
+  const WorkspaceDecl resident = value_size == 4 ? resident_layout<float>(p->shape, geom.options.cost, p->same).decl
+                                                 : resident_layout<double>(p->shape, geom.options.cost, p->same).decl;
+  p->resident_bytes = resident.bytes(0);
+  return p;
+}
+
+void upload_now(Problem::Impl& p, const PointCloud& geom) {
+  if (geom.options.cost.kind == CostKind::sqeuclidean) p.norms = norm_stats(geom.x, geom.y_or_x());
+  if (p.precision == DType::float32) p.r32 = upload_resident<float>(p, geom);
+  else p.r64 = upload_resident<double>(p, geom);
+  p.uploaded = true;
+}
+
+Problem upload_prepared(std::shared_ptr<Problem::Impl> p, const PointCloud& geom) {
+  upload_now(*p, geom);
+  return Problem(std::move(p));
+}
+
+}  // namespace detail
+
+Problem Problem::upload(const Context& ctx, const PointCloud& geom, const ConstVector& a, const ConstVector& b,
+                        DType precision) {
+  return detail::upload_prepared(detail::prepare_problem(ctx, geom, a, b, precision), geom);
+}
+
+const Context& Problem::context() const { return impl_->ctx; }
+index_t Problem::n() const { return impl_->shape.n; }
+index_t Problem::m() const { return impl_->shape.m; }
+index_t Problem::d() const { return impl_->shape.d; }
+DType Problem::precision() const { return impl_->precision; }
+const GeometryOptions& Problem::geometry() const { return impl_->geometry; }
+const std::vector<double>& Problem::a() const { return impl_->a; }
+const std::vector<double>& Problem::b() const { return impl_->b; }
+bool Problem::same_clouds() const { return impl_->same; }
+std::size_t Problem::resident_bytes() const { return impl_->resident_bytes; }
+
+}  // namespace otcal
