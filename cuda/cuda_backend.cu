@@ -1,6 +1,6 @@
 // CUDA backend of the Sinkhorn primitives (src/core/backend.hpp). The CPU backend
 // (src/cpu/cpu_backend.cpp) is the reference; the element math is the same OTCAL_HD code from
-// include/otcal/detail/. Design (spec/sinkhorn.md §10):
+// include/otcal/detail/. Design (docs/sinkhorn.md §10):
 //
 //  * One thread owns one row; a block owns kRowsPerBlock rows. The other cloud streams through
 //    shared memory in chunks of kChunk points, kSlab coordinates at a time (dimension-major input
@@ -18,7 +18,12 @@
 //  * Scalar results (errors, mass, moments, flags) are reduced by fixed-shape grids (block
 //    count depends only on n) into per-block partials written straight into a small mapped pinned
 //    host buffer; the host merges them in block order after one stream synchronisation. Nothing
-//    else synchronises the device, and no device memory outside ctx.workspace() is used.
+//    else synchronises the device.
+//  * Memory (docs/host-layer.md §11): the backend is made once per context and dtype and never
+//    allocates from the budget. Device scratch is the caller's declared workspace (RowLseArgs::
+//    state, RowApplyArgs::acc, the cost_moments partials); the only memory of its own is the
+//    small mapped pinned buffer of the scalar reductions, allocated once at construction outside
+//    both the device and the pinned budgets.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -28,6 +33,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "core/cuda_runtime.hpp"
 #include "cuda_check.hpp"
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/exp2.hpp"
@@ -453,6 +459,11 @@ class CudaBackend final : public Backend<T> {
     if (n * d == 0) return;
     if (h.location == Location::device) {
       // Already resident: transpose (and convert) on the device, no temporary.
+      check_device_view(h);
+      // Without a user stream the caller's producer is most likely the legacy default stream,
+      // which our non-blocking compute stream does not wait for by itself (with one, the
+      // operation's scope already ordered us after it, docs/host-layer.md §1).
+      if (ctx_.user_stream() == nullptr) cuda_stream_wait(ctx_.compute_stream(), cudaStreamLegacy);
       if (h.dtype == DType::float32)
         launch_for_each(n * d, TransposeOp<float, T>{static_cast<const float*>(h.data), n, d, dst}, "transpose_cloud");
       else
@@ -562,7 +573,7 @@ class CudaBackend final : public Backend<T> {
     }
     if (a.state == nullptr)
       throw InvalidArgument("row_lse: the CUDA backend needs the tile state workspace (2 * tile_rows * "
-                            "lse_partials_per_row(m) doubles); allocate it from ctx.workspace()");
+                            "lse_partials_per_row(m) doubles); declare it in the operation's workspace");
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     L.split = true;
     L.state = a.state;
@@ -599,6 +610,32 @@ class CudaBackend final : public Backend<T> {
 
   cudaStream_t stream() const { return static_cast<cudaStream_t>(ctx_.compute_stream()); }
   void sync() { OTCAL_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+  // A device view must be memory this context's device can read: device (or managed) memory of
+  // that device, or mapped pinned host memory. Plain host memory would fault in the kernel.
+  void check_device_view(const ConstMatrix& h) const {
+    if (h.data == nullptr) throw InvalidArgument("a device cloud view has a null data pointer");
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, h.data) != cudaSuccess) {
+      (void)cudaGetLastError();
+      attr.type = cudaMemoryTypeUnregistered;
+    }
+    switch (attr.type) {
+      case cudaMemoryTypeDevice:
+        if (attr.device != ctx_.device_id())
+          throw InvalidArgument("a device cloud lives on CUDA device " + std::to_string(attr.device) +
+                                " but the context runs on device " + std::to_string(ctx_.device_id()) +
+                                ": pass an array of the context's device, or a host array");
+        return;
+      case cudaMemoryTypeManaged: return;
+      case cudaMemoryTypeHost:
+        if (attr.devicePointer == h.data) return;  // mapped, same address on the device
+        [[fallthrough]];
+      default:
+        throw InvalidArgument("a cloud marked Location::device points to host memory the device cannot read: "
+                              "pass it as a host view (Location::host) or copy it to the device first");
+    }
+  }
 
   void copy_to_device_sync(const T* host, T* dst, index_t count) {
     OTCAL_CUDA_CHECK(cudaMemcpyAsync(dst, host, count * sizeof(T), cudaMemcpyHostToDevice, stream()));

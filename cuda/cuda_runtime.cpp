@@ -108,8 +108,6 @@ class CudaAsyncResource final : public MemoryResource {
     (void)cudaMemPoolDestroy(pool_);
     (void)cudaGetLastError();
   }
-  cudaMemPool_t pool() const noexcept { return pool_; }
-  int device() const noexcept { return device_; }
 
  private:
   void* do_allocate(StreamHandle stream, std::size_t bytes, std::size_t) override {
@@ -191,6 +189,11 @@ void cuda_stream_wait(StreamHandle waiter, StreamHandle signaller) {
   }
   // Destroying a recorded event is legal: its resources are released once it completes.
   OTCAL_CUDA_CHECK(cudaEventDestroy(ev));
+}
+
+void cuda_copy_to_host(void* host, const void* device, std::size_t bytes) {
+  if (bytes == 0) return;
+  OTCAL_CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
 }
 
 }  // namespace otcal::detail

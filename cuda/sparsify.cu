@@ -1,7 +1,7 @@
 // CUDA implementation of the sparsify primitives (src/sparsify/sparsify_backend.hpp); the CPU one
 // (src/cpu/sparsify_cpu.cpp) is the reference. The host loop (src/sparsify/sparsify.cpp) is the
 // same for both: it reads row maxima, kept counts and histogram bins through the download
-// primitives below. Design (spec/sparsify.md §2, §6, §7.2, §7.3):
+// primitives below. Design (docs/sparsify.md §2, §6, §7.2, §7.3):
 //
 //  * Block build: one thread per entry (r, j); the cost is accumulated over k = 0..d-1 with the
 //    shared OTCAL_HD cost math, then T_ij = exp((f_i + g_j - c_ij * inv_scale) / eps) in float64,
@@ -30,6 +30,10 @@
 //    of block k overlaps the build and count of block k + 1. A block with more entries than `cap`
 //    leaves as several pieces of whole rows (cap >= m). Device residency: the [bs, m] block, the
 //    per-row scalars and 2 * cap staging entries, whatever nnz is.
+//  * Workspace (docs/host-layer.md §11): every device buffer above, CUB's scratch included (its
+//    size queried for the largest block before planning), is an entry of the operation's
+//    WorkspaceDecl, declared by declare_workspace and bound by bind_workspace; the pinned twins
+//    are taken once per operation from the pinned budget. Nothing is allocated inside the loop.
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
@@ -40,6 +44,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -47,7 +52,7 @@
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
-#include "sparsify/radix_select.hpp"
+#include "core/radix_select.hpp"
 #include "sparsify/sparsify_backend.hpp"
 
 namespace otcal::detail {
@@ -56,8 +61,6 @@ namespace cuda_sparsify {
 constexpr int kThreads = 256;
 constexpr unsigned kMaxGrid = 65535u * 16u;
 constexpr std::int64_t kDefaultStagingEntries = std::int64_t{1} << 20;  // 12 MiB per buffer (int32 + double)
-constexpr std::size_t kSortTempReserve = std::size_t{4} << 20;          // CUB temp bound in the model
-constexpr std::size_t kScanTempReserve = std::size_t{1} << 20;
 
 inline unsigned grid_for(std::int64_t items, int threads = kThreads) {
   const std::int64_t g = (items + threads - 1) / threads;
@@ -318,7 +321,7 @@ __global__ void segments_kernel(index_t rows, index_t m, const std::int64_t* len
   }
 }
 
-// The cut of spec §4.4 on the descending sorted row (the CPU's mass_impl, same float64 sequence).
+// The cut of docs/sparsify.md §4.4 on the descending sorted row (the CPU's mass_impl, same float64 sequence).
 template <class T>
 __global__ void mass_cut_kernel(const T* sorted, index_t rows, index_t m, const T* row_max, const double* tot,
                                 double value, index_t max_k, std::int64_t* counts) {
@@ -358,6 +361,30 @@ __global__ void gather_kernel(const I* cols, const T* vals, index_t rows, index_
 
 // ---- the backend ---------------------------------------------------------------------------------
 
+// Where the backend's buffers sit in the operation's WorkspaceDecl. Mass-only and index-width
+// variants are declared with zero counts when unused (nothing is allocated for them), so every id
+// is valid whatever the mode.
+template <class T>
+struct DeviceLayout {
+  BufferId<unsigned> flags;
+  BufferId<std::int32_t> stage_idx32[2];
+  BufferId<std::int64_t> stage_idx64[2];
+  BufferId<double> stage_val[2];
+  BufferId<std::int64_t> piece_off;
+  BufferId<unsigned char> scan_temp;
+  BufferId<T> keys_alt;
+  BufferId<std::int32_t> cols_alt32;
+  BufferId<std::int64_t> cols_alt64;
+  BufferId<double> tot;
+  BufferId<int> seg_begin, seg_end;
+  BufferId<unsigned char> sort_temp;
+};
+
+// CUB counts items in int for the segmented sort: mass sorts groups of whole rows below 2^31.
+inline index_t sort_group_rows(index_t m) {
+  return std::max<index_t>(1, static_cast<index_t>(INT_MAX) / std::max<index_t>(m, 1));
+}
+
 template <class T>
 class CudaSparsifyBackend final : public SparsifyBackend<T> {
  public:
@@ -373,6 +400,7 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     }
   }
   ~CudaSparsifyBackend() override {
+    // The pinned slots (members) may still be the target of a copy when an operation unwinds.
     (void)cudaStreamSynchronize(stream());
     (void)cudaStreamSynchronize(copy_stream());
     for (int s = 0; s < 2; ++s) {
@@ -401,12 +429,12 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
 
   unsigned row_max(const T* block, index_t rows, index_t m, T* out_max) override {
     if (rows <= 0) return 0;
-    ensure_scratch();
-    OTCAL_CUDA_CHECK(cudaMemsetAsync(flags_.data(), 0, sizeof(unsigned), stream()));
-    row_max_kernel<T><<<grid_for(rows, 1), kThreads, 0, stream()>>>(block, rows, m, out_max, flags_.data());
+    require_bound("row_max");
+    OTCAL_CUDA_CHECK(cudaMemsetAsync(flags_, 0, sizeof(unsigned), stream()));
+    row_max_kernel<T><<<grid_for(rows, 1), kThreads, 0, stream()>>>(block, rows, m, out_max, flags_);
     OTCAL_CUDA_CHECK_LAUNCH("row_max_kernel");
     unsigned host_flags = 0;
-    OTCAL_CUDA_CHECK(cudaMemcpyAsync(&host_flags, flags_.data(), sizeof host_flags, cudaMemcpyDeviceToHost, stream()));
+    OTCAL_CUDA_CHECK(cudaMemcpyAsync(&host_flags, flags_, sizeof host_flags, cudaMemcpyDeviceToHost, stream()));
     sync();
     if (host_flags & kBlockNaN) {
       row_nan_kernel<T><<<grid_for(rows), kThreads, 0, stream()>>>(block, rows, m, out_max);
@@ -434,15 +462,15 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
   void compact_at_least(const T* block, index_t rows, index_t m, const T* row_max, double thr,
                         const std::int64_t* offsets, std::int32_t* idx32, std::int64_t* idx64,
                         double* values) override {
-    stream_pieces(rows, m, offsets, idx32, idx64, values,
-                  [&](index_t ra, index_t rb, const std::int64_t* off, void* sidx, double* sval) {
+    stream_pieces(rows, offsets, idx32, idx64, values,
+                  [&](index_t ra, index_t rb, const std::int64_t* off, int s, double* sval) {
                     const index_t n = rb - ra;
                     if (wide_)
                       compact_kernel<T, std::int64_t><<<grid_for(n, 1), kThreads, 0, stream()>>>(
-                          block + ra * m, n, m, row_max + ra, thr, off, static_cast<std::int64_t*>(sidx), sval);
+                          block + ra * m, n, m, row_max + ra, thr, off, stage_idx64_[s], sval);
                     else
                       compact_kernel<T, std::int32_t><<<grid_for(n, 1), kThreads, 0, stream()>>>(
-                          block + ra * m, n, m, row_max + ra, thr, off, static_cast<std::int32_t*>(sidx), sval);
+                          block + ra * m, n, m, row_max + ra, thr, off, stage_idx32_[s], sval);
                     OTCAL_CUDA_CHECK_LAUNCH("compact_kernel");
                   });
   }
@@ -450,26 +478,39 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
   void mass_select(const T* block, index_t rows, index_t m, const T* row_max, double value, index_t max_k,
                    void* order, bool wide, std::int64_t* counts) override {
     if (rows <= 0) return;
-    if (wide) mass_impl(const_cast<T*>(block), rows, m, row_max, value, max_k, static_cast<std::int64_t*>(order), counts);
-    else mass_impl(const_cast<T*>(block), rows, m, row_max, value, max_k, static_cast<std::int32_t*>(order), counts);
+    require_bound("mass_select");
+    if (!mass_) throw DeviceError("internal: mass_select on a CUDA sparsify workspace declared without mass mode");
+    check_width(wide);
+    // The selection is consumed by the gather of this block only (docs/sparsify.md §2).
+    if (wide) mass_impl(const_cast<T*>(block), rows, m, row_max, value, max_k, static_cast<std::int64_t*>(order),
+                        cols_alt64_, counts);
+    else mass_impl(const_cast<T*>(block), rows, m, row_max, value, max_k, static_cast<std::int32_t*>(order),
+                   cols_alt32_, counts);
   }
 
   void gather_selected(const T*, index_t rows, index_t m, const void*, bool wide, const std::int64_t* counts,
                        const std::int64_t* offsets, std::int32_t* idx32, std::int64_t* idx64,
                        double* values) override {
-    stream_pieces(rows, m, offsets, idx32, idx64, values,
-                  [&](index_t ra, index_t rb, const std::int64_t* off, void* sidx, double* sval) {
+    if (rows <= 0) return;
+    if (sel_cols_ == nullptr || sel_rows_ < rows)
+      throw DeviceError("internal: CUDA gather_selected without the block's mass_select");
+    check_width(wide);
+    stream_pieces(rows, offsets, idx32, idx64, values,
+                  [&](index_t ra, index_t rb, const std::int64_t* off, int s, double* sval) {
                     const index_t n = rb - ra;
                     if (wide)
                       gather_kernel<T, std::int64_t><<<grid_for(n, 1), kThreads, 0, stream()>>>(
                           static_cast<const std::int64_t*>(sel_cols_) + ra * m, sel_vals_ + ra * m, n, m, counts + ra,
-                          off, static_cast<std::int64_t*>(sidx), sval);
+                          off, stage_idx64_[s], sval);
                     else
                       gather_kernel<T, std::int32_t><<<grid_for(n, 1), kThreads, 0, stream()>>>(
                           static_cast<const std::int32_t*>(sel_cols_) + ra * m, sel_vals_ + ra * m, n, m, counts + ra,
-                          off, static_cast<std::int32_t*>(sidx), sval);
+                          off, stage_idx32_[s], sval);
                     OTCAL_CUDA_CHECK_LAUNCH("gather_kernel");
                   });
+    sel_cols_ = nullptr;
+    sel_vals_ = nullptr;
+    sel_rows_ = 0;
   }
 
   // ---- device residency ----
@@ -478,7 +519,7 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
   void download_counts(const std::int64_t* dev, index_t rows, std::int64_t* host) override {
     d2h(dev, host, rows * sizeof(std::int64_t));
     counts_dev_ = dev;
-    host_counts_.assign(host, host + rows);  // piece boundaries of the next compaction
+    host_counts_.assign(host, host + rows);  // piece boundaries of this block's compaction
   }
   void download_bins(const std::uint64_t* dev, std::size_t count, std::uint64_t* host) override {
     d2h(dev, host, count * sizeof(std::uint64_t));
@@ -494,28 +535,78 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     if (dense_) dense_->set_device_ids(dev);
   }
   void flush_output(std::int32_t* idx32, std::int64_t* idx64, double* values) override {
+    // next_slot_ holds the older pending piece.
     for (int k = 0; k < 2; ++k) append_pending((next_slot_ + k) % 2, idx32, idx64, values);
   }
 
-  // Spec §7.3: two device staging buffers (values + indices) + scan temp + flags; pinned twins
-  // are host memory with their own budget but are counted here as well (conservative). Mass:
-  // the second sort buffers, per-row totals and segment bounds, CUB sort temp.
-  std::size_t extra_fixed_bytes(index_t n, index_t m, bool mass) const override {
-    const std::int64_t cap = capacity(n, m);
-    planned_cap_ = cap;  // the staging allocated later is exactly what the model reserved
-    const std::size_t idx = m >= (index_t{1} << 31) ? 8 : 4;
-    std::size_t b = 2 * static_cast<std::size_t>(cap) * (sizeof(double) + idx) * 2;  // device + pinned
-    b += kScanTempReserve + 8 * kDefaultAlignment + 16;
-    if (mass) b += kSortTempReserve;
-    return b;
-  }
-  std::size_t extra_bytes_per_row(index_t m, bool mass) const override {
-    std::size_t b = sizeof(std::int64_t);  // device piece offsets
-    if (mass) {
-      const std::size_t idx = m >= (index_t{1} << 31) ? 8 : 4;
-      b += static_cast<std::size_t>(m) * (sizeof(T) + idx) + sizeof(double) + 2 * sizeof(int);
+  // docs/sparsify.md §7.2, §7.3: every device buffer the backend touches is an entry of the
+  // operation's list, sized for the largest block (per-row counts scale with the tile rows) and
+  // CUB's scratch queried here for the largest call a block can make, so an overrun is a
+  // BudgetTooSmall at plan time and never an OutOfBudget inside the loop. The pinned twins of the
+  // staging buffers come from the context's separate pinned budget, checked here as well.
+  void declare_workspace(WorkspaceDecl& decl, index_t n, index_t m, bool mass) override {
+    if (m <= 0) throw InvalidArgument("the plan has no columns: sparsify needs m >= 1");
+    wide_ = m >= (index_t{1} << 31);
+    mass_ = mass;
+    cap_ = capacity(n, m);
+    const auto cap = static_cast<std::size_t>(cap_);
+    const auto M = static_cast<std::size_t>(m);
+    const index_t max_rows = std::max<index_t>(n, 1);  // a block (hence a piece) never exceeds n rows
+    check_pinned_budget(decl.operation);
+    DeviceLayout<T>& L = layout_;
+    L.flags = decl.template add<unsigned>("cuda.block_flags", 1);
+    for (int s = 0; s < 2; ++s) {
+      const std::string slot = std::to_string(s);
+      L.stage_idx32[s] = decl.template add<std::int32_t>("cuda.staging_idx32." + slot, wide_ ? 0 : cap);
+      L.stage_idx64[s] = decl.template add<std::int64_t>("cuda.staging_idx64." + slot, wide_ ? cap : 0);
+      L.stage_val[s] = decl.template add<double>("cuda.staging_values." + slot, cap);
     }
-    return b;
+    L.piece_off = decl.template add<std::int64_t>("cuda.piece_offsets", 0, 1);
+    scan_temp_bytes_ = scan_temp_bytes(max_rows);
+    L.scan_temp = decl.template add<unsigned char>("cuda.scan_temp", scan_temp_bytes_);
+    const std::size_t per_row_mass = mass ? 1 : 0;
+    L.keys_alt = decl.template add<T>("cuda.sort_keys_alt", 0, mass ? M : 0);
+    L.cols_alt32 = decl.template add<std::int32_t>("cuda.sort_cols_alt32", 0, mass && !wide_ ? M : 0);
+    L.cols_alt64 = decl.template add<std::int64_t>("cuda.sort_cols_alt64", 0, mass && wide_ ? M : 0);
+    L.tot = decl.template add<double>("cuda.row_totals", 0, per_row_mass);
+    L.seg_begin = decl.template add<int>("cuda.segment_begin", 0, per_row_mass);
+    L.seg_end = decl.template add<int>("cuda.segment_end", 0, per_row_mass);
+    sort_temp_bytes_ = mass ? sort_temp_bytes(std::min(max_rows, sort_group_rows(m)), m) : 0;
+    L.sort_temp = decl.template add<unsigned char>("cuda.sort_temp", sort_temp_bytes_);
+    flags_index_ = L.flags.index;
+    declared_ = true;
+    bound_rows_ = 0;
+  }
+
+  void bind_workspace(const Workspace& ws, const WorkspaceDecl& decl, index_t rows) override {
+    if (!declared_ || flags_index_ >= decl.buffers.size() || decl.buffers[flags_index_].name != "cuda.block_flags")
+      throw DeviceError("internal: CUDA sparsify workspace bound to a list it did not declare into");
+    const DeviceLayout<T>& L = layout_;
+    flags_ = ws.get(L.flags);
+    for (int s = 0; s < 2; ++s) {
+      stage_idx32_[s] = ws.get(L.stage_idx32[s]);
+      stage_idx64_[s] = ws.get(L.stage_idx64[s]);
+      stage_val_[s] = ws.get(L.stage_val[s]);
+    }
+    piece_off_ = ws.get(L.piece_off);
+    scan_temp_ = ws.get(L.scan_temp);
+    keys_alt_ = ws.get(L.keys_alt);
+    cols_alt32_ = ws.get(L.cols_alt32);
+    cols_alt64_ = ws.get(L.cols_alt64);
+    tot_ = ws.get(L.tot);
+    seg_begin_ = ws.get(L.seg_begin);
+    seg_end_ = ws.get(L.seg_end);
+    sort_temp_ = ws.get(L.sort_temp);
+    bound_rows_ = std::max<index_t>(rows, 1);
+    // Once per operation: the loop itself allocates nothing.
+    for (int s = 0; s < 2; ++s) pinned_[s] = Buffer<unsigned char>(ctx_.pinned_host(), pinned_slot_bytes());
+    for (Pending& p : pending_) p = Pending{};
+    next_slot_ = 0;
+    counts_dev_ = nullptr;
+    host_counts_.clear();
+    sel_cols_ = nullptr;
+    sel_vals_ = nullptr;
+    sel_rows_ = 0;
   }
 
  private:
@@ -528,6 +619,23 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     sync();
   }
 
+  void require_bound(const char* what) const {
+    if (bound_rows_ == 0)
+      throw DeviceError(std::string("internal: CUDA sparsify ") + what +
+                        " before declare_workspace / bind_workspace");
+  }
+  void require_rows(index_t rows, const char* what) const {
+    require_bound(what);
+    if (rows > bound_rows_)
+      throw DeviceError(std::string("internal: CUDA sparsify ") + what + " on " + std::to_string(rows) +
+                        " rows, but the workspace was planned for " + std::to_string(bound_rows_));
+  }
+  void check_width(bool wide) const {
+    if (wide != wide_)
+      throw DeviceError("internal: CUDA sparsify index width differs from the one its workspace was declared for");
+  }
+
+  // docs/sparsify.md §7.2.
   std::int64_t capacity(index_t n, index_t m) const {
     if (cap_request_ > 0) {
       if (cap_request_ < m)
@@ -539,23 +647,71 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     const std::int64_t all = static_cast<std::int64_t>(std::max<index_t>(n, 1)) * m;
     return std::max<std::int64_t>(m, std::min(all, kDefaultStagingEntries));
   }
-
-  void ensure_scratch() {
-    if (flags_.size() == 0) flags_ = Buffer<unsigned>(ctx_.workspace(), 1, ctx_.compute_stream());
-  }
-
-  void ensure_staging(index_t m) {
-    if (cap_ > 0) return;
-    // What the ByteModel reserved (extra_fixed_bytes runs when the batch is planned).
-    cap_ = planned_cap_ > 0 ? planned_cap_ : capacity(rows_hint_, m);
-    const std::size_t ib = idx_bytes();
-    for (int s = 0; s < 2; ++s) {
-      stage_idx_[s] = Buffer<unsigned char>(ctx_.workspace(), static_cast<std::size_t>(cap_) * ib, ctx_.compute_stream());
-      stage_val_[s] = Buffer<double>(ctx_.workspace(), static_cast<std::size_t>(cap_), ctx_.compute_stream());
-      pinned_[s] = Buffer<unsigned char>(ctx_.pinned_host(), static_cast<std::size_t>(cap_) * (ib + sizeof(double)));
-    }
-  }
   std::size_t idx_bytes() const { return wide_ ? 8 : 4; }
+  std::size_t pinned_slot_bytes() const { return static_cast<std::size_t>(cap_) * (idx_bytes() + sizeof(double)); }
+
+  // The pinned budget is its own LimitingAdaptor (docs/host-layer.md §2.3, §4): checked at plan
+  // time like the device budget, so a too-large staging_entries fails before anything runs.
+  void check_pinned_budget(const std::string& operation) const {
+    const auto* lim = dynamic_cast<const LimitingAdaptor*>(&ctx_.pinned_host());
+    if (lim == nullptr) return;
+    const std::size_t need = 2 * align_up(pinned_slot_bytes());
+    const std::size_t live = lim->allocated_bytes();
+    if (live + need > lim->limit())
+      throw BudgetTooSmall((operation.empty() ? std::string("sparsify") : operation) + ": the two pinned staging "
+                               "buffers need " + format_bytes(need) + " (2 x " + std::to_string(cap_) +
+                               " entries) but the pinned budget is " + format_bytes(lim->limit()) + " with " +
+                               format_bytes(live) + " in use; raise ContextOptions::pinned_budget or lower "
+                               "staging_entries",
+                           live + need);
+  }
+
+  // CUB scratch, queried (d_temp_storage = nullptr) for the largest call: the scan of a piece of
+  // up to `rows` counts, and the two segmented sorts of a group of `rows` whole rows.
+  std::size_t scan_temp_bytes(index_t rows) const {
+    std::size_t bytes = 0;
+    OTCAL_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const std::int64_t*>(nullptr),
+                                                   static_cast<std::int64_t*>(nullptr), static_cast<std::int64_t>(rows),
+                                                   stream()));
+    return std::max<std::size_t>(bytes, 1);
+  }
+  template <class I>
+  std::size_t sort_temp_bytes_for(index_t rows, index_t m) const {
+    const int n_items = static_cast<int>(static_cast<std::size_t>(rows) * static_cast<std::size_t>(m));
+    const int n_segments = static_cast<int>(rows);
+    cub::DoubleBuffer<T> keys(nullptr, nullptr);
+    cub::DoubleBuffer<I> cols(nullptr, nullptr);
+    std::size_t by_value = 0, by_column = 0;
+    OTCAL_CUDA_CHECK(sort_pairs(true, nullptr, by_value, keys, cols, n_items, n_segments, nullptr, nullptr,
+                                8 * static_cast<int>(sizeof(T))));
+    OTCAL_CUDA_CHECK(sort_pairs(false, nullptr, by_column, cols, keys, n_items, n_segments, nullptr, nullptr,
+                                8 * static_cast<int>(sizeof(I))));
+    return std::max<std::size_t>({by_value, by_column, 1});
+  }
+  std::size_t sort_temp_bytes(index_t rows, index_t m) const {
+    return wide_ ? sort_temp_bytes_for<std::int64_t>(rows, m) : sort_temp_bytes_for<std::int32_t>(rows, m);
+  }
+  template <class K, class V>
+  cudaError_t sort_pairs(bool descending, void* temp, std::size_t& bytes, cub::DoubleBuffer<K>& keys,
+                         cub::DoubleBuffer<V>& vals, int n_items, int n_segments, const int* begin, const int* end,
+                         int end_bit) const {
+    if (descending)
+      return cub::DeviceSegmentedRadixSort::SortPairsDescending(temp, bytes, keys, vals, n_items, n_segments, begin,
+                                                                end, 0, end_bit, stream());
+    return cub::DeviceSegmentedRadixSort::SortPairs(temp, bytes, keys, vals, n_items, n_segments, begin, end, 0,
+                                                    end_bit, stream());
+  }
+  // Runs a CUB call in the declared scratch; a size above the plan is a bug, not a budget event.
+  template <class Call>
+  void run_in_scratch(void* temp, std::size_t declared, const char* what, Call&& call) {
+    std::size_t bytes = 0;
+    OTCAL_CUDA_CHECK(call(nullptr, bytes));
+    if (bytes > declared)
+      throw DeviceError(std::string("internal: ") + what + " needs " + std::to_string(bytes) +
+                        " bytes of CUB scratch but " + std::to_string(declared) + " were declared");
+    bytes = declared;
+    OTCAL_CUDA_CHECK(call(temp, bytes));
+  }
 
   // Completes the host append of slot s (waits for its copy), if one is pending.
   void append_pending(int s, std::int32_t* idx32, std::int64_t* idx64, double* values) {
@@ -572,19 +728,16 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
   }
 
   // Cuts rows [0, rows) into pieces of whole rows of at most cap entries and streams each one:
-  // fill(ra, rb, device offsets, staging idx, staging values) writes the piece on the compute
-  // stream.
+  // fill(ra, rb, device offsets, slot, staging values) writes the piece into staging slot `slot`
+  // on the compute stream. Consumes the counts of download_counts (one block, one emit).
   template <class Fill>
-  void stream_pieces(index_t rows, index_t m, const std::int64_t* offsets, std::int32_t* idx32, std::int64_t* idx64,
+  void stream_pieces(index_t rows, const std::int64_t* offsets, std::int32_t* idx32, std::int64_t* idx64,
                      double* values, Fill&& fill) {
     if (rows <= 0) return;
-    wide_ = idx32 == nullptr;
-    rows_hint_ = std::max<index_t>(rows_hint_, rows);
-    ensure_staging(m);
+    require_rows(rows, "compaction");
+    check_width(idx32 == nullptr);
     if (static_cast<index_t>(host_counts_.size()) < rows || counts_dev_ == nullptr)
       throw DeviceError("internal: CUDA compaction without the block's downloaded counts");
-    if (piece_off_.size() < static_cast<std::size_t>(rows))
-      piece_off_ = Buffer<std::int64_t>(ctx_.workspace(), static_cast<std::size_t>(rows), ctx_.compute_stream());
     index_t ra = 0;
     while (ra < rows) {
       // Whole rows while they fit (a row holds <= m <= cap entries).
@@ -603,13 +756,14 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
         // Staging[s] is free once the copy that last read it has completed.
         OTCAL_CUDA_CHECK(cudaStreamWaitEvent(stream(), copied_[s], 0));
         scan_offsets(counts_dev_ + ra, rb - ra);
-        fill(ra, rb, piece_off_.data(), stage_idx_[s].data(), stage_val_[s].data());
+        fill(ra, rb, static_cast<const std::int64_t*>(piece_off_), s, stage_val_[s]);
         OTCAL_CUDA_CHECK(cudaEventRecord(compacted_[s], stream()));
         OTCAL_CUDA_CHECK(cudaStreamWaitEvent(copy_stream(), compacted_[s], 0));
         const std::size_t ib = idx_bytes();
-        OTCAL_CUDA_CHECK(cudaMemcpyAsync(pinned_[s].data(), stage_idx_[s].data(), static_cast<std::size_t>(nnz) * ib,
+        const void* stage_idx = wide_ ? static_cast<const void*>(stage_idx64_[s]) : stage_idx32_[s];
+        OTCAL_CUDA_CHECK(cudaMemcpyAsync(pinned_[s].data(), stage_idx, static_cast<std::size_t>(nnz) * ib,
                                          cudaMemcpyDeviceToHost, copy_stream()));
-        OTCAL_CUDA_CHECK(cudaMemcpyAsync(pinned_[s].data() + static_cast<std::size_t>(cap_) * ib, stage_val_[s].data(),
+        OTCAL_CUDA_CHECK(cudaMemcpyAsync(pinned_[s].data() + static_cast<std::size_t>(cap_) * ib, stage_val_[s],
                                          static_cast<std::size_t>(nnz) * sizeof(double), cudaMemcpyDeviceToHost,
                                          copy_stream()));
         OTCAL_CUDA_CHECK(cudaEventRecord(copied_[s], copy_stream()));
@@ -617,88 +771,63 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
       }
       ra = rb;
     }
+    counts_dev_ = nullptr;
+    host_counts_.clear();
   }
 
   // piece_off_[r] = exclusive prefix sum of counts over the piece (cub::DeviceScan).
   void scan_offsets(const std::int64_t* counts, index_t n) {
-    std::size_t bytes = 0;
-    OTCAL_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, counts, piece_off_.data(), static_cast<int>(n),
-                                                   stream()));
-    if (scan_temp_.size() < bytes)
-      scan_temp_ = Buffer<unsigned char>(ctx_.workspace(), std::max<std::size_t>(bytes, 1), ctx_.compute_stream());
-    OTCAL_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(scan_temp_.data(), bytes, counts, piece_off_.data(),
-                                                   static_cast<int>(n), stream()));
+    run_in_scratch(scan_temp_, scan_temp_bytes_, "the piece offset scan", [&](void* temp, std::size_t& bytes) {
+      return cub::DeviceScan::ExclusiveSum(temp, bytes, counts, piece_off_, static_cast<std::int64_t>(n), stream());
+    });
   }
 
   template <class I>
   void mass_impl(T* block, index_t rows, index_t m, const T* row_max, double value, index_t max_k, I* order,
-                 std::int64_t* counts) {
-    MemoryResource& ws = ctx_.workspace();
+                 I* cols_alt, std::int64_t* counts) {
+    require_rows(rows, "mass_select");
     const auto items = static_cast<std::size_t>(rows) * static_cast<std::size_t>(m);
-    if (keys_alt_.size() < items) {
-      keys_alt_ = Buffer<T>();
-      cols_alt_ = Buffer<unsigned char>();
-      keys_alt_ = Buffer<T>(ws, items, ctx_.compute_stream());
-      cols_alt_ = Buffer<unsigned char>(ws, items * sizeof(I), ctx_.compute_stream());
-    }
-    if (tot_.size() < static_cast<std::size_t>(rows)) {
-      tot_ = Buffer<double>(ws, static_cast<std::size_t>(rows), ctx_.compute_stream());
-      seg_begin_ = Buffer<int>(ws, static_cast<std::size_t>(rows), ctx_.compute_stream());
-      seg_end_ = Buffer<int>(ws, static_cast<std::size_t>(rows), ctx_.compute_stream());
-    }
     // Totals first: the sort below reorders the block in place.
-    row_total_kernel<T><<<grid_for(rows), kThreads, 0, stream()>>>(block, rows, m, tot_.data());
+    row_total_kernel<T><<<grid_for(rows), kThreads, 0, stream()>>>(block, rows, m, tot_);
     OTCAL_CUDA_CHECK_LAUNCH("row_total_kernel");
     iota_kernel<I><<<grid_for(static_cast<std::int64_t>(items)), kThreads, 0, stream()>>>(order, rows, m);
     OTCAL_CUDA_CHECK_LAUNCH("iota_kernel");
-    I* cols_alt = reinterpret_cast<I*>(cols_alt_.data());
-    // CUB counts items in int: sort groups of whole rows of fewer than 2^31 entries.
-    const index_t group = std::max<index_t>(1, static_cast<index_t>(INT_MAX) / std::max<index_t>(m, 1));
+    const index_t group = sort_group_rows(m);
     const T* sorted_vals = nullptr;
     const I* sorted_cols = nullptr;
     for (index_t g0 = 0; g0 < rows; g0 += group) {
       const index_t gn = std::min(group, rows - g0);
       const std::size_t base = static_cast<std::size_t>(g0) * static_cast<std::size_t>(m);
       const int n_items = static_cast<int>(static_cast<std::size_t>(gn) * static_cast<std::size_t>(m));
+      const int n_segments = static_cast<int>(gn);
       // Pass 1: every row by value, descending; stable, so ties keep ascending columns.
-      segments_kernel<<<grid_for(gn), kThreads, 0, stream()>>>(gn, m, nullptr, seg_begin_.data(), seg_end_.data());
+      segments_kernel<<<grid_for(gn), kThreads, 0, stream()>>>(gn, m, nullptr, seg_begin_, seg_end_);
       OTCAL_CUDA_CHECK_LAUNCH("segments_kernel");
-      cub::DoubleBuffer<T> keys(block + base, keys_alt_.data() + base);
+      cub::DoubleBuffer<T> keys(block + base, keys_alt_ + base);
       cub::DoubleBuffer<I> vals(order + base, cols_alt + base);
-      sort_call(true, keys, vals, n_items, static_cast<int>(gn), 0, 8 * static_cast<int>(sizeof(T)));
-      mass_cut_kernel<T><<<grid_for(gn), kThreads, 0, stream()>>>(keys.Current(), gn, m, row_max + g0, tot_.data() + g0,
+      run_in_scratch(sort_temp_, sort_temp_bytes_, "the mass sort by value", [&](void* temp, std::size_t& bytes) {
+        return sort_pairs(true, temp, bytes, keys, vals, n_items, n_segments, seg_begin_, seg_end_,
+                          8 * static_cast<int>(sizeof(T)));
+      });
+      mass_cut_kernel<T><<<grid_for(gn), kThreads, 0, stream()>>>(keys.Current(), gn, m, row_max + g0, tot_ + g0,
                                                                   value, max_k, counts + g0);
       OTCAL_CUDA_CHECK_LAUNCH("mass_cut_kernel");
       // Pass 2: the kept prefix of each row by column, ascending (the CSR order).
-      segments_kernel<<<grid_for(gn), kThreads, 0, stream()>>>(gn, m, counts + g0, seg_begin_.data(), seg_end_.data());
+      segments_kernel<<<grid_for(gn), kThreads, 0, stream()>>>(gn, m, counts + g0, seg_begin_, seg_end_);
       OTCAL_CUDA_CHECK_LAUNCH("segments_kernel");
       cub::DoubleBuffer<I> cols2(vals.Current(), vals.Alternate());
       cub::DoubleBuffer<T> vals2(keys.Current(), keys.Alternate());
-      sort_call(false, cols2, vals2, n_items, static_cast<int>(gn), 0, 8 * static_cast<int>(sizeof(I)));
+      run_in_scratch(sort_temp_, sort_temp_bytes_, "the mass sort by column", [&](void* temp, std::size_t& bytes) {
+        return sort_pairs(false, temp, bytes, cols2, vals2, n_items, n_segments, seg_begin_, seg_end_,
+                          8 * static_cast<int>(sizeof(I)));
+      });
       // Every group flips the same way (same pass count), so one base pointer serves all groups.
       sorted_cols = cols2.Current() - base;
       sorted_vals = vals2.Current() - base;
     }
     sel_cols_ = sorted_cols;
     sel_vals_ = sorted_vals;
-  }
-
-  template <class K, class V>
-  void sort_call(bool descending, cub::DoubleBuffer<K>& keys, cub::DoubleBuffer<V>& vals, int n_items, int n_segments,
-                 int begin_bit, int end_bit) {
-    std::size_t bytes = 0;
-    auto run = [&](void* temp) {
-      if (descending)
-        return cub::DeviceSegmentedRadixSort::SortPairsDescending(temp, bytes, keys, vals, n_items, n_segments,
-                                                                  seg_begin_.data(), seg_end_.data(), begin_bit,
-                                                                  end_bit, stream());
-      return cub::DeviceSegmentedRadixSort::SortPairs(temp, bytes, keys, vals, n_items, n_segments, seg_begin_.data(),
-                                                      seg_end_.data(), begin_bit, end_bit, stream());
-    };
-    OTCAL_CUDA_CHECK(run(nullptr));
-    if (sort_temp_.size() < bytes)
-      sort_temp_ = Buffer<unsigned char>(ctx_.workspace(), std::max<std::size_t>(bytes, 1), ctx_.compute_stream());
-    OTCAL_CUDA_CHECK(run(sort_temp_.data()));
+    sel_rows_ = rows;
   }
 
   struct Pending {
@@ -707,29 +836,45 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     std::int64_t nnz = 0;
   };
 
-  Context ctx_;
+  Context ctx_;  // owning: the backend lives for one operation, outside the context
   std::int64_t cap_request_ = 0;
-  std::int64_t cap_ = 0;
-  mutable std::int64_t planned_cap_ = 0;
-  index_t rows_hint_ = 0;
+  // Fixed by declare_workspace.
+  DeviceLayout<T> layout_;
+  bool declared_ = false;
+  std::size_t flags_index_ = 0;
   bool wide_ = false;
+  bool mass_ = false;
+  std::int64_t cap_ = 0;
+  std::size_t scan_temp_bytes_ = 0, sort_temp_bytes_ = 0;
+  // Fixed by bind_workspace (the operation's Workspace owns the device memory).
+  index_t bound_rows_ = 0;
+  unsigned* flags_ = nullptr;
+  std::int32_t* stage_idx32_[2]{};
+  std::int64_t* stage_idx64_[2]{};
+  double* stage_val_[2]{};
+  std::int64_t* piece_off_ = nullptr;
+  void* scan_temp_ = nullptr;
+  T* keys_alt_ = nullptr;
+  std::int32_t* cols_alt32_ = nullptr;
+  std::int64_t* cols_alt64_ = nullptr;
+  double* tot_ = nullptr;
+  int* seg_begin_ = nullptr;
+  int* seg_end_ = nullptr;
+  void* sort_temp_ = nullptr;
+  Buffer<unsigned char> pinned_[2];
+  // Streaming pipeline.
   cudaEvent_t compacted_[2]{}, copied_[2]{};
-  Buffer<unsigned char> stage_idx_[2], pinned_[2];
-  Buffer<double> stage_val_[2];
   Pending pending_[2];
   int next_slot_ = 0;
-  Buffer<unsigned> flags_;
-  Buffer<std::int64_t> piece_off_;
-  Buffer<unsigned char> scan_temp_, sort_temp_, cols_alt_;
-  Buffer<T> keys_alt_;
-  Buffer<double> tot_;
-  Buffer<int> seg_begin_, seg_end_;
+  // Block-to-block hand-over inside one operation (download_counts -> emit, mass_select -> gather).
   const std::int64_t* counts_dev_ = nullptr;
   std::vector<std::int64_t> host_counts_;
-  std::vector<index_t> host_ids_;
-  CudaDenseSource<T>* dense_ = nullptr;
   const void* sel_cols_ = nullptr;
   const T* sel_vals_ = nullptr;
+  index_t sel_rows_ = 0;
+  // Sampled sweeps of a dense source.
+  std::vector<index_t> host_ids_;
+  CudaDenseSource<T>* dense_ = nullptr;
 };
 
 }  // namespace cuda_sparsify
