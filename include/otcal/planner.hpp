@@ -50,9 +50,16 @@ struct WorkspaceDecl {
   std::size_t fixed_bytes() const;     // bytes(0)
 };
 
+// One declared buffer at the planned tile rows.
+struct PlannedBuffer {
+  std::string name;
+  std::size_t bytes = 0;  // requested (element size x count); charged rounded up to 256
+};
+
 struct TilePlan {
   index_t rows = 0;     // tile rows (the batch size)
   index_t n_tiles = 0;
+  std::vector<PlannedBuffer> buffers;  // the operation's declared buffers at `rows`
   std::size_t planned_peak = 0;  // workspace bytes at `rows`: WorkspaceDecl::bytes(rows)
   std::size_t resident = 0;      // bytes already live when planned (not part of planned_peak)
   std::size_t headroom = 0;

@@ -70,12 +70,13 @@ ResolvedGeometry resolve_geometry(const Problem& problem, const SinkhornOptions&
 
 // P v from the potentials, online: axis = 1 maps V [m, k] -> [n, k] (P V, moscot "pull");
 // axis = 0 maps V [n, k] -> [m, k] (P^T V, moscot "push"). Row-major, signed values allowed.
+// `plan`, when given, receives the workspace plan the call used.
 std::vector<double> apply_transport(const Problem& problem, const Potentials& potentials, const ConstMatrix& v,
-                                    int axis, std::optional<index_t> batch_size = {});
+                                    int axis, std::optional<index_t> batch_size = {}, TilePlan* plan = nullptr);
 
 // marginal(axis = 1) = P 1 (length n); marginal(axis = 0) = P^T 1 (length m).
 std::vector<double> marginal(const Problem& problem, const Potentials& potentials, int axis,
-                             std::optional<index_t> batch_size = {});
+                             std::optional<index_t> batch_size = {}, TilePlan* plan = nullptr);
 
 // Convenience overloads for one call: upload a problem (in options.precision, or the potentials'
 // precision), run, release it.

@@ -2,7 +2,7 @@
 // The calibration backend seam: the host loops (Newton in exact.cpp, the epoch loop in
 // gradient.cpp) are written once against these per-record passes; the CPU implementation lives
 // next to each loop, the CUDA one in cuda/calibration.cu. The CUDA entry points are declared in
-// every build; a build without CUDA links src/core/no_cuda.cpp's stand-ins, which throw.
+// every build; a build without CUDA links cuda/no_cuda.cpp's stand-ins, which throw.
 //
 // On CUDA the constraint CSR A (k x n) and its transpose Aᵀ are uploaded once into the budgeted
 // device workspace (the builder itself runs on the host, O(nnz) counting sort, and the result is

@@ -1,7 +1,7 @@
 #pragma once
 // The few CUDA-runtime services the host layer needs, behind plain C++ declarations so that
 // src/ compiles without CUDA headers. Implemented in cuda/cuda_runtime.cpp (CUDA builds) or
-// src/core/no_cuda.cpp (CPU-only builds).
+// cuda/no_cuda.cpp (CPU-only builds).
 #include <cstddef>
 #include <memory>
 #include <string>

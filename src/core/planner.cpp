@@ -48,6 +48,12 @@ bool fits(const WorkspaceDecl& d, index_t rows, std::size_t budget) {
                        minimum);
 }
 
+void list_buffers(const WorkspaceDecl& d, TilePlan& p) {
+  p.buffers.clear();
+  for (const BufferDecl& b : d.buffers) p.buffers.push_back({b.name, b.count(p.rows) * b.element_size});
+  p.planned_peak = d.bytes(p.rows);
+}
+
 }  // namespace
 
 std::size_t minimum_budget(const WorkspaceDecl& d, index_t rows) {
@@ -90,7 +96,7 @@ TilePlan plan_tiles(index_t n_rows, const WorkspaceDecl& d, std::size_t budget) 
     p.rows = std::max(std::min(rows, fit), min_rows);
     p.n_tiles = (n_rows + p.rows - 1) / p.rows;
   }
-  p.planned_peak = d.bytes(p.rows);
+  list_buffers(d, p);
   return p;
 }
 
@@ -107,7 +113,7 @@ TilePlan plan_fixed_batch(index_t n_rows, const WorkspaceDecl& d, std::size_t bu
   }
   if (!fits(d, p.rows, budget)) too_small(d, budget, p.rows);
   p.n_tiles = n_rows > 0 ? (n_rows + p.rows - 1) / p.rows : 0;
-  p.planned_peak = d.bytes(p.rows);
+  list_buffers(d, p);
   return p;
 }
 

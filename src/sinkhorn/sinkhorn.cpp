@@ -322,7 +322,7 @@ void check_potentials(const Problem::Impl& p, const Potentials& r) {
 // The apply workspace: potentials, the caller's vectors and the output in T, per-row accumulators.
 template <class T>
 std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstMatrix& v, int axis,
-                             std::optional<index_t> batch, const PointCloud* pending) {
+                             std::optional<index_t> batch, const PointCloud* pending, TilePlan* plan_out) {
   if (axis != 0 && axis != 1) throw InvalidArgument("axis must be 0 (P^T v) or 1 (P v), got " + std::to_string(axis));
   check_potentials(p, r);
   const Shape s = p.shape;
@@ -344,6 +344,7 @@ std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstM
   const auto out_id = decl.add<T>("out", static_cast<std::size_t>(rows_n * k));
   const auto acc_id = decl.add<double>("acc", 0, static_cast<std::size_t>(k));
   const TilePlan plan = plan_batch(rows_n, decl, p.ctx.memory_budget(), batch);
+  if (plan_out) *plan_out = plan;
   if (pending) detail::upload_now(p, *pending);
 
   detail::OperationScope scope(p.ctx);
@@ -377,7 +378,7 @@ std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstM
 
 template <class T>
 std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis, std::optional<index_t> batch,
-                                const PointCloud* pending) {
+                                const PointCloud* pending, TilePlan* plan_out) {
   if (axis != 0 && axis != 1) throw InvalidArgument("axis must be 0 (P^T 1) or 1 (P 1), got " + std::to_string(axis));
   check_potentials(p, r);
   const Shape s = p.shape;
@@ -392,6 +393,7 @@ std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis,
   const auto lse_id = decl.add<T>("lse", static_cast<std::size_t>(rows_n));
   const auto state_id = decl.add<double>("tile_state", 0, 2 * static_cast<std::size_t>(parts));
   const TilePlan plan = plan_batch(rows_n, decl, p.ctx.memory_budget(), batch);
+  if (plan_out) *plan_out = plan;
   if (pending) detail::upload_now(p, *pending);
 
   detail::OperationScope scope(p.ctx);
@@ -426,17 +428,17 @@ ResolvedGeometry resolve_geometry(const Problem& problem, const SinkhornOptions&
 }
 
 std::vector<double> apply_transport(const Problem& problem, const Potentials& potentials, const ConstMatrix& v,
-                                    int axis, std::optional<index_t> batch_size) {
+                                    int axis, std::optional<index_t> batch_size, TilePlan* plan) {
   return problem.precision() == DType::float32
-             ? apply_on<float>(problem.impl(), potentials, v, axis, batch_size, nullptr)
-             : apply_on<double>(problem.impl(), potentials, v, axis, batch_size, nullptr);
+             ? apply_on<float>(problem.impl(), potentials, v, axis, batch_size, nullptr, plan)
+             : apply_on<double>(problem.impl(), potentials, v, axis, batch_size, nullptr, plan);
 }
 
 std::vector<double> marginal(const Problem& problem, const Potentials& potentials, int axis,
-                             std::optional<index_t> batch_size) {
+                             std::optional<index_t> batch_size, TilePlan* plan) {
   return problem.precision() == DType::float32
-             ? marginal_on<float>(problem.impl(), potentials, axis, batch_size, nullptr)
-             : marginal_on<double>(problem.impl(), potentials, axis, batch_size, nullptr);
+             ? marginal_on<float>(problem.impl(), potentials, axis, batch_size, nullptr, plan)
+             : marginal_on<double>(problem.impl(), potentials, axis, batch_size, nullptr, plan);
 }
 
 // The one-call overloads prepare the problem, and the operation plans the whole call before the
@@ -459,15 +461,15 @@ ResolvedGeometry resolve_geometry(const Context& ctx, const PointCloud& geom, co
 std::vector<double> apply_transport(const Context& ctx, const PointCloud& geom, const Potentials& potentials,
                                     const ConstMatrix& v, int axis, std::optional<index_t> batch_size) {
   const auto p = detail::prepare_problem(ctx, geom, {}, {}, potentials.precision);
-  return potentials.precision == DType::float32 ? apply_on<float>(*p, potentials, v, axis, batch_size, &geom)
-                                                : apply_on<double>(*p, potentials, v, axis, batch_size, &geom);
+  return potentials.precision == DType::float32 ? apply_on<float>(*p, potentials, v, axis, batch_size, &geom, nullptr)
+                                                : apply_on<double>(*p, potentials, v, axis, batch_size, &geom, nullptr);
 }
 
 std::vector<double> marginal(const Context& ctx, const PointCloud& geom, const Potentials& potentials, int axis,
                              std::optional<index_t> batch_size) {
   const auto p = detail::prepare_problem(ctx, geom, {}, {}, potentials.precision);
-  return potentials.precision == DType::float32 ? marginal_on<float>(*p, potentials, axis, batch_size, &geom)
-                                                : marginal_on<double>(*p, potentials, axis, batch_size, &geom);
+  return potentials.precision == DType::float32 ? marginal_on<float>(*p, potentials, axis, batch_size, &geom, nullptr)
+                                                : marginal_on<double>(*p, potentials, axis, batch_size, &geom, nullptr);
 }
 
 }  // namespace otcal

@@ -1,4 +1,5 @@
-// CPU-only build: every CUDA service reports that CUDA was not compiled in.
+// CPU-only build: the one stand-in for the CUDA backend. Every CUDA service and factory reports that
+// CUDA was not compiled in.
 #include "core/cuda_runtime.hpp"
 #include "otcal/errors.hpp"
 
