@@ -1,5 +1,5 @@
 // otcal-bench-calibrate: survey-weight calibration on a synthetic survey (make_synthetic_survey),
-// one configuration per process; prints one `OTCAL_BENCH {json}` line (host-layer.md §7).
+// one configuration per process; prints one `OTCAL_BENCH {json}` line (docs/host-layer.md §7).
 //
 // The constraint system (targets x records CSR, O(nnz)) is built once, untimed except for its own
 // build_time_s; the timed region is the calibrator. Throughput is nnz x iterations per second:

@@ -1,5 +1,5 @@
 // otcal-bench-sinkhorn: fixed-length online Sinkhorn on seeded Gaussian clouds, one configuration
-// per process; prints one `OTCAL_BENCH {json}` line (host-layer.md §7).
+// per process; prints one `OTCAL_BENCH {json}` line (docs/host-layer.md §7).
 //
 // Fixed length: min_iterations = max_iterations = inner_iterations = --iterations, so every run does
 // exactly that many f/g iterations plus one marginal-error evaluation and the reg_ot_cost pass at

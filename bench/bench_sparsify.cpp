@@ -1,6 +1,6 @@
 // otcal-bench-sparsify: block-wise sparsification of the implicit transport plan of a fixed-length
 // Sinkhorn solve on seeded Gaussian clouds, one configuration per process; prints one
-// `OTCAL_BENCH {json}` line (host-layer.md §7).
+// `OTCAL_BENCH {json}` line (docs/host-layer.md §7).
 //
 // The problem is uploaded and solved once, untimed; the timed region is sparsify() alone on the
 // resident problem, and its allocator peak is

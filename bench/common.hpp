@@ -1,5 +1,5 @@
 #pragma once
-// Shared plumbing of the bench binaries (host-layer.md §7): common flags, seeded inputs, timing
+// Shared plumbing of the bench binaries (docs/host-layer.md §7): common flags, seeded inputs, timing
 // with warm-up and repeats, memory figures, and the single `OTCAL_BENCH {json}` line each process
 // prints. One configuration per process: the harness (bench/run_sweeps.py) launches each cold,
 // because allocator peaks accumulate within a process.
@@ -84,7 +84,7 @@ struct Timing {
 // `warmup` untimed calls, then `repeats` timed calls of `run`.
 Timing time_repeats(int warmup, int repeats, const std::function<void()>& run);
 
-// Device-level memory use on CUDA (host-layer.md §7): the largest drop of cudaMemGetInfo free bytes
+// Device-level memory use on CUDA (docs/host-layer.md §7): the largest drop of cudaMemGetInfo free bytes
 // (through otcal::system_info()) below the baseline taken at construction, right after context
 // creation, sampled every 10 ms by a background thread. It includes the CUDA context's later growth and
 // library workspaces that the allocator peak misses. Inactive (reports nothing) on the CPU.

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Bench sweeps for otcal: each configuration runs as its own cold process (host-layer.md §7).
+"""Bench sweeps for otcal: each configuration runs as its own cold process (docs/host-layer.md §7).
 
 Collects the `OTCAL_BENCH {json}` lines of the bench binaries and writes one results file
 bench/results/<name>-<device>-<date>.json holding device, commit, date, every record, the fitted

@@ -1,4 +1,4 @@
-// CUDA-runtime services of the host layer (host-layer.md §1, §2.2, §4), compiled by the host
+// CUDA-runtime services of the host layer (docs/host-layer.md §1, §2.2, §4), compiled by the host
 // compiler against the CUDA runtime. Every failure is a DeviceError naming the call.
 #include <cuda_runtime.h>
 

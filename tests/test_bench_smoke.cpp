@@ -1,4 +1,4 @@
-// Smoke tests of the bench binaries (host-layer.md §7): each runs on a small CPU configuration as
+// Smoke tests of the bench binaries (docs/host-layer.md §7): each runs on a small CPU configuration as
 // its own process, prints exactly one `OTCAL_BENCH {json}` line holding every documented field,
 // and respects the memory contract alloc_peak <= planned_peak <= budget. The bench folder comes
 // from OTCAL_BENCH_DIR (set by tests/CMakeLists.txt); benches that were not built are skipped.
@@ -65,7 +65,7 @@ std::uint64_t fresh_seed() {
   return (static_cast<std::uint64_t>(rd()) << 32) | rd();
 }
 
-// Every field the record must carry (host-layer.md §7 and the bench issue).
+// Every field the record must carry (docs/host-layer.md §7 and the bench issue).
 void expect_common_fields(const json& j, const std::string& bench) {
   for (const char* key :
        {"bench", "n", "m", "d", "k", "batch_size", "tile_rows", "precision", "device_kind", "device", "commit",

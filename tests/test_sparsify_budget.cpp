@@ -1,4 +1,4 @@
-// Memory contract of sparsify (spec/sparsify.md §7.3, §9 item 17): the peak measured by the
+// Memory contract of sparsify (docs/sparsify.md §7.3, §9 item 17): the peak measured by the
 // statistics adaptor stays <= the planned peak <= the budget, a budget below the minimum fails
 // before anything is allocated naming the minimum, and an explicit batch over budget is an error.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// n = m = 20,000 on the CPU with batch 256 (spec/sparsify.md §9 item 17 at scale): the measured
+// n = m = 20,000 on the CPU with batch 256 (docs/sparsify.md §9 item 17 at scale): the measured
 // peak stays <= the planned peak <= the budget, far below n*m values, and the result is checked
 // against a few rows recomputed here in float64.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// sparsify against dense float64 references written here (spec/sparsify.md §9). Every test runs
+// sparsify against dense float64 references written here (docs/sparsify.md §9). Every test runs
 // through both sources: a dense random matrix, and the point-cloud plan T_ij = exp((f_i + g_j -
 // c_ij / s) / eps) of random clouds and potentials. For the point-cloud source the reference
 // matrix is the plan materialised through sparsify (threshold 0 reproduces it), which is first
@@ -43,7 +43,7 @@ std::vector<double> to_dense(const otcal::CsrMatrix& c) {
   return d;
 }
 
-// CSR invariants (spec §6): indptr shape, strictly ascending columns, no explicit zeros, values >= 0.
+// CSR invariants (docs/sparsify.md §6): indptr shape, strictly ascending columns, no explicit zeros, values >= 0.
 void expect_valid_csr(const otcal::CsrMatrix& c, std::int64_t n, std::int64_t m) {
   ASSERT_EQ(c.rows, n);
   ASSERT_EQ(c.cols, m);
@@ -163,7 +163,7 @@ std::vector<PlanCase> both(std::int64_t n, std::int64_t m, std::uint64_t seed, c
   return v;
 }
 
-// where(T >= thr, T, 0) on rows with mass (spec §4).
+// where(T >= thr, T, 0) on rows with mass (docs/sparsify.md §4).
 std::vector<double> keep_at_least(const PlanCase& p, double thr) {
   std::vector<double> out(p.T.size(), 0.0);
   for (std::int64_t i = 0; i < p.n; ++i) {
@@ -344,7 +344,7 @@ TEST(SparsifyMassless, EveryModeLeavesZeroRowsEmptyAndWarnsOnce) {
     for (std::int64_t i = 0; i < p.n; ++i)
       if (row_has_mass(p, i))
         min_row_max = std::min(min_row_max, *std::max_element(&p.T[i * p.m], &p.T[i * p.m] + p.m));
-    // Statistics over the rows with mass only (spec §3): what the thresholds must equal.
+    // Statistics over the rows with mass only (docs/sparsify.md §3): what the thresholds must equal.
     std::vector<double> mass_entries;
     for (std::int64_t i = 0; i < p.n; ++i)
       if (row_has_mass(p, i)) mass_entries.insert(mass_entries.end(), &p.T[i * p.m], &p.T[i * p.m] + p.m);
@@ -659,7 +659,7 @@ TEST(SparsifyPercentile, SampledThresholdIsThePercentileOfTheHashedRows) {
   const std::int64_t n = 61, m = 13, k = 9;
   for (const PlanCase& p : both(n, m, seed)) {
     SCOPED_TRACE(p.source);
-    // The k rows with the smallest Philox(seed, i), ties by index (spec §4.2), computed naively.
+    // The k rows with the smallest Philox(seed, i), ties by index (docs/sparsify.md §4.2), computed naively.
     std::vector<std::pair<std::uint64_t, std::int64_t>> h;
     for (std::int64_t i = 0; i < n; ++i) h.push_back({otcal::detail::sparsify_row_hash(seed, i), i});
     std::sort(h.begin(), h.end());
@@ -720,7 +720,7 @@ TEST(SparsifyFloat32, CloudPlanInvariantAndEqualToDenseFloat32) {
 
 namespace {
 
-// Spec §1 / §9 item 10: the sparsifier never materialises rows through apply/push/pull. Rows come
+// docs/sparsify.md §1 / §9 item 10: the sparsifier never materialises rows through apply/push/pull. Rows come
 // from PlanBlockSource::build only; this pins it at the source level for every file of the path.
 TEST(SparsifySource, NeverCallsApplyPushOrPull) {
   const char* root = std::getenv("OTCAL_SOURCE_DIR");

@@ -1,4 +1,4 @@
-// The exact global percentile (spec/sparsify.md §7.1) against a sort-based numpy-linear reference
+// The exact global percentile (docs/sparsify.md §7.1) against a sort-based numpy-linear reference
 // written here, including ties and all-equal rows, for float32 and float64 plans; and
 // scale_cost = median (the exact median of all n*m unscaled costs) against the dense median.
 #include <gtest/gtest.h>

@@ -21,7 +21,7 @@ struct ContextOptions {
   StreamHandle user_stream = nullptr; // CUDA: work is ordered after, and before, this stream
   // Receives every warning; the default prints "otcal: warning: ..." to stderr.
   std::function<void(const std::string&)> on_warning;
-  std::size_t pinned_budget = std::size_t{512} << 20;  // host-layer.md §4
+  std::size_t pinned_budget = std::size_t{512} << 20;  // docs/host-layer.md §4
 };
 
 struct DeviceInfo {

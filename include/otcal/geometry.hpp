@@ -1,5 +1,5 @@
 #pragma once
-// Point-cloud geometry: two clouds, a ground cost and how to scale it (spec/sinkhorn.md §1).
+// Point-cloud geometry: two clouds, a ground cost and how to scale it (docs/sinkhorn.md §1).
 #include <optional>
 #include <string>
 

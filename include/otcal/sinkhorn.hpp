@@ -1,5 +1,5 @@
 #pragma once
-// Online log-domain Sinkhorn between point clouds, with OTT-JAX semantics (spec/sinkhorn.md).
+// Online log-domain Sinkhorn between point clouds, with OTT-JAX semantics (docs/sinkhorn.md).
 #include <cstdint>
 #include <functional>
 #include <optional>

@@ -1,5 +1,5 @@
 #pragma once
-// Block-wise sparsifier of the implicit n x m transport plan (spec/sparsify.md), with moscot's
+// Block-wise sparsifier of the implicit n x m transport plan (docs/sparsify.md), with moscot's
 // semantics (threshold, sampled percentile, min_row, mass) plus an exact global percentile.
 // Rows of the plan are recomputed block by block from (f, g, x, y, eps, s): at most one [bs, m]
 // block of plan values lives in the budgeted workspace at any time.
@@ -27,7 +27,7 @@ enum class PercentileMethod { sampled, exact };
 SparsifyMode parse_sparsify_mode(const std::string& text);
 const char* sparsify_mode_name(SparsifyMode mode);
 
-// One finished block of rows, handed to SparsifyOptions::sink (spec §7.2): rows
+// One finished block of rows, handed to SparsifyOptions::sink (docs/sparsify.md §7.2): rows
 // [row_offset, row_offset + rows), indptr relative to the piece (indptr[0] = 0, rows + 1 entries),
 // columns in indices32 (or indices64 when m >= 2^31), values widened to double. Valid during the
 // call only.
@@ -44,7 +44,7 @@ struct CsrPiece {
 struct SparsifyOptions {
   SparsifyMode mode = SparsifyMode::threshold;
   std::optional<double> value;
-  std::optional<index_t> batch_size;  // unset: planned from the memory budget (spec §7.3)
+  std::optional<index_t> batch_size;  // unset: planned from the memory budget (docs/sparsify.md §7.3)
   std::optional<index_t> n_samples;   // sampled percentile; default 1024 (moscot's batch_size default)
   std::uint64_t seed = 0;             // sampled percentile
   std::optional<index_t> max_k;       // mass only
@@ -53,7 +53,7 @@ struct SparsifyOptions {
   // accumulated; the result's csr then holds the shape and indptr only.
   std::function<void(const CsrPiece&)> sink;
   // CUDA: capacity `cap` (entries) of each device staging / pinned host buffer of the streamed
-  // output (spec §7.2); a block with more entries leaves as several pieces of whole rows. Must be
+  // output (docs/sparsify.md §7.2); a block with more entries leaves as several pieces of whole rows. Must be
   // >= m; 0 = the default. Ignored on the CPU.
   std::int64_t staging_entries = 0;
 };

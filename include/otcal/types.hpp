@@ -18,7 +18,7 @@ constexpr DType dtype_of<float>() { return DType::float32; }
 template <>
 constexpr DType dtype_of<double>() { return DType::float64; }
 
-// Fixed reduction granule (host-layer.md §6): every floating-point reduction over an axis is
+// Fixed reduction granule (docs/host-layer.md §6): every floating-point reduction over an axis is
 // formed per block of R indices in a fixed order and merged in block order, so results do not
 // depend on batch size or thread count.
 inline constexpr index_t kReductionGranule = 256;

@@ -1,5 +1,5 @@
 // `otcal calibrate`: reweight the records of a CSV so weighted totals meet the targets of a JSON
-// spec (spec/calibration.md), writing weights.npy, weights.csv and report.json into --out
+// spec (docs/calibration.md), writing weights.npy, weights.csv and report.json into --out
 // atomically (all of it or nothing).
 //
 // SPEC.json: {"total": N?, "marginal": {"col": {"cat": target, ...}, ...},

@@ -40,7 +40,7 @@ std::string num(double v) {
   return os.str();
 }
 
-// Option checks with flag names, before any file is read (spec/sinkhorn.md §1-§5).
+// Option checks with flag names, before any file is read (docs/sinkhorn.md §1-§5).
 void check_options(const SolverArgs& s) {
   if (s.epsilon && !(std::isfinite(*s.epsilon) && *s.epsilon > 0))
     throw InvalidArgument("--epsilon " + num(*s.epsilon) + " must be a finite number > 0");

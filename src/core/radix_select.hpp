@@ -1,6 +1,6 @@
 #pragma once
 // Exact order statistics of a multiset of floats in bounded memory by histogram refinement on the
-// IEEE bit patterns (spec/sparsify.md §7.1). The values are never stored or sorted: each pass
+// IEEE bit patterns (docs/sparsify.md §7.1). The values are never stored or sorted: each pass
 // sweeps them again and counts the next 16 key bits of the entries that still match the candidate
 // prefix. Counts are integers, so the answer does not depend on how the sweep is blocked.
 #include <cmath>
@@ -39,7 +39,7 @@ inline T key_value(KeyOf<T> key) {
   return v;
 }
 
-// numpy's two-sided linear interpolation (spec §4.5), in float64.
+// numpy's two-sided linear interpolation (docs/sparsify.md §4.5), in float64.
 inline double lerp_numpy(double a, double b, double t) {
   return t < 0.5 ? a + (b - a) * t : b - (b - a) * (1 - t);
 }

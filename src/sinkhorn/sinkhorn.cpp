@@ -1,4 +1,4 @@
-// The Sinkhorn host loop, written once against the backend primitives (spec/sinkhorn.md).
+// The Sinkhorn host loop, written once against the backend primitives (docs/sinkhorn.md).
 #include "otcal/sinkhorn.hpp"
 
 #include <algorithm>

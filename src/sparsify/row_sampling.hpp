@@ -1,5 +1,5 @@
 #pragma once
-// Rows for the sampled percentile (spec/sparsify.md §4.2): the k rows with the smallest
+// Rows for the sampled percentile (docs/sparsify.md §4.2): the k rows with the smallest
 // h_i = Philox(seed, i) (ties by index), sorted ascending. A uniform k-subset that is a function
 // of (seed, n, k) only, so it never depends on batch size or device count.
 #include <algorithm>

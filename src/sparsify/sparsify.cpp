@@ -1,4 +1,4 @@
-// The sparsify host loop (spec/sparsify.md), written once against the block primitives of
+// The sparsify host loop (docs/sparsify.md), written once against the block primitives of
 // sparsify/sparsify_backend.hpp. One block of [bs, m] plan rows lives in the budgeted workspace;
 // thresholds come from exact minima or integer histogram counts, so the output is bitwise
 // independent of bs.
@@ -33,7 +33,7 @@ std::string num(double v) {
   return os.str();
 }
 
-// Spec §5, in the spec's order, before anything is planned or allocated.
+// docs/sparsify.md §5, in its order, before anything is planned or allocated.
 void validate(const SparsifyOptions& o) {
   const SparsifyMode mode = o.mode;
   if (mode == SparsifyMode::mass && !(o.value && *o.value > 0 && *o.value <= 1))
@@ -160,7 +160,7 @@ class BlockLoop {
   std::vector<T> row_max_host_;  // device workspace only
 };
 
-// Threshold statistics (spec §4.2, §4.3, §7.1) and the output pass (§2).
+// Threshold statistics (docs/sparsify.md §4.2, §4.3, §7.1) and the output pass (§2).
 template <class T>
 void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& src, const SparsifyOptions& o,
               index_t bs, const SparsifyLayout<T>& layout, const detail::Workspace& ws, SparsifyResult& res) {

@@ -28,7 +28,7 @@ class SparsifyBackend : public BlockBackend<T> {
                                 const std::int64_t* offsets, std::int32_t* indices32, std::int64_t* indices64,
                                 double* values) = 0;
 
-  // Mass mode (spec §4.4): per row the smallest descending prefix reaching value * row sum, capped
+  // Mass mode (docs/sparsify.md §4.4): per row the smallest descending prefix reaching value * row sum, capped
   // by max_k (0 = none). `order` is workspace [rows, m] of column ids (int32, or int64 when
   // wide); on return its first counts[r] entries of row r are the kept columns, ascending.
   virtual void mass_select(const T* block, index_t rows, index_t m, const T* row_max, double value,
@@ -77,7 +77,7 @@ template <class T>
 std::unique_ptr<SparsifyBackend<T>> make_sparsify_backend(const Context& ctx, std::int64_t staging_entries = 0);
 
 // cuda/sparsify.cu (CUDA builds only). `staging_entries` is the streaming capacity cap (>= m;
-// 0 = default), see spec/sparsify.md §7.2.
+// 0 = default), see docs/sparsify.md §7.2.
 template <class T>
 std::unique_ptr<SparsifyBackend<T>> make_cuda_sparsify_backend(const Context& ctx, std::int64_t staging_entries);
 

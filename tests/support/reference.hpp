@@ -1,6 +1,6 @@
 #pragma once
 // Independent references for the tests: a naive dense float64 log-domain Sinkhorn that follows
-// OTT-JAX's formulas literally (spec/sinkhorn.md), written without any otcal code, and random
+// OTT-JAX's formulas literally (docs/sinkhorn.md), written without any otcal code, and random
 // input generators.
 #include <cstdint>
 #include <random>

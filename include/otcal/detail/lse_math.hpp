@@ -1,6 +1,6 @@
 #pragma once
 // Online log-sum-exp (Milakov & Gimelshein) in base 2, and the Sinkhorn element updates of
-// spec/sinkhorn.md §4-§6, shared by both backends.
+// docs/sinkhorn.md §4-§6, shared by both backends.
 #include <cmath>
 #include <limits>
 
@@ -44,7 +44,7 @@ OTCAL_HD OTCAL_INLINE T fin(T v) {
   return (v - v == T(0)) ? v : T(0);  // false for NaN and +-inf
 }
 
-// New potential from the LSE of the other side, spec §4:
+// New potential from the LSE of the other side, docs/sinkhorn.md §4:
 //   f_i = tau * (eps_t log a_i - fin(eps_t * LSE_j((g_j - C_ij)/eps_t)))
 template <class T>
 OTCAL_HD OTCAL_INLINE T potential_update(T lse, T log_w, T eps_t, T tau) {
@@ -57,7 +57,7 @@ OTCAL_HD OTCAL_INLINE double marginal_from_lse(T pot, T lse, double eps) {
   return ::exp(static_cast<double>(pot) / eps + static_cast<double>(lse));
 }
 
-// One plan entry P_ij = exp((f_i + g_j - c_ij / s) / eps) in float64 (spec/sinkhorn.md §6), the
+// One plan entry P_ij = exp((f_i + g_j - c_ij / s) / eps) in float64 (docs/sinkhorn.md §6), the
 // same expression for apply, sparsify and both backends: entries are pure functions of (i, j).
 OTCAL_HD OTCAL_INLINE double plan_entry(double f_i, double g_j, double cost, double inv_scale, double inv_eps) {
   return ::exp((f_i + g_j - cost * inv_scale) * inv_eps);
@@ -71,7 +71,7 @@ OTCAL_HD OTCAL_INLINE double marginal_target(T w, T pot, double rho) {
   return static_cast<double>(w) * ::exp(-static_cast<double>(pot) / rho);
 }
 
-// Validity flags (host-layer.md §5), one bit each.
+// Validity flags (docs/host-layer.md §5), one bit each.
 enum ValidityFlag : unsigned {
   kNanValue = 1u << 0,
   kPosInfValue = 1u << 1,

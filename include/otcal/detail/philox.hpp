@@ -1,7 +1,7 @@
 #pragma once
 // Philox4x32-10 (Salmon et al., SC'11), counter-based: a draw is a pure function of the key
 // (the seed) and a 128-bit counter, so it never depends on tiling, sharding or thread count
-// (host-layer.md §6). Counter words: (global index low 32 bits, purpose | index high bits << 16,
+// (docs/host-layer.md §6). Counter words: (global index low 32 bits, purpose | index high bits << 16,
 // epoch, draw). Shared by the CPU and CUDA backends (OTCAL_HD).
 #include <cstdint>
 
