@@ -10,6 +10,9 @@ PREFIX=${PREFIX:-$PWD/$BUILD_DIR/install}
 JOBS=${JOBS:-$(nproc)}
 args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREFIX"
       -DOTCAL_CUDA="${OTCAL_CUDA:-AUTO}" -DOTCAL_NATIVE="${OTCAL_NATIVE:-ON}")
+if command -v ccache >/dev/null 2>&1; then
+  args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null 2>&1; then
   args+=(-DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}")
 fi

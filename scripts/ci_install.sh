@@ -4,7 +4,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-packages=(build-essential cmake ninja-build git pkg-config libeigen3-dev libcli11-dev
+packages=(build-essential cmake ninja-build ccache git pkg-config libeigen3-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev googletest zlib1g-dev python3 python3-numpy python3-scipy)
 missing=()
 for p in "${packages[@]}"; do
