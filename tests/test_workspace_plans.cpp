@@ -332,4 +332,25 @@ TEST(ResidentProblem, ForeignPotentialsAreChecked) {
   EXPECT_THROW(otcal::sinkhorn(problem, so), otcal::InvalidArgument) << "solve precision != upload precision";
 }
 
+// Device views need a device: on a CPU context they are named, not dereferenced.
+TEST(ResidentProblem, DeviceViewsOnTheCpuAreRefused) {
+  const Input in = fresh_input(testsupport::fresh_seed());
+  const otcal::Context ctx = ctx_with_budget(std::size_t{1} << 26);
+  otcal::PointCloud geom = in.geom("sqeuclidean");
+  geom.x.location = otcal::Location::device;
+  geom.y.location = otcal::Location::device;
+  try {
+    otcal::Problem::upload(ctx, geom);
+    FAIL();
+  } catch (const otcal::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("x is a device array"), std::string::npos) << e.what();
+  }
+  geom = in.geom("sqeuclidean");
+  std::vector<double> a(static_cast<std::size_t>(in.c.n), 1.0);
+  otcal::ConstVector av = otcal::ConstVector::of(a.data(), in.c.n);
+  av.location = otcal::Location::device;
+  EXPECT_THROW(otcal::Problem::upload(ctx, geom, av), otcal::InvalidArgument);
+  EXPECT_EQ(ctx.cloud_uploads(), 0u);
+}
+
 }  // namespace

@@ -1,11 +1,10 @@
 #include "geometry/clouds.hpp"
 
-#include "core/cuda_runtime.hpp"
-
 #include <algorithm>
 #include <cmath>
 #include <sstream>
 
+#include "core/cuda_runtime.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
 
@@ -40,9 +39,6 @@ Shape check_geometry(const PointCloud& geom, DeviceKind device) {
   if (x.location == Location::device && device != DeviceKind::cuda)
     throw InvalidArgument("x is a device array but the context runs on the cpu: pass host arrays or use a CUDA "
                           "context");
-  if (!geom.y.empty() && geom.y.dtype != x.dtype)
-    throw InvalidArgument(std::string("x is ") + dtype_name(x.dtype) + " but y is " + dtype_name(geom.y.dtype) +
-                          ": pass both clouds in the same dtype");
   const Cost& c = geom.options.cost;
   if ((c.kind == CostKind::pnorm || c.kind == CostKind::sq_pnorm) && !(std::isfinite(c.p) && c.p >= 1))
     throw InvalidArgument("cost exponent p = " + std::to_string(c.p) + " must be finite and >= 1");

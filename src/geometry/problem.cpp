@@ -1,6 +1,9 @@
 // Problem::upload: the inputs are checked and uploaded once, into the declared resident layout.
 #include "otcal/problem.hpp"
 
+#include <string>
+#include <utility>
+
 #include "core/cuda_runtime.hpp"
 #include "core/operation.hpp"
 #include "geometry/problem_impl.hpp"
@@ -42,6 +45,10 @@ std::shared_ptr<Problem::Impl> prepare_problem(const Context& ctx, const PointCl
                           b.location == Location::device;
   if (any_device && ctx.kind() == DeviceKind::cuda && ctx.user_stream() != nullptr)
     cuda_stream_synchronize(ctx.user_stream());
+  for (const auto& [w, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}})
+    if (!w->empty() && w->location == Location::device && ctx.kind() != DeviceKind::cuda)
+      throw InvalidArgument(std::string(name) + " is a device array but the context runs on the cpu: pass host "
+                            "arrays or use a CUDA context");
   auto p = std::make_shared<Problem::Impl>(ctx);
   p->shape = detail::check_geometry(geom, ctx.kind());
   p->geometry = geom.options;
