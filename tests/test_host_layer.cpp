@@ -9,6 +9,9 @@
 #include "otcal/errors.hpp"
 #include "otcal/memory.hpp"
 #include "otcal/planner.hpp"
+#include "otcal/sinkhorn.hpp"
+
+#include <omp.h>
 
 namespace {
 
@@ -216,3 +219,31 @@ TEST(Context, CpuBudgetStackAndAutomatic) {
 }
 
 }  // namespace
+
+// A context's thread count applies to its operations on the calling thread only: the process-wide
+// OpenMP setting is the same before and after, and during the solve the context's count is in force.
+TEST(Context, ThreadsApplyPerOperationNotProcessWide) {
+  const int process = omp_get_max_threads();
+  const int wanted = process == 1 ? 2 : 1;
+  otcal::ContextOptions o;
+  o.threads = wanted;
+  o.memory_budget = std::size_t{64} << 20;
+  const otcal::Context ctx = otcal::Context::cpu(o);
+  EXPECT_EQ(omp_get_max_threads(), process) << "creating a context changes nothing";
+  std::mt19937_64 rng(std::random_device{}());
+  std::normal_distribution<double> N;
+  std::vector<double> x(80 * 2), y(70 * 2);
+  for (double& v : x) v = N(rng);
+  for (double& v : y) v = N(rng);
+  otcal::PointCloud geom{otcal::ConstMatrix::of(x.data(), 80, 2), otcal::ConstMatrix::of(y.data(), 70, 2), {}};
+  otcal::SinkhornOptions so;
+  so.epsilon = 0.1;
+  int seen = -1;
+  so.progress = [&](const otcal::SinkhornProgress&) { seen = omp_get_max_threads(); };
+  const otcal::SinkhornResult r = otcal::sinkhorn(ctx, geom, {}, {}, so);
+  EXPECT_EQ(seen, wanted) << "the context's count is in force during the operation";
+  EXPECT_EQ(omp_get_max_threads(), process) << "and restored after it";
+  // Same potentials with the process's default count (batch and thread invariance).
+  const otcal::SinkhornResult r2 = otcal::sinkhorn(otcal::Context::cpu({.memory_budget = o.memory_budget}), geom, {}, {}, so);
+  EXPECT_EQ(r.f, r2.f);
+}
