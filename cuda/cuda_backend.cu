@@ -2,10 +2,10 @@
 // (src/cpu/cpu_backend.cpp) is the reference; the element math is the same OTCAL_HD code from
 // include/otcal/detail/. Design (docs/sinkhorn.md §10):
 //
-//  * One thread owns one row; a block owns kRowsPerBlock rows. The other cloud streams through
-//    shared memory in chunks of kChunk points, kSlab coordinates at a time (dimension-major input
-//    makes every slab load coalesced), so shared memory is a fixed 16*32 values whatever d is and
-//    nothing of size n*m or tile*m exists. The kChunk costs of a row live in registers.
+//  * row_lse and row_apply are the one row engine of cuda/row_engine.cuh: one thread per row, the
+//    other cloud staged through shared memory in chunks, parameterised by a formula
+//    (row_formulas.cuh) and a reduction (row_reductions.cuh). cost_moments keeps its own kernel
+//    of the same shape (it needed more registers on the engine, see below).
 //  * row_lse: per chunk the row takes the max of t = h_j*log2e/eps - c_ij*log2e/(eps*s) in T,
 //    sums exp2(t - max) in T, and merges (max, sum) into a float64 running state (lse_merge:
 //    rescales only the smaller side, never forms (-inf)-(-inf)). The columns are cut into
@@ -38,53 +38,48 @@
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/exp2.hpp"
 #include "otcal/detail/lse_math.hpp"
+#include "row_engine.cuh"
+#include "row_formulas.cuh"
+#include "row_reductions.cuh"
 
 namespace otcal::detail {
 namespace cuda_impl {
 
-constexpr int kRowsPerBlock = 128;     // threads per block, one row each
-constexpr int kChunk = 32;             // points of the other cloud per shared-memory chunk
-constexpr int kSlab = 16;              // coordinates per shared-memory slab
+using cuda_engine::ColumnParts;
+using cuda_engine::kChunk;
+using cuda_engine::kMaxGridX;
+using cuda_engine::kRowsPerBlock;
+
 constexpr index_t kMinChunksPerPart = 64;  // a part is >= 2048 columns, so a partial is worth its state
 constexpr index_t kMaxParts = 64;
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksMax = 256;  // fixed-shape scalar reductions: partials merged on the host
 constexpr int kElementThreads = 256;
-constexpr index_t kMaxGridX = (index_t{1} << 31) - 1;
 
-// The fixed cut of the other cloud into parts of whole chunks; depends on m only.
-struct PartGeometry {
-  index_t chunks = 0;
-  index_t chunks_per_part = 1;
-  index_t parts = 1;      // parts actually used (<= max_parts)
-  index_t max_parts = 1;  // what lse_partials_per_row reports; monotone in m
-};
-
-inline PartGeometry part_geometry(index_t m) {
-  PartGeometry g;
-  g.chunks = (m + kChunk - 1) / kChunk;
-  g.max_parts = std::clamp<index_t>((g.chunks + kMinChunksPerPart - 1) / kMinChunksPerPart, 1, kMaxParts);
-  g.chunks_per_part = std::max<index_t>(1, (g.chunks + g.max_parts - 1) / g.max_parts);
-  g.parts = std::max<index_t>(1, (g.chunks + g.chunks_per_part - 1) / g.chunks_per_part);
-  return g;
+// How many LSE partials a row may need (what lse_partials_per_row reports); monotone in m.
+inline index_t lse_max_parts(index_t m) {
+  const index_t chunks = (m + kChunk - 1) / kChunk;
+  return std::clamp<index_t>((chunks + kMinChunksPerPart - 1) / kMinChunksPerPart, 1, kMaxParts);
 }
+
+// The fixed cut of the other cloud for row_lse; depends on m only.
+inline ColumnParts lse_parts(index_t m) { return cuda_engine::parts_of(m, lse_max_parts(m)); }
 
 inline unsigned grid_for(index_t n, int threads, index_t cap = 65535) {
   return static_cast<unsigned>(std::clamp<index_t>((n + threads - 1) / threads, 1, cap));
 }
 
-template <class T>
-struct ChunkShared {
-  T y[kSlab][kChunk];
-  T h[kChunk];     // the other side's potential (or 0 when none)
-  T norm[kChunk];  // the other side's norms (cosine)
-};
+// ---- cost moments: kept on its own kernel --------------------------------------------------------
+// On the row engine this pass needed more registers (float64 sqeuclidean/euclidean 94 -> 118) and
+// spilled for float32 pnorm, so it keeps the hand-written loop (the engine's shared layout).
+using cuda_engine::ChunkShared;
+using cuda_engine::kSlab;
 
 // Accumulates the cost terms of row i against chunk [j0, j0 + jn) into acc, and stages the
 // chunk's potential and norms in shared memory. Every thread of the block must call it (it
 // synchronises); inactive threads only help load.
 template <CostKind K, class T>
-__device__ __forceinline__ void chunk_costs(const Cloud<T>& rows, const Cloud<T>& cols, const T* h, index_t i,
+__device__ __forceinline__ void moments_chunk_costs(const Cloud<T>& rows, const Cloud<T>& cols, const T* h, index_t i,
                                             bool active, index_t j0, int jn, T p, ChunkShared<T>& sh,
                                             T (&acc)[kChunk]) {
 #pragma unroll
@@ -114,135 +109,6 @@ __device__ __forceinline__ void chunk_costs(const Cloud<T>& rows, const Cloud<T>
   }
 }
 
-template <class T>
-struct LseLaunch {
-  Cloud<T> rows, cols;
-  const T* h;
-  T p, h_scale, c_scale;
-  T* out;
-  double* state;        // [part][state_stride] (max, sum) pairs, split path only
-  index_t state_stride; // tile capacity in rows
-  index_t row0, row_count;
-  PartGeometry geo;
-  bool split;
-};
-
-template <CostKind K, class T>
-__global__ void __launch_bounds__(kRowsPerBlock) row_lse_kernel(LseLaunch<T> a) {
-  __shared__ ChunkShared<T> sh;
-  const index_t r = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
-  const bool active = r < a.row_count;
-  const index_t i = a.row0 + r;
-  const index_t m = a.cols.n;
-  const T ni = (active && a.rows.norms != nullptr) ? a.rows.norms[i] : T(0);
-  const index_t part_begin = a.split ? blockIdx.y : 0;
-  const index_t part_end = a.split ? part_begin + 1 : a.geo.parts;
-  LseState total = lse_empty();
-  T acc[kChunk];
-  for (index_t part = part_begin; part < part_end; ++part) {
-    LseState st = lse_empty();
-    const index_t c_begin = part * a.geo.chunks_per_part;
-    const index_t c_end = min(a.geo.chunks, c_begin + a.geo.chunks_per_part);
-    for (index_t c = c_begin; c < c_end; ++c) {
-      const index_t j0 = c * kChunk;
-      const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), m - j0));
-      chunk_costs<K>(a.rows, a.cols, a.h, i, active, j0, jn, a.p, sh, acc);
-      if (!active) continue;
-      T mx = -std::numeric_limits<T>::infinity();
-#pragma unroll
-      for (int jj = 0; jj < kChunk; ++jj) {
-        // Padding lanes carry h = -inf, so t = -inf there; -inf * scale - finite stays -inf.
-        acc[jj] = sh.h[jj] * a.h_scale - cost_finish<K>(acc[jj], a.p, ni, sh.norm[jj]) * a.c_scale;
-        mx = (acc[jj] > mx || acc[jj] != acc[jj]) ? acc[jj] : mx;  // NaN wins: it must reach the flags
-      }
-      if (!(mx > -std::numeric_limits<T>::infinity())) {  // an all -inf chunk adds nothing
-        if (mx != mx) st = {static_cast<double>(mx), 1.0};
-        continue;
-      }
-      T s = T(0);
-#pragma unroll
-      for (int jj = 0; jj < kChunk; ++jj) s += exp2_nonpositive(T(acc[jj] - mx));
-      lse_merge(st, static_cast<double>(mx), static_cast<double>(s));
-    }
-    if (a.split) {
-      if (active) {
-        double* slot = a.state + 2 * (part * a.state_stride + r);
-        slot[0] = st.max;
-        slot[1] = st.sum;
-      }
-    } else {
-      lse_merge(total, st.max, st.sum);
-    }
-  }
-  if (!a.split && active) a.out[i] = static_cast<T>(lse_natural(total));
-}
-
-// Merges the split path's partials in part order: the same lse_merge sequence as the fused path.
-template <class T>
-__global__ void lse_merge_kernel(const double* state, index_t state_stride, index_t parts, index_t row0,
-                                 index_t row_count, T* out) {
-  const index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r >= row_count) return;
-  LseState total = lse_empty();
-  for (index_t part = 0; part < parts; ++part) {
-    const double* slot = state + 2 * (part * state_stride + r);
-    lse_merge(total, slot[0], slot[1]);
-  }
-  out[row0 + r] = static_cast<T>(lse_natural(total));
-}
-
-template <class T>
-struct ApplyLaunch {
-  Cloud<T> rows, cols;
-  const T* f;
-  const T* h;
-  const T* v;
-  index_t k;
-  T p;
-  double inv_scale, inv_eps;
-  T* out;
-  double* acc;  // [tile rows, k]
-  index_t row0, row_count;
-};
-
-template <CostKind K, class T>
-__global__ void __launch_bounds__(kRowsPerBlock) row_apply_kernel(ApplyLaunch<T> a) {
-  __shared__ ChunkShared<T> sh;
-  const index_t r = static_cast<index_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x;
-  const bool active = r < a.row_count;
-  const index_t i = a.row0 + r;
-  const index_t m = a.cols.n, k = a.k;
-  const double fi = active ? static_cast<double>(a.f[i]) : 0.0;
-  const bool live = active && fi != -HUGE_VAL;  // rows with f = -inf carry no mass
-  const T ni = (active && a.rows.norms != nullptr) ? a.rows.norms[i] : T(0);
-  double* acc_row = a.acc + r * k;
-  if (active)
-    for (index_t c = 0; c < k; ++c) acc_row[c] = 0.0;
-  const index_t chunks = (m + kChunk - 1) / kChunk;
-  T cost[kChunk];
-  for (index_t ch = 0; ch < chunks; ++ch) {
-    const index_t j0 = ch * kChunk;
-    const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), m - j0));
-    chunk_costs<K>(a.rows, a.cols, a.h, i, active, j0, jn, a.p, sh, cost);
-    if (!live) continue;
-    double pij[kChunk];
-#pragma unroll
-    for (int jj = 0; jj < kChunk; ++jj) {
-      const double c = static_cast<double>(cost_finish<K>(cost[jj], a.p, ni, sh.norm[jj]));
-      pij[jj] = jj < jn ? ::exp((fi + static_cast<double>(sh.h[jj]) - c * a.inv_scale) * a.inv_eps) : 0.0;
-    }
-    for (index_t c = 0; c < k; ++c) {
-      double s = 0.0;
-#pragma unroll
-      for (int jj = 0; jj < kChunk; ++jj)
-        if (pij[jj] != 0.0) s += pij[jj] * static_cast<double>(a.v[(j0 + jj) * k + c]);  // 0 * inf never formed
-      acc_row[c] += s;
-    }
-  }
-  if (active)
-    for (index_t c = 0; c < k; ++c) a.out[i * k + c] = live ? static_cast<T>(acc_row[c]) : T(0);
-}
-
 template <CostKind K, class T>
 __global__ void __launch_bounds__(kRowsPerBlock) cost_moments_kernel(Cloud<T> rows, Cloud<T> cols, T p,
                                                                      double* partials) {
@@ -256,7 +122,7 @@ __global__ void __launch_bounds__(kRowsPerBlock) cost_moments_kernel(Cloud<T> ro
   for (index_t ch = 0; ch < chunks; ++ch) {
     const index_t j0 = ch * kChunk;
     const int jn = static_cast<int>(min(static_cast<index_t>(kChunk), cols.n - j0));
-    chunk_costs<K>(rows, cols, static_cast<const T*>(nullptr), i, active, j0, jn, p, sh, cost);
+    moments_chunk_costs<K>(rows, cols, static_cast<const T*>(nullptr), i, active, j0, jn, p, sh, cost);
     if (!active) continue;
     double gs = 0, gs2 = 0;
 #pragma unroll
@@ -504,7 +370,7 @@ class CudaBackend final : public Backend<T> {
     if (n > 0) launch_for_each(n, LogWeightsOp<T>{w, out}, "log_weights");
   }
 
-  index_t lse_partials_per_row(index_t cols_n) const override { return part_geometry(cols_n).max_parts; }
+  index_t lse_partials_per_row(index_t cols_n) const override { return lse_max_parts(cols_n); }
 
   void row_lse(const RowLseArgs<T>& a) override {
     dispatch_cost(a.cost.kind, [&](auto tag) { launch_row_lse<decltype(tag)::value>(a); });
@@ -547,28 +413,29 @@ class CudaBackend final : public Backend<T> {
   unsigned value_flags(const T* v, index_t n) override { return reduce_flags(n, ValueFlags<T>{v}); }
 
   // Public (not private) because extended launch helpers must be callable from dispatch lambdas.
+  // Each pass is the row engine (row_engine.cuh) with a formula and a reduction.
   template <CostKind K>
   void launch_row_lse(const RowLseArgs<T>& a) {
     const index_t n = a.rows.n;
     if (n == 0) return;
-    LseLaunch<T> L{};
+    cuda_engine::RowLoop<T> L{};
     L.rows = a.rows;
     L.cols = a.cols;
-    L.h = a.col_potential;
+    L.col_values = a.col_potential;
     L.p = static_cast<T>(a.cost.p);
-    L.h_scale = static_cast<T>(kLog2e / a.eps);
-    L.c_scale = static_cast<T>(kLog2e / a.eps * a.inv_scale);
-    L.out = a.out;
-    L.geo = part_geometry(a.cols.n);
+    L.parts = lse_parts(a.cols.n);
+    const cuda_engine::LseExponent<K, T> formula{static_cast<T>(kLog2e / a.eps),
+                                                 static_cast<T>(kLog2e / a.eps * a.inv_scale)};
+    cuda_engine::LseReduction<T> red{a.out, a.state, 0};
     const index_t row_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
     // Enough rows to give every SM a few blocks, or nothing to split: one fused pass over all
     // rows (tile_rows only sizes the state, which this path does not need).
-    if (L.geo.parts == 1 || row_blocks >= 2 * static_cast<index_t>(sm_count_)) {
+    if (L.parts.parts == 1 || row_blocks >= 2 * static_cast<index_t>(sm_count_)) {
       L.split = false;
-      L.row0 = 0;
-      L.row_count = n;
-      row_lse_kernel<K, T><<<static_cast<unsigned>(row_blocks), kRowsPerBlock, 0, stream()>>>(L);
-      OTCAL_CUDA_CHECK_LAUNCH("row_lse_kernel");
+      L.first = 0;
+      L.count = n;
+      cuda_engine::launch_rows<K>(L, formula, red, stream());
+      OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (lse)");
       return;
     }
     if (a.state == nullptr)
@@ -576,17 +443,16 @@ class CudaBackend final : public Backend<T> {
                             "lse_partials_per_row(m) doubles); declare it in the operation's workspace");
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     L.split = true;
-    L.state = a.state;
-    L.state_stride = tile;
+    red.state_stride = tile;
     for (index_t t0 = 0; t0 < n; t0 += tile) {
-      L.row0 = t0;
-      L.row_count = std::min(tile, n - t0);
-      const dim3 grid(grid_for(L.row_count, kRowsPerBlock, kMaxGridX), static_cast<unsigned>(L.geo.parts));
-      row_lse_kernel<K, T><<<grid, kRowsPerBlock, 0, stream()>>>(L);
-      OTCAL_CUDA_CHECK_LAUNCH("row_lse_kernel (split)");
-      lse_merge_kernel<T><<<grid_for(L.row_count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(
-          a.state, tile, L.geo.parts, t0, L.row_count, a.out);
-      OTCAL_CUDA_CHECK_LAUNCH("lse_merge_kernel");
+      L.first = t0;
+      L.count = std::min(tile, n - t0);
+      cuda_engine::launch_rows<K>(L, formula, red, stream());
+      OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (lse, split)");
+      cuda_engine::lse_merge_parts_kernel<T>
+          <<<grid_for(L.count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(a.state, tile, L.parts.parts,
+                                                                                       t0, L.count, a.out);
+      OTCAL_CUDA_CHECK_LAUNCH("lse_merge_parts_kernel");
     }
   }
 
@@ -594,14 +460,20 @@ class CudaBackend final : public Backend<T> {
   void launch_row_apply(const RowApplyArgs<T>& a) {
     const index_t n = a.rows.n;
     if (n == 0 || a.k <= 0) return;
-    ApplyLaunch<T> L{a.rows, a.cols, a.row_potential, a.col_potential, a.v, a.k, static_cast<T>(a.cost.p),
-                     a.inv_scale, 1.0 / a.eps, a.out, a.acc, 0, 0};
+    cuda_engine::RowLoop<T> L{};
+    L.rows = a.rows;
+    L.cols = a.cols;
+    L.col_values = a.col_potential;
+    L.p = static_cast<T>(a.cost.p);
+    L.parts = cuda_engine::one_part(a.cols.n);
+    const cuda_engine::PlanEntry<K, T> formula{a.row_potential, a.inv_scale, 1.0 / a.eps};
+    const cuda_engine::ApplyReduction<T> red{a.v, a.k, a.out, a.acc};
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     for (index_t t0 = 0; t0 < n; t0 += tile) {
-      L.row0 = t0;
-      L.row_count = std::min(tile, n - t0);
-      row_apply_kernel<K, T><<<grid_for(L.row_count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(L);
-      OTCAL_CUDA_CHECK_LAUNCH("row_apply_kernel");
+      L.first = t0;
+      L.count = std::min(tile, n - t0);
+      cuda_engine::launch_rows<K>(L, formula, red, stream());
+      OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (apply)");
     }
   }
 

@@ -3,9 +3,12 @@
 // same for both: it reads row maxima, kept counts and histogram bins through the download
 // primitives below. Design (docs/sparsify.md §2, §6, §7.2, §7.3):
 //
-//  * Block build: one thread per entry (r, j); the cost is accumulated over k = 0..d-1 with the
-//    shared OTCAL_HD cost math, then T_ij = exp((f_i + g_j - c_ij * inv_scale) / eps) in float64,
-//    stored in T, exactly the CPU formula (device exp may differ from glibc's in the last ulp).
+//  * Block build: the row engine (row_engine.cuh) with the emit reduction: one thread per row,
+//    the columns staged through shared memory one chunk per block (grid.y), the cost accumulated
+//    over k = 0..d-1 with the shared OTCAL_HD cost math, then T_ij = exp((f_i + g_j - c_ij *
+//    inv_scale) / eps) in float64, stored in T, exactly the CPU formula (device exp may differ
+//    from glibc's in the last ulp). The chunk is transposed through shared memory so the stores
+//    of the dense block stay coalesced.
 //  * row_max: one CTA per row, max (exact, so bitwise equal given equal entries) and the kBlock*
 //    flags by warp vote (__reduce_or_sync) and one atomicOr per warp.
 //  * key_histogram: entries swept by a grid-stride loop; lanes holding the same bin are grouped
@@ -52,6 +55,9 @@
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
+#include "row_engine.cuh"
+#include "row_formulas.cuh"
+#include "row_reductions.cuh"
 #include "core/radix_select.hpp"
 #include "sparsify/sparsify_backend.hpp"
 
@@ -69,28 +75,6 @@ inline unsigned grid_for(std::int64_t items, int threads = kThreads) {
 
 // ---- block sources -------------------------------------------------------------------------------
 
-template <CostKind K, class T>
-__global__ void build_plan_kernel(Cloud<T> rows, Cloud<T> cols, T p, bool plan, double inv_scale, double inv_eps,
-                                  const T* f, const T* g, index_t r0, const index_t* ids, index_t count, T* out) {
-  const index_t m = cols.n;
-  const std::int64_t total = static_cast<std::int64_t>(count) * m;
-  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const index_t r = e / m, j = e % m;
-    const index_t i = ids ? ids[r] : r0 + r;
-    T acc = T(0);
-    for (int k = 0; k < rows.d; ++k) acc += cost_term<K>(rows.x[k * rows.n + i], cols.x[k * cols.n + j], p);
-    if constexpr (K != CostKind::sqeuclidean)
-      acc = cost_finish<K>(acc, p, rows.norms ? rows.norms[i] : T(0), cols.norms ? cols.norms[j] : T(0));
-    if (!plan) {
-      out[e] = acc;
-      continue;
-    }
-    out[e] = static_cast<T>(
-        plan_entry(static_cast<double>(f[i]), static_cast<double>(g[j]), static_cast<double>(acc), inv_scale, inv_eps));
-  }
-}
-
 template <class T>
 class CudaCloudSource final : public PlanBlockSource<T> {
  public:
@@ -102,12 +86,31 @@ class CudaCloudSource final : public PlanBlockSource<T> {
   index_t cols() const override { return cols_.n; }
   void build(index_t r0, index_t count, const index_t* ids, T* out) override {
     if (count <= 0) return;
-    dispatch_cost(cost_.kind, [&](auto tag) {
-      build_plan_kernel<decltype(tag)::value, T><<<grid_for(static_cast<std::int64_t>(count) * cols_.n), kThreads, 0,
-                                                   s_>>>(rows_, cols_, static_cast<T>(cost_.p), plan_, inv_scale_,
-                                                         inv_eps_, f_, g_, r0, ids, count, out);
-    });
-    OTCAL_CUDA_CHECK_LAUNCH("build_plan_kernel");
+    dispatch_cost(cost_.kind, [&](auto tag) { launch_build<decltype(tag)::value>(r0, count, ids, out); });
+    OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (plan block)");
+  }
+
+  // Public (not private) because extended launch helpers must be callable from dispatch lambdas.
+  // Rows [r0, r0 + count) (or ids) against every column, one chunk of columns per block along
+  // grid.y so that a few rows still fill the device.
+  template <CostKind K>
+  void launch_build(index_t r0, index_t count, const index_t* ids, T* out) {
+    using namespace cuda_engine;
+    RowLoop<T> L{};
+    L.rows = rows_;
+    L.cols = cols_;
+    L.col_values = plan_ ? g_ : nullptr;
+    L.p = static_cast<T>(cost_.p);
+    L.first = r0;
+    L.ids = ids;
+    L.count = count;
+    L.parts = parts_of(cols_.n, kMaxGridY);
+    L.split = true;  // parts are independent: nothing to merge
+    const EmitReduction<T> emit{out, cols_.n, count};
+    if (plan_)
+      launch_rows<K>(L, PlanEntry<K, T>{f_, inv_scale_, inv_eps_}, emit, s_);
+    else
+      launch_rows<K>(L, CostFormula<K, T>{}, emit, s_);
   }
 
  private:
