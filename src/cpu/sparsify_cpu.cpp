@@ -6,7 +6,9 @@
 #include <limits>
 #include <numeric>
 
-#include "cpu/cost_granule.hpp"
+#include "cpu/row_engine.hpp"
+#include "cpu/row_formulas.hpp"
+#include "cpu/row_reductions.hpp"
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
@@ -15,8 +17,6 @@
 
 namespace otcal::detail {
 namespace {
-
-constexpr index_t R = kReductionGranule;
 
 template <class T>
 class CloudSource final : public PlanBlockSource<T> {
@@ -32,30 +32,16 @@ class CloudSource final : public PlanBlockSource<T> {
   }
 
  private:
+  // The block's rows, one per thread at a time (the row engine with no tiling), each written
+  // granule by granule: costs, or plan entries with the float64 formula of apply_transport.
   template <CostKind K>
   void build_impl(index_t r0, index_t count, const index_t* ids, T* out) {
-    const index_t m = cols_.n;
+    const cpu::RowLoop loop{
+        .rows = count, .cols = cols_.n, .tile_rows = count, .always_parallel = true, .ids = ids, .first = r0};
+    const cpu::EmitRow<T> emit{out, cols_.n};
     const T p = static_cast<T>(cost_.p);
-#pragma omp parallel for schedule(static)
-    for (index_t r = 0; r < count; ++r) {
-      const index_t i = ids ? ids[r] : r0 + r;
-      T* row = out + r * m;
-      alignas(64) T buf[R];
-      const double fi = plan_ ? static_cast<double>(f_[i]) : 0.0;
-      for (index_t j0 = 0; j0 < m; j0 += R) {
-        const index_t jn = std::min(R, m - j0);
-        cpu::cost_granule<K>(rows_, cols_, i, j0, jn, p, buf);
-        if (!plan_) {
-          for (index_t j = 0; j < jn; ++j) row[j0 + j] = buf[j];
-          continue;
-        }
-        // Same float64 formula as apply_transport: exp of (f_i + g_j - C_ij) / eps.
-        for (index_t j = 0; j < jn; ++j) {
-          row[j0 + j] = static_cast<T>(
-              plan_entry(fi, static_cast<double>(g_[j0 + j]), static_cast<double>(buf[j]), inv_scale_, inv_eps_));
-        }
-      }
-    }
+    if (plan_) cpu::reduce_rows<1>(loop, cpu::PlanFormula<K, T>{rows_, cols_, p, f_, g_, inv_scale_, inv_eps_}, emit);
+    else cpu::reduce_rows<1>(loop, cpu::CostFormula<K, T>{rows_, cols_, p}, emit);
   }
 
   Cloud<T> rows_, cols_;
