@@ -31,9 +31,9 @@ class Problem {
  public:
   // Uploads x, y (y empty: y = x), a and b (empty: uniform) in `precision` and checks them once.
   // Host views are copied; device views (Location::device, CUDA contexts only) are re-laid
-  // dimension-major on the device. Two reads go through the host, both O(n + m) or O((n + m) d)
-  // and once per upload: device weights are read back to be validated and kept (the host needs
-  // them for reg_ot_cost), and sqeuclidean clouds are read back for the closed-form norm statistics. Throws InvalidArgument naming the bad
+  // dimension-major on the device. Two reads go through the host, once per upload: device weights
+  // are read back (O(n + m)) to be validated and kept for reg_ot_cost, and sqeuclidean clouds
+  // (O((n + m) d)) for the closed-form norm statistics. Throws InvalidArgument naming the bad
   // input, BudgetTooSmall when the resident copies do not fit the context's budget.
   static Problem upload(const Context& ctx, const PointCloud& geom, const ConstVector& a = {},
                         const ConstVector& b = {}, DType precision = DType::float64);
