@@ -1,6 +1,8 @@
 // Problem::upload: the inputs are checked and uploaded once, into the declared resident layout.
 #include "otcal/problem.hpp"
 
+#include <cmath>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -70,6 +72,29 @@ void upload_now(Problem::Impl& p, const PointCloud& geom) {
   if (p.precision == DType::float32) p.r32 = upload_resident<float>(p, geom);
   else p.r64 = upload_resident<double>(p, geom);
   p.uploaded = true;
+}
+
+void check_potentials(const Problem::Impl& p, const Potentials& r) {
+  auto num = [](double v) {
+    std::ostringstream os;
+    os.precision(10);
+    os << v;
+    return os.str();
+  };
+  if (static_cast<index_t>(r.f.size()) != p.shape.n || static_cast<index_t>(r.g.size()) != p.shape.m)
+    throw InvalidArgument("the potentials have lengths " + std::to_string(r.f.size()) + " and " +
+                          std::to_string(r.g.size()) + " but the problem has " + std::to_string(p.shape.n) + " and " +
+                          std::to_string(p.shape.m) + " points: pass the problem (or geometry) they were solved on");
+  if (!(r.epsilon > 0) || !std::isfinite(r.epsilon) || !(r.scale > 0) || !std::isfinite(r.scale))
+    throw InvalidArgument("the potentials carry no valid resolved epsilon/scale (epsilon = " + num(r.epsilon) +
+                          ", scale = " + num(r.scale) + "); solve first, or set both");
+  const Cost& c = p.geometry.cost;
+  if (r.cost.kind != c.kind || (r.cost.kind >= CostKind::pnorm && r.cost.p != c.p))
+    throw InvalidArgument("the potentials were solved with cost " + r.cost.name() + " but the problem has " +
+                          c.name() + ": pass the problem (or geometry) they were solved on");
+  if (r.precision != p.precision)
+    throw InvalidArgument(std::string("the potentials are ") + dtype_name(r.precision) + " but the problem was "
+                          "uploaded in " + dtype_name(p.precision) + ": upload it in the potentials' precision");
 }
 
 Problem upload_prepared(std::shared_ptr<Problem::Impl> p, const PointCloud& geom) {

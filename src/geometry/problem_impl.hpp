@@ -69,6 +69,10 @@ std::shared_ptr<Problem::Impl> prepare_problem(const Context& ctx, const PointCl
 Problem upload_prepared(std::shared_ptr<Problem::Impl> p, const PointCloud& geom);
 // The upload step on its own, for an operation that planned first (`p` not yet uploaded).
 void upload_now(Problem::Impl& p, const PointCloud& geom);
+
+// Potentials must belong to the problem they are used on: lengths, cost, precision, and a resolved
+// epsilon and scale. InvalidArgument names the mismatch.
+void check_potentials(const Problem::Impl& p, const Potentials& potentials);
 }  // namespace detail
 
 }  // namespace otcal

@@ -301,30 +301,12 @@ ResolvedGeometry resolve_on(Problem::Impl& p, const SinkhornOptions& o, const Po
   return r;
 }
 
-// The potentials must belong to this problem: lengths, cost, precision, a resolved epsilon/scale.
-void check_potentials(const Problem::Impl& p, const Potentials& r) {
-  if (static_cast<index_t>(r.f.size()) != p.shape.n || static_cast<index_t>(r.g.size()) != p.shape.m)
-    throw InvalidArgument("the potentials have lengths " + std::to_string(r.f.size()) + " and " +
-                          std::to_string(r.g.size()) + " but the problem has " + std::to_string(p.shape.n) + " and " +
-                          std::to_string(p.shape.m) + " points: pass the problem (or geometry) they were solved on");
-  if (!(r.epsilon > 0) || !std::isfinite(r.epsilon) || !(r.scale > 0) || !std::isfinite(r.scale))
-    throw InvalidArgument("the potentials carry no valid resolved epsilon/scale (epsilon = " + num(r.epsilon) +
-                          ", scale = " + num(r.scale) + "); solve first, or set both");
-  const Cost& c = p.geometry.cost;
-  if (r.cost.kind != c.kind || (r.cost.kind >= CostKind::pnorm && r.cost.p != c.p))
-    throw InvalidArgument("the potentials were solved with cost " + r.cost.name() + " but the problem has " +
-                          c.name() + ": pass the problem (or geometry) they were solved on");
-  if (r.precision != p.precision)
-    throw InvalidArgument(std::string("the potentials are ") + dtype_name(r.precision) + " but the problem was "
-                          "uploaded in " + dtype_name(p.precision) + ": upload it in the potentials' precision");
-}
-
 // The apply workspace: potentials, the caller's vectors and the output in T, per-row accumulators.
 template <class T>
 std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstMatrix& v, int axis,
                              std::optional<index_t> batch, const PointCloud* pending, TilePlan* plan_out) {
   if (axis != 0 && axis != 1) throw InvalidArgument("axis must be 0 (P^T v) or 1 (P v), got " + std::to_string(axis));
-  check_potentials(p, r);
+  detail::check_potentials(p, r);
   const Shape s = p.shape;
   const index_t rows_n = axis == 1 ? s.n : s.m;
   const index_t cols_n = axis == 1 ? s.m : s.n;
@@ -380,7 +362,7 @@ template <class T>
 std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis, std::optional<index_t> batch,
                                 const PointCloud* pending, TilePlan* plan_out) {
   if (axis != 0 && axis != 1) throw InvalidArgument("axis must be 0 (P^T 1) or 1 (P 1), got " + std::to_string(axis));
-  check_potentials(p, r);
+  detail::check_potentials(p, r);
   const Shape s = p.shape;
   Backend<T>& be = p.backend<T>();
   const index_t rows_n = axis == 1 ? s.n : s.m;

@@ -319,20 +319,7 @@ SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const Spa
   validate(o);
   const Context& ctx = p.ctx;
   const detail::Shape s = p.shape;
-  if (static_cast<index_t>(r.f.size()) != s.n || static_cast<index_t>(r.g.size()) != s.m)
-    throw InvalidArgument("the Sinkhorn result has potentials of lengths " + std::to_string(r.f.size()) + " and " +
-                          std::to_string(r.g.size()) + " but the geometry has " + std::to_string(s.n) + " and " +
-                          std::to_string(s.m) + " points: pass the geometry the result was solved on");
-  if (!(r.epsilon > 0) || !std::isfinite(r.epsilon) || !(r.scale > 0) || !std::isfinite(r.scale))
-    throw InvalidArgument("the Sinkhorn result carries no valid resolved epsilon/scale (epsilon = " +
-                          num(r.epsilon) + ", scale = " + num(r.scale) + "); solve first");
-  const Cost& cost = p.geometry.cost;
-  if (r.cost.kind != cost.kind || (r.cost.kind >= CostKind::pnorm && r.cost.p != cost.p))
-    throw InvalidArgument("the Sinkhorn result was solved with cost " + r.cost.name() + " but the geometry has " +
-                          cost.name() + ": pass the geometry the result was solved on");
-  if (r.precision != p.precision)
-    throw InvalidArgument(std::string("the potentials are ") + dtype_name(r.precision) + " but the problem was "
-                          "uploaded in " + dtype_name(p.precision) + ": upload it in the potentials' precision");
+  detail::check_potentials(p, r);
 
   SparsifyResult res;
   res.cost = r.reg_ot_cost;
