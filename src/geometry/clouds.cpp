@@ -85,26 +85,21 @@ NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y) {
   NormStats s;
   const index_t d = x.cols;
   std::vector<double> mx(static_cast<std::size_t>(d), 0.0), my(static_cast<std::size_t>(d), 0.0);
-  for (index_t i = 0; i < x.rows; ++i) {
-    double sq = 0;
-    for (index_t k = 0; k < d; ++k) {
-      const double v = x.at(i, k);
-      sq += v * v;
-      mx[static_cast<std::size_t>(k)] += v;
+  // Sum and max of the squared norms, and the coordinate sums, of one cloud.
+  auto sweep = [d](const ConstMatrix& c, double& sum_sq, double& max_sq, std::vector<double>& sums) {
+    for (index_t i = 0; i < c.rows; ++i) {
+      double sq = 0;
+      for (index_t k = 0; k < d; ++k) {
+        const double v = c.at(i, k);
+        sq += v * v;
+        sums[static_cast<std::size_t>(k)] += v;
+      }
+      sum_sq += sq;
+      max_sq = std::max(max_sq, sq);
     }
-    s.mean_sq_x += sq;
-    s.max_sq_x = std::max(s.max_sq_x, sq);
-  }
-  for (index_t j = 0; j < y.rows; ++j) {
-    double sq = 0;
-    for (index_t k = 0; k < d; ++k) {
-      const double v = y.at(j, k);
-      sq += v * v;
-      my[static_cast<std::size_t>(k)] += v;
-    }
-    s.mean_sq_y += sq;
-    s.max_sq_y = std::max(s.max_sq_y, sq);
-  }
+  };
+  sweep(x, s.mean_sq_x, s.max_sq_x, mx);
+  sweep(y, s.mean_sq_y, s.max_sq_y, my);
   s.mean_sq_x /= static_cast<double>(x.rows);
   s.mean_sq_y /= static_cast<double>(y.rows);
   for (index_t k = 0; k < d; ++k)
