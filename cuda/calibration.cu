@@ -331,19 +331,12 @@ struct DeviceAdam {  // the CPU Adam's step counter and bias corrections, the up
 }  // namespace
 
 CudaExactIds declare_cuda_exact_workspace(WorkspaceDecl& decl, const CsrMatrix& A, index_t ka, bool has_sigma2) {
-  const auto n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
+  const auto k = static_cast<std::size_t>(A.rows);
   const auto kas = static_cast<std::size_t>(ka);
   CudaExactIds ids;
   ids.A = declare_csr(decl, "A", A.rows, A.cols, A.nnz());
   ids.At = declare_csr(decl, "At", A.cols, A.rows, A.nnz());
-  ids.d = decl.add<double>("d", n);
-  ids.u = decl.add<double>("u", n);
-  ids.g = decl.add<double>("g", n);
-  ids.dF = decl.add<double>("dF", n);
-  ids.v = decl.add<double>("v", n);
-  ids.best_g = decl.add<double>("best_g", n);
-  ids.sigma2 = decl.add<double>("sigma2", has_sigma2 ? n : 0);
-  ids.T = decl.add<double>("T", kas * kas);
+  static_cast<ExactRecordIds&>(ids) = declare_exact_records(decl, A.cols, ka, has_sigma2);
   ids.S = decl.add<double>("S", k);
   ids.eta = decl.add<double>("eta", k);
   ids.active_rows = decl.add<index_t>("active_rows", kas);
@@ -362,19 +355,11 @@ std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const de
 }
 
 CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMatrix& A, bool l0) {
-  const auto n = static_cast<std::size_t>(A.cols), k = static_cast<std::size_t>(A.rows);
-  const std::size_t nl0 = l0 ? n : 0;
+  const auto k = static_cast<std::size_t>(A.rows);
   CudaGradientIds ids;
   ids.A = declare_csr(decl, "A", A.rows, A.cols, A.nnz());
   ids.At = declare_csr(decl, "At", A.cols, A.rows, A.nnz());
-  ids.theta = decl.add<double>("theta", n);
-  ids.m = decl.add<double>("adam_m", n);
-  ids.v = decl.add<double>("adam_v", n);
-  ids.grad = decl.add<double>("grad_theta", n);
-  ids.alpha = decl.add<double>("log_alpha", nl0);
-  ids.m_alpha = decl.add<double>("adam_m_alpha", nl0);
-  ids.v_alpha = decl.add<double>("adam_v_alpha", nl0);
-  ids.grad_alpha = decl.add<double>("grad_log_alpha", nl0);
+  static_cast<GradientStateIds&>(ids) = declare_gradient_state(decl, A.cols, l0);
   ids.S = decl.add<double>("S", k);
   ids.c = decl.add<double>("c", k);
   return ids;

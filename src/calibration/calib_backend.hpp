@@ -84,12 +84,31 @@ class ExactPasses {
   virtual void download_g(double* g) = 0;           // n values to the host
 };
 
+// The per-record arrays of the exact Newton iteration, declared alike on both backends: d, u, g,
+// F', v and the best g (n each), σ² when given, and the ka x ka Newton matrix T.
+struct ExactRecordIds {
+  BufferId<double> d, u, g, dF, v, best_g, sigma2, T;
+};
+inline ExactRecordIds declare_exact_records(WorkspaceDecl& decl, index_t n_records, index_t ka, bool has_sigma2) {
+  const auto n = static_cast<std::size_t>(n_records), kas = static_cast<std::size_t>(ka);
+  ExactRecordIds ids;
+  ids.d = decl.add<double>("d", n);
+  ids.u = decl.add<double>("u", n);
+  ids.g = decl.add<double>("g", n);
+  ids.dF = decl.add<double>("dF", n);
+  ids.v = decl.add<double>("v", n);
+  ids.best_g = decl.add<double>("best_g", n);
+  ids.sigma2 = decl.add<double>("sigma2", has_sigma2 ? n : 0);
+  ids.T = decl.add<double>("T", kas * kas);
+  return ids;
+}
+
 // Device workspace of the CUDA exact passes: both CSRs, 6 per-record float64 arrays (d, u, g, F',
 // v, best g) and σ² when given, T (ka²), S and η (k), the active-row maps and the non-finite flag.
 // The host keeps its own ka² copy of T for Eigen (host memory, not the device budget).
-struct CudaExactIds {
+struct CudaExactIds : ExactRecordIds {
   CsrIds A, At;
-  BufferId<double> d, u, g, dF, v, best_g, sigma2, T, S, eta;
+  BufferId<double> S, eta;
   BufferId<index_t> active_rows, active_of;
   BufferId<unsigned> flag;
 };
@@ -114,11 +133,31 @@ struct GradientDeviceRun {
   index_t floored = 0;
 };
 using LossFunction = std::function<double(const double* S, double* c)>;
+// The per-record state of the gradient calibrator, declared alike on both backends: θ, Adam m and
+// v and the gradient (n each), and with L0 the gates' log α, their Adam moments and gradient.
+struct GradientStateIds {
+  BufferId<double> theta, m, v, grad, alpha, m_alpha, v_alpha, grad_alpha;
+};
+inline GradientStateIds declare_gradient_state(WorkspaceDecl& decl, index_t n_records, bool l0) {
+  const auto n = static_cast<std::size_t>(n_records);
+  const std::size_t nl0 = l0 ? n : 0;
+  GradientStateIds ids;
+  ids.theta = decl.add<double>("theta", n);
+  ids.m = decl.add<double>("adam_m", n);
+  ids.v = decl.add<double>("adam_v", n);
+  ids.grad = decl.add<double>("grad_theta", n);
+  ids.alpha = decl.add<double>("log_alpha", nl0);
+  ids.m_alpha = decl.add<double>("adam_m_alpha", nl0);
+  ids.v_alpha = decl.add<double>("adam_v_alpha", nl0);
+  ids.grad_alpha = decl.add<double>("grad_log_alpha", nl0);
+  return ids;
+}
+
 // Device workspace of the gradient epochs: both CSRs, θ, Adam m and v, the gradient (n each; four
 // more for the L0 gates), S and c (k). No per-row (batch) buffer.
-struct CudaGradientIds {
+struct CudaGradientIds : GradientStateIds {
   CsrIds A, At;
-  BufferId<double> theta, m, v, grad, alpha, m_alpha, v_alpha, grad_alpha, S, c;
+  BufferId<double> S, c;
 };
 CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMatrix& A, bool l0);
 // `logged(S)` turns S into the history row's estimates (quirk 4). `floored_warning` is called

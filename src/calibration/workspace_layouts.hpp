@@ -47,9 +47,9 @@ inline BuildLayout build_layout(const Context& ctx, const RecordTable& table, co
 }
 
 // ---- calibrate_exact (§4.3-§4.5) -----------------------------------------------------------------
-struct CpuExactIds {
+struct CpuExactIds : ExactRecordIds {
   CsrIds At;
-  BufferId<double> d, u, g, dF, v, tmp, best_g, sigma2, T;
+  BufferId<double> tmp;  // Aᵀη
   AccumulatorIds acc;
 };
 
@@ -77,22 +77,14 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
   l.decl.resident_bytes = ctx.limiter().allocated_bytes();
   l.on_device = ctx.kind() == DeviceKind::cuda;
   l.ka = active_row_count(A);
-  const auto ka = static_cast<std::size_t>(l.ka);
   if (l.on_device) {
     l.device = declare_cuda_exact_workspace(l.decl, A, l.ka, has_sigma2);
     return l;
   }
   CpuExactIds& c = l.cpu;
   c.At = declare_csr(l.decl, "At", A.cols, A.rows, A.nnz());
-  c.d = l.decl.add<double>("d", n);
-  c.u = l.decl.add<double>("u", n);
-  c.g = l.decl.add<double>("g", n);
-  c.dF = l.decl.add<double>("dF", n);
-  c.v = l.decl.add<double>("v", n);
+  static_cast<ExactRecordIds&>(c) = declare_exact_records(l.decl, A.cols, l.ka, has_sigma2);
   c.tmp = l.decl.add<double>("At_eta", n);
-  c.best_g = l.decl.add<double>("best_g", n);
-  c.sigma2 = l.decl.add<double>("sigma2", has_sigma2 ? n : 0);
-  c.T = l.decl.add<double>("T", ka * ka);
   c.acc = declare_accumulator(l.decl, A.rows);
   return l;
 }
@@ -131,19 +123,16 @@ inline EvaluationIds declare_evaluation(WorkspaceDecl& d, const CsrMatrix& A) {
   return e;
 }
 
-struct GradientLayout {
+// CPU: the evaluation plus the per-record state (the base); CUDA: `device`.
+struct GradientLayout : GradientStateIds {
   WorkspaceDecl decl;
   bool on_device = false;
-  // CPU: the evaluation plus θ, Adam m and v and the gradient (n each), four more with L0 gates.
   EvaluationIds eval;
-  BufferId<double> theta, m, v, grad, alpha, m_alpha, v_alpha, grad_alpha;
   CudaGradientIds device;  // declared when on_device
 };
 
 inline GradientLayout gradient_layout(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& o) {
   const CsrMatrix& A = sys.A;
-  const auto n = static_cast<std::size_t>(A.cols);
-  const std::size_t nl0 = o.regularize_with_l0 ? n : 0;
   GradientLayout l;
   l.decl.operation = "calibrate_gradient";
   l.decl.resident_bytes = ctx.limiter().allocated_bytes();
@@ -153,14 +142,7 @@ inline GradientLayout gradient_layout(const Context& ctx, const ConstraintSystem
     return l;
   }
   l.eval = declare_evaluation(l.decl, A);
-  l.theta = l.decl.add<double>("theta", n);
-  l.m = l.decl.add<double>("adam_m", n);
-  l.v = l.decl.add<double>("adam_v", n);
-  l.grad = l.decl.add<double>("grad_theta", n);
-  l.alpha = l.decl.add<double>("log_alpha", nl0);
-  l.m_alpha = l.decl.add<double>("adam_m_alpha", nl0);
-  l.v_alpha = l.decl.add<double>("adam_v_alpha", nl0);
-  l.grad_alpha = l.decl.add<double>("grad_log_alpha", nl0);
+  static_cast<GradientStateIds&>(l) = declare_gradient_state(l.decl, A.cols, o.regularize_with_l0);
   return l;
 }
 
