@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what otcal needs to build and test, from Debian/Ubuntu packages. Idempotent.
+# Installs what otcal needs to build and test: Debian/Ubuntu packages, then a Python virtual
+# environment (.venv, or $VENV) with the Python package's build requirements from PyPI. Idempotent.
 # The CUDA toolkit is not installed here: when /usr/local/cuda/bin/nvcc exists the build uses it.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 packages=(build-essential cmake ninja-build ccache git pkg-config libeigen3-dev libcli11-dev
-          nlohmann-json3-dev libgtest-dev googletest zlib1g-dev python3 python3-numpy python3-scipy)
+          nlohmann-json3-dev libgtest-dev googletest zlib1g-dev python3 python3-numpy python3-scipy
+          python3-dev python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,3 +19,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "ci_install: all packages present"
 fi
+
+# The Python package: built by pip (scikit-build-core + nanobind) in a virtual environment made
+# from the system Python, so that its headers match (python3-dev).
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  /usr/bin/python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.4" numpy scipy
+echo "ci_install: Python environment $VENV ready ($("$VENV/bin/python" --version))"
