@@ -3,6 +3,7 @@
 // built in O(nnz), exact Deville-Sarndal calibrators (Newton on the dual, as R's survey::grake),
 // a microcalibrate-compatible gradient calibrator with optional L0 gates, and diagnostics.
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -77,6 +78,27 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
 CsrMatrix transpose(const CsrMatrix& A);
 
 // ---------------------------------------------------------------------------------------------
+// Progress (docs/calibration.md §7)
+
+// What a calibrator reports once per step of its host loop: an epoch of the gradient calibrator
+// (stage "dense", then "l0"), a Newton step of the exact calibrator ("newton") or a sweep of rake()
+// ("rake"). The hook runs on the calling thread, outside every OpenMP region (an epoch: once its
+// loss is known, before the Adam update; Newton and rake: after the step), and nothing of the
+// calibrator runs concurrently with it. It may throw to stop the operation (an interrupt): the
+// exception propagates out of the calibrator, whose workspace is released on the way, and no
+// result is produced.
+struct CalibrationProgress {
+  // "dense", "l0", "newton" or "rake"; "dense_repeat" for the dense epochs that a CUDA run with L0
+  // computes a second time (the device returns only final weights, so the dense weights come from
+  // a dense-only run first).
+  const char* stage = "";
+  int step = 0;            // 0-based epoch or L0 step; 1-based Newton iteration or sweep
+  int total = 0;           // the most steps this stage takes (epochs, 2 x epochs, max_iterations, max_sweeps)
+  double loss = 0;         // gradient loss before the step, Newton max ratio after it, or rake's delta
+};
+using ProgressHook = std::function<void(const CalibrationProgress&)>;
+
+// ---------------------------------------------------------------------------------------------
 // Exact calibrators (§4)
 
 enum class CalFun { linear, raking, logit };
@@ -91,6 +113,7 @@ struct ExactOptions {
   std::vector<double> variance;  // sigma_i^2 per record (n), or a length-k v with sigma_i^2 = x_iᵀ v; empty = all 1
   // §4.5 trim = (a, b) on g after calibration (also in the GREG path: [deviation] from R).
   std::optional<std::pair<double, double>> trim;
+  ProgressHook progress;  // once per Newton step (also the single GREG solve); empty = none
 };
 
 // §4.5 step 1-2: g' = clip(g, a, b); the trimmed mass Σ (g - g') d is spread over the untrimmed
@@ -129,7 +152,13 @@ struct GradientOptions {
   bool l0_penalty_per_record = false;            // quirk 5
   bool excluded_log_initial = false;             // quirk 4: history keeps excluded targets at A w0
   bool legacy_eval_gate = false;                 // sigma(log alpha) evaluation gate (l0 < PR #41)
+  ProgressHook progress;  // once per epoch (dense) and per L0 step, on either backend; empty = none
 };
+
+// §3.2: the starting log-weights θ_i = log(max(w0_i + u_i·noise_level, 1e-12)) that
+// calibrate_gradient draws for these options (Philox keyed by seed and record), so that adapters
+// and tests can start an independent reference from the same point.
+std::vector<double> initial_log_weights(const std::vector<double>& w0, std::uint64_t seed, double noise_level);
 
 // nf_j = 1 / |group of j|, rescaled by 1 / mean(nf) (§3.6).
 std::vector<double> normalization_from_groups(const std::vector<std::string>& group_of_target);
@@ -174,6 +203,9 @@ struct Diagnostics {
 
 struct CalibrationResult {
   std::vector<double> weights;
+  // Gradient calibrator with L0: the dense stage's weights (microcalibrate's `weights`), while
+  // `weights` holds the L0 stage's sparse result (its `sparse_weights`). Empty otherwise.
+  std::vector<double> dense_weights;
   std::vector<double> g;        // w / d (0 where d = 0)
   bool converged = false;
   int n_iterations = 0;
@@ -195,6 +227,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
 struct RakeOptions {
   int max_sweeps = 10;
   double epsilon = 1;
+  ProgressHook progress;  // once per sweep; empty = none
 };
 CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const RakeOptions& options = {});
 CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& options);

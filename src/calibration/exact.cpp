@@ -263,6 +263,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     misfit_at_g(misfit);
     ratio = ratio_of(misfit);
     res.history.push_back({1, "newton", ratio, {}});
+    if (o.progress) o.progress(CalibrationProgress{"newton", 1, 1, ratio});
     failed = !(ratio < o.epsilon);
   } else {
     for (;;) {
@@ -282,6 +283,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       ratio = ratio_of(misfit);
       keep_if_best(ratio);
       res.history.push_back({iter, "newton", ratio, {}});
+      if (o.progress) o.progress(CalibrationProgress{"newton", iter, o.max_iterations, ratio});
       if (ratio < o.epsilon) break;
       ++iter;
       if (iter > o.max_iterations) {

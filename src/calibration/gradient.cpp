@@ -5,6 +5,7 @@
 // epoch, record), so nothing depends on the batch size.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 
@@ -195,6 +196,7 @@ class GradientEngine {
     const bool last_draw = keeps_last_dropout_draw();
     for (int e = 0; e < E; ++e) {
       const double loss = evaluate(ev, theta, nullptr, static_cast<std::uint32_t>(e), 0, grad, nullptr, S.data());
+      report("dense", e, E, loss);
       if (e % stride == 0 || e == E - 1) res.history.push_back({e, "dense", loss, logged(S)});
       if (e == E - 1 && last_draw)
         for (index_t i = 0; i < n_; ++i) res.weights[i] = dropout_weight(i, theta[i], static_cast<std::uint32_t>(e));
@@ -206,6 +208,7 @@ class GradientEngine {
     res.n_iterations = E;
 
     if (o_.regularize_with_l0) {
+      res.dense_weights = res.weights;
       double* alpha = ws.get(l.alpha);
       double* ma = ws.get(l.m_alpha);
       double* va = ws.get(l.v_alpha);
@@ -223,6 +226,7 @@ class GradientEngine {
       for (int s = 0; s < steps; ++s) {
         const double loss = evaluate(ev, theta, alpha, static_cast<std::uint32_t>(E + s),
                                      static_cast<std::uint32_t>(s), grad, ga, S.data());
+        report("l0", s, steps, loss);
         if (s % l0_stride == 0 || s == steps - 1) res.history.push_back({s, "l0", loss, logged(S)});
         adam_t.apply(theta, m, v, grad, n_);
         adam_a.apply(alpha, ma, va, ga, n_);
@@ -259,19 +263,49 @@ class GradientEngine {
     std::vector<double> S0;
     auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     const CsrMatrix At = transpose(A_);  // host counting sort, uploaded once into the workspace
+    // The device loop asks the host for L(S) exactly once per epoch and per L0 step, in order, so
+    // the progress hook rides on that call: the n-th evaluation is dense epoch n, then L0 step n - E.
+    // With L0 the device hands back only the L0 weights, so a dense-only run comes first for the
+    // dense weights (the same epochs and Philox keys, hence the same numbers); the full run then
+    // repeats those epochs and reports them as stage "dense_repeat".
+    const int E = o_.epochs;
+    auto hook_with = [this, E](const char* dense_stage) {
+      return [this, E, dense_stage, evaluations = 0](const double* S, double* c) mutable {
+        const double loss = loss_and_c(S, c);
+        const int e = evaluations++;
+        if (e < E)
+          report(dense_stage, e, E, loss);
+        else
+          report("l0", e - E, 2 * E, loss);
+        return loss;
+      };
+    };
+    const std::function<void(index_t)> no_warning = [](index_t) {};
+    const std::function<void(index_t)> floored_warning = [&](index_t floored) {
+      warnings.push_back(std::to_string(floored) + " initial weight(s) (after noise) were floored to 1e-12");
+      ctx_.warn(warnings.back());
+    };
+    if (o_.regularize_with_l0) {
+      GradientOptions dense_only = o_;
+      dense_only.regularize_with_l0 = false;
+      res.dense_weights = calib::run_gradient_cuda(ctx_, ws, l.device, A_, At, sys_.design_weights, dense_only,
+                                                   hook_with("dense"), logged, floored_warning, nullptr)
+                              .weights;
+    }
     calib::GradientDeviceRun dev = calib::run_gradient_cuda(
-        ctx_, ws, l.device, A_, At, sys_.design_weights, o_,
-        [this](const double* S, double* c) { return loss_and_c(S, c); }, logged,
-        [&](index_t floored) {
-          warnings.push_back(std::to_string(floored) + " initial weight(s) (after noise) were floored to 1e-12");
-          ctx_.warn(warnings.back());
-        },
+        ctx_, ws, l.device, A_, At, sys_.design_weights, o_, hook_with(o_.regularize_with_l0 ? "dense_repeat" : "dense"),
+        logged, o_.regularize_with_l0 ? no_warning : floored_warning,
         o_.excluded_log_initial ? &S0 : nullptr);
     res.weights = std::move(dev.weights);
     res.history = std::move(dev.history);
     res.n_iterations = dev.n_iterations;
     if (!res.history.empty()) res.diagnostics.loss = dev.loss;
     return finish(std::move(res), excluded, warnings);
+  }
+
+  // The caller's progress hook (calibration.hpp), once per epoch or L0 step from the host loop.
+  void report(const char* stage, int step, int total, double loss) const {
+    if (o_.progress) o_.progress(CalibrationProgress{stage, step, total, loss});
   }
 
   index_t k_active() const { return k_active_; }
@@ -315,6 +349,12 @@ CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem&
   res.plan = plan;
   res.memory = calib::memory_report(ctx, plan, scope.finish());
   return res;
+}
+
+std::vector<double> initial_log_weights(const std::vector<double>& w0, std::uint64_t seed, double noise_level) {
+  std::vector<double> theta(w0.size());
+  calib::initial_log_weights(w0, seed, noise_level, theta.data());
+  return theta;
 }
 
 LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& theta,

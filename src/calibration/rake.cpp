@@ -1,6 +1,9 @@
-// Iterative raking with R survey::rake() semantics (docs/calibration.md §4.6).
+// Iterative raking with R survey::rake() semantics (docs/calibration.md §4.6): sweeps of
+// post-stratification per margin until the joint table of all margins changes by less than epsilon.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <numeric>
 
 #include "calibration/workspace_layouts.hpp"
 #include "core/operation.hpp"
@@ -15,7 +18,6 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
   if (o.max_sweeps < 1) throw InvalidArgument("rake: max_sweeps must be >= 1");
   if (!(o.epsilon > 0)) throw InvalidArgument("rake: epsilon must be > 0");
   if (sys.margin_offsets.size() < 2) throw InvalidArgument("rake: the constraint system has no marginal targets");
-  const index_t kc = sys.n_categorical;
   if (static_cast<index_t>(sys.design_weights.size()) != n)
     throw InvalidArgument("rake: design_weights must have one value per record");
   const calib::RakeLayout layout = calib::rake_layout(ctx, sys);
@@ -24,7 +26,6 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
   detail::OperationScope scope(ctx);
   const detail::Workspace ws(calib::host_scratch(ctx), layout.decl, res.plan.rows);
   double* w = ws.get(layout.weights);
-  double* prev = ws.get(layout.previous);
   std::copy(sys.design_weights.begin(), sys.design_weights.end(), w);
   double dsum = 0;
   for (index_t i = 0; i < n; ++i) dsum += w[i];
@@ -34,7 +35,39 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
     for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) s += A.values[p] * w[A.index(p)];
     return s;
   };
-  for (index_t r = 0; r < kc; ++r) prev[r] = cell_total(r);
+
+  // The joint cell of every record: its categories in all margins together, numbered densely
+  // (R compares svytable(~ all margin variables) between sweeps). Margins are combined one at a
+  // time, renumbering after each so that the keys stay below n x (cells of one margin + 1).
+  std::int64_t* cell = ws.get(layout.joint_cell);
+  std::int64_t* key = ws.get(layout.joint_key);
+  std::int64_t* order = ws.get(layout.joint_order);
+  std::fill(cell, cell + n, std::int64_t{0});
+  index_t n_cells = n > 0 ? 1 : 0;
+  for (std::size_t m = 0; m + 1 < sys.margin_offsets.size(); ++m) {
+    const index_t first = sys.margin_offsets[m], rows = sys.margin_offsets[m + 1] - first;
+    const std::int64_t radix = rows + 1;  // the last digit: in none of the margin's rows
+    for (index_t i = 0; i < n; ++i) key[i] = cell[i] * radix + rows;
+    for (index_t r = 0; r < rows; ++r)
+      for (std::int64_t p = A.indptr[first + r]; p < A.indptr[first + r + 1]; ++p)
+        key[A.index(p)] = cell[A.index(p)] * radix + r;
+    std::iota(order, order + n, std::int64_t{0});
+    std::sort(order, order + n, [&](std::int64_t a, std::int64_t b) { return key[a] < key[b]; });
+    std::int64_t next = -1;
+    for (index_t q = 0; q < n; ++q) {
+      if (q == 0 || key[order[q]] != key[order[q - 1]]) ++next;
+      cell[order[q]] = next;
+    }
+    n_cells = next + 1;
+  }
+  double* previous = ws.get(layout.joint_previous);
+  double* now = ws.get(layout.joint_now);
+  auto joint_totals = [&](double* out) {  // records in ascending order: deterministic
+    std::fill(out, out + n_cells, 0.0);
+    for (index_t i = 0; i < n; ++i) out[cell[i]] += w[i];
+  };
+  joint_totals(previous);
+
   int sweep = 0;
   bool converged = false;
   while (sweep < o.max_sweeps) {
@@ -50,13 +83,12 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
         const double f = t / tot;
         for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) w[A.index(p)] *= f;
       }
+    joint_totals(now);
     double delta = 0;
-    for (index_t r = 0; r < kc; ++r) {
-      const double now = cell_total(r);
-      delta = std::max(delta, std::fabs(now - prev[r]));
-      prev[r] = now;
-    }
+    for (index_t c = 0; c < n_cells; ++c) delta = std::max(delta, std::fabs(now[c] - previous[c]));
+    std::swap(previous, now);
     res.history.push_back({sweep, "rake", delta, {}});
+    if (o.progress) o.progress(CalibrationProgress{"rake", sweep, o.max_sweeps, delta});
     if (delta < eps_abs) {
       converged = true;
       break;

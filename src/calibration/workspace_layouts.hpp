@@ -90,18 +90,30 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
 }
 
 // ---- rake (§4.6) ---------------------------------------------------------------------------------
+// R's rake() compares the joint table of all margin variables between sweeps, so every record gets
+// its joint cell (the combination of its categories, numbered densely by a sort over the records)
+// and the joint totals of two sweeps are kept; the cells number at most n.
 struct RakeLayout {
   WorkspaceDecl decl;
-  BufferId<double> weights;   // n, raked in place, copied to the result at the end
-  BufferId<double> previous;  // margin cell totals of the previous sweep
+  BufferId<double> weights;             // n, raked in place, copied to the result at the end
+  BufferId<std::int64_t> joint_cell;    // n: each record's joint cell
+  BufferId<std::int64_t> joint_key;     // n: scratch while numbering the joint cells
+  BufferId<std::int64_t> joint_order;   // n: scratch while numbering the joint cells
+  BufferId<double> joint_previous;      // joint cell totals of the previous sweep (<= n cells)
+  BufferId<double> joint_now;           // joint cell totals after this sweep (<= n cells)
 };
 
 inline RakeLayout rake_layout(const Context& ctx, const ConstraintSystem& sys) {
   RakeLayout l;
   l.decl.operation = "rake";
   l.decl.resident_bytes = ctx.limiter().allocated_bytes();
-  l.weights = l.decl.add<double>("weights", static_cast<std::size_t>(sys.A.cols));
-  l.previous = l.decl.add<double>("cell_totals", static_cast<std::size_t>(std::max<index_t>(sys.n_categorical, 0)));
+  const auto n = static_cast<std::size_t>(sys.A.cols);
+  l.weights = l.decl.add<double>("weights", n);
+  l.joint_cell = l.decl.add<std::int64_t>("joint_cell", n);
+  l.joint_key = l.decl.add<std::int64_t>("joint_key", n);
+  l.joint_order = l.decl.add<std::int64_t>("joint_order", n);
+  l.joint_previous = l.decl.add<double>("joint_totals_previous", n);
+  l.joint_now = l.decl.add<double>("joint_totals_now", n);
   return l;
 }
 
