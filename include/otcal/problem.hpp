@@ -38,6 +38,12 @@ class Problem {
   static Problem upload(const Context& ctx, const PointCloud& geom, const ConstVector& a = {},
                         const ConstVector& b = {}, DType precision = DType::float64);
 
+  // Replaces the weights (empty: uniform) without uploading the clouds again: the weights belong to
+  // the linear problem, the clouds to the geometry (OTT-JAX's split), so one resident problem
+  // serves solves with any weights. Validated like upload's; on error nothing changes. Not while
+  // another operation runs on this problem. Apply, marginal and sparsify never read the weights.
+  void set_weights(const ConstVector& a, const ConstVector& b);
+
   const Context& context() const;
   index_t n() const;
   index_t m() const;

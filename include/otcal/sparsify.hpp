@@ -56,6 +56,10 @@ struct SparsifyOptions {
   // output (docs/sparsify.md §7.2); a block with more entries leaves as several pieces of whole rows. Must be
   // >= m; 0 = the default. Ignored on the CPU.
   std::int64_t staging_entries = 0;
+  // Bytes the caller holds against the context's budget outside the library while the call runs
+  // (a dense copy of the plan filled by `sink`): counted with the resident bytes, so the plan and
+  // BudgetTooSmall's minimum cover them.
+  std::size_t reserved_bytes = 0;
 };
 
 inline constexpr index_t kDefaultPercentileSamples = 1024;

@@ -109,6 +109,36 @@ Problem Problem::upload(const Context& ctx, const PointCloud& geom, const ConstV
   return detail::upload_prepared(detail::prepare_problem(ctx, geom, a, b, precision), geom);
 }
 
+void Problem::set_weights(const ConstVector& a, const ConstVector& b) {
+  Impl& p = *impl_;
+  const Context& ctx = p.ctx;
+  for (const auto& [w, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}})
+    if (!w->empty() && w->location == Location::device && ctx.kind() != DeviceKind::cuda)
+      throw InvalidArgument(std::string(name) + " is a device array but the context runs on the cpu: pass host "
+                            "arrays or use a CUDA context");
+  const bool any_device = a.location == Location::device || b.location == Location::device;
+  if (any_device && ctx.kind() == DeviceKind::cuda && ctx.user_stream() != nullptr)
+    detail::cuda_stream_synchronize(ctx.user_stream());
+  // Both are validated before anything changes, so a bad b leaves the old a in place too.
+  std::vector<double> wa = detail::host_weights(a, p.shape.n, "a", "x");
+  std::vector<double> wb = detail::host_weights(b, p.shape.m, "b", "y");
+  detail::OperationScope scope(ctx);
+  if (p.precision == DType::float32) {
+    p.backend<float>().upload(wa.data(), p.r32->a, p.shape.n);
+    p.backend<float>().upload(wb.data(), p.r32->b, p.shape.m);
+  } else {
+    p.backend<double>().upload(wa.data(), p.r64->a, p.shape.n);
+    p.backend<double>().upload(wb.data(), p.r64->b, p.shape.m);
+  }
+  scope.finish();
+  p.sum_a = 0;
+  p.sum_b = 0;
+  for (double v : wa) p.sum_a += v;
+  for (double v : wb) p.sum_b += v;
+  p.a = std::move(wa);
+  p.b = std::move(wb);
+}
+
 const Context& Problem::context() const { return impl_->ctx; }
 index_t Problem::n() const { return impl_->shape.n; }
 index_t Problem::m() const { return impl_->shape.m; }

@@ -325,7 +325,7 @@ SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const Spa
   res.cost = r.reg_ot_cost;
   res.converged = r.converged;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
-  SparsifyLayout<T> layout = sparsify_layout<T>(s.n, s.m, o, *sbe, p.budget_in_use());
+  SparsifyLayout<T> layout = sparsify_layout<T>(s.n, s.m, o, *sbe, p.budget_in_use() + o.reserved_bytes);
   const auto f_id = layout.decl.template add<T>("f", static_cast<std::size_t>(s.n));
   const auto g_id = layout.decl.template add<T>("g", static_cast<std::size_t>(s.m));
   res.plan = plan_batch(s.n, layout.decl, ctx.memory_budget(), o.batch_size);
@@ -360,7 +360,7 @@ SparsifyResult sparsify_dense(const Context& ctx, const ConstMatrix& plan, const
   res.converged = meta.converged;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
   const SparsifyLayout<T> layout =
-      sparsify_layout<T>(plan.rows, plan.cols, o, *sbe, ctx.limiter().allocated_bytes());
+      sparsify_layout<T>(plan.rows, plan.cols, o, *sbe, ctx.limiter().allocated_bytes() + o.reserved_bytes);
   res.plan = plan_batch(plan.rows, layout.decl, ctx.memory_budget(), o.batch_size);
   detail::OperationScope scope(ctx);
   const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
