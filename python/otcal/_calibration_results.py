@@ -167,6 +167,12 @@ class ProgressSink:
     def close(self) -> None:
         self.reporter.close()
 
+    def __enter__(self) -> "ProgressSink":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 def write_csv_atomically(df: Any, path: str | os.PathLike, index: bool = True) -> None:
     """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file."""

@@ -7,14 +7,15 @@ Every public function takes ``device=`` ("auto", "cpu", "cuda", "cuda:N") and ``
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 from . import _otcal
-from .errors import InvalidArgument, OtcalWarning
+from .errors import BudgetTooSmall, InvalidArgument, OtcalError, OtcalWarning
 
-__all__ = ["Context", "get_context", "parse_bytes", "reissue_warnings"]
+__all__ = ["Context", "get_context", "library_call", "parse_bytes", "python_terms", "reissue_warnings"]
 
 Context = _otcal.Context
 
@@ -71,9 +72,39 @@ def get_context(device: str = "auto", memory_budget: Any = None, threads: int = 
     return ctx
 
 
+_CLI_FLAG = re.compile(r"--([a-z][a-z-]*)")
+
+
+def python_terms(message: str) -> str:
+    """The library words its advice for the command line (--max-iterations); here it is arguments."""
+    return _CLI_FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
+
+
 def reissue_warnings(ctx: Any, stacklevel: int = 3) -> list[str]:
     """Re-issue the library's warnings of the last call as OtcalWarning; returns them."""
-    messages = list(ctx.drain_warnings())
+    messages = [python_terms(m) for m in ctx.drain_warnings()]
     for message in messages:
         warnings.warn(message, OtcalWarning, stacklevel=stacklevel)
     return messages
+
+
+@contextlib.contextmanager
+def library_call(ctx: Any) -> Iterator[None]:
+    """Around a call into the library: re-issues its warnings and words its errors in Python's terms.
+
+    stacklevel 5 points the warnings at the public function's caller: warnings.warn <-
+    reissue_warnings <- here <- contextlib's __exit__ <- the public function <- its caller.
+    """
+    try:
+        yield
+    except BudgetTooSmall as exc:
+        raise BudgetTooSmall(
+            f"memory_budget: {python_terms(str(exc))} (pass memory_budget={exc.required_bytes})", exc.required_bytes
+        ) from None
+    except OtcalError as exc:
+        message = python_terms(str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None
+    finally:
+        reissue_warnings(ctx, stacklevel=5)

@@ -43,7 +43,7 @@ from ._calibration_results import (
     table,
     write_csv_atomically,
 )
-from ._context import get_context, reissue_warnings
+from ._context import get_context, library_call
 from .errors import InvalidArgument, OtcalWarning
 
 __all__ = [
@@ -344,13 +344,11 @@ def build_constraints(
         except (TypeError, ValueError):
             raise InvalidArgument(f"total: expected a number, got {total!r}") from None
     ctx = get_context("cpu", memory_budget, context=context)
-    try:
+    with library_call(ctx):
         raw = _otcal.build_constraints(
             ctx, numeric_columns, string_columns, spec_marginal, spec_continuous, linear_rows, total,
             weight_column, int(n_records),
         )
-    finally:
-        reissue_warnings(ctx)
     A = csr_from_arrays(raw)
     return ConstraintSystem(
         A, raw["targets"], list(raw["names"]), raw["n_categorical"], raw["margin_offsets"], raw["design_weights"],
@@ -473,14 +471,11 @@ def calibrate(
     ctx = get_context(device, memory_budget, context=context)
     internal = unique_internal_names(labels)
     sink = ProgressSink(progress, max_iter, f"calibrate ({method})", "step", {"newton": (0, False)})
-    try:
+    with sink, library_call(ctx):
         raw = _otcal.calibrate_exact(
             ctx, system._arrays(w, t, internal), calfun, lower, upper, max_iter, epsilon, bool(force), sigma2,
             trim_pair, sink.callback,
         )
-    finally:
-        sink.close()
-        reissue_warnings(ctx)
     return CalibrationResult(raw, labels, method)
 
 
@@ -539,12 +534,9 @@ def rake(
     ctx = get_context(device, memory_budget, context=context)
     internal = unique_internal_names(system.names)
     sink = ProgressSink(progress, max_iter, "rake", "sweep", {"rake": (0, False)})
-    try:
+    with sink, library_call(ctx):
         raw = _otcal.rake(ctx, system._arrays(np.ascontiguousarray(w, dtype=np.float64), system.targets, internal),
                           max_iter, epsilon, sink.callback)
-    finally:
-        sink.close()
-        reissue_warnings(ctx)
     return CalibrationResult(raw, system.names, "rake")
 
 
@@ -992,11 +984,8 @@ class Calibration:
         E = self.epochs
         total = E * (3 if self.regularize_with_l0 else 1)
         sink = ProgressSink(self.progress, total, "Reweighting progress", "epoch", {"dense": (0, True), "l0": (E, True)})
-        try:
+        with sink, library_call(ctx):
             raw = _otcal.calibrate_gradient(ctx, arrays, options, sink.callback)
-        finally:
-            sink.close()
-            reissue_warnings(ctx)
         self.performance_df = self._log(raw["history"], "dense")
         if self.regularize_with_l0:
             self.sparse_performance_df = self._log(raw["history"], "l0")

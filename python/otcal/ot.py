@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _otcal
 from ._arrays import as_matrix, as_vector, framework_of, is_device_array, to_framework
-from ._context import get_context
+from ._context import get_context, library_call as _library_call
 from ._progress import ProgressReporter
 from .errors import BudgetTooSmall, InvalidArgument, OtcalError, OtcalWarning
 
@@ -187,39 +187,6 @@ def _wait_for_producer(a: Any) -> None:
         cupy.cuda.get_current_stream().synchronize()
     elif fw == "jax":
         a.block_until_ready()
-
-
-_CLI_FLAG = re.compile(r"--([a-z][a-z-]*)")
-
-
-def _python_terms(message: str) -> str:
-    """The library words its advice for the command line (--max-iterations); here it is arguments."""
-    return _CLI_FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
-
-
-@contextlib.contextmanager
-def _library_call(ctx: Any) -> Iterator[None]:
-    """Re-issues the library's warnings after a call, and words its errors in Python's terms."""
-    try:
-        yield
-    except BudgetTooSmall as exc:
-        raise BudgetTooSmall(
-            f"memory_budget: {_python_terms(str(exc))} (pass memory_budget={exc.required_bytes})", exc.required_bytes
-        ) from None
-    except OtcalError as exc:
-        message = _python_terms(str(exc))
-        if message == str(exc):
-            raise
-        raise type(exc)(message) from None
-    finally:
-        _reissue_warnings(ctx)
-
-
-def _reissue_warnings(ctx: Any) -> None:
-    # _context.reissue_warnings, with the library's command-line wording turned into arguments.
-    # stacklevel 5: here <- _library_call <- contextlib.__exit__ <- the public function <- its caller.
-    for message in ctx.drain_warnings():
-        warnings.warn(_python_terms(message), OtcalWarning, stacklevel=5)
 
 
 def _csr(parts: dict) -> Any:
