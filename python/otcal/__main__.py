@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="solve, sparsify and calibrate small synthetic problems")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    demo.add_argument("--n", type=int, default=4000, help="points per cloud (default 4000)")
+    demo.add_argument("--n", type=int, default=2000, help="source points; the target has 1.5 times as many (default 2000)")
     demo.add_argument("--records", type=int, default=20000, help="survey records (default 20000)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sub.add_parser("info", help="build options, devices, CPU threads and memory, as JSON")
