@@ -353,4 +353,83 @@ TEST(ResidentProblem, DeviceViewsOnTheCpuAreRefused) {
   EXPECT_EQ(ctx.cloud_uploads(), 0u);
 }
 
+// New weights on a resident problem (the Python PointCloud solves with any a, b): the clouds are not
+// uploaded again and the solve equals a fresh upload with those weights, bitwise. A bad weight
+// vector is named and leaves the previous weights in place.
+TEST(ResidentProblem, SetWeightsEqualsAFreshUpload) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = fresh_input(seed);
+  std::mt19937_64 gen(seed ^ 0x5eedULL);
+  std::uniform_real_distribution<double> u(0.2, 1.0);
+  std::vector<double> a(static_cast<std::size_t>(in.c.n)), b(static_cast<std::size_t>(in.c.m));
+  for (double& v : a) v = u(gen);
+  for (double& v : b) v = u(gen);
+  const otcal::ConstVector av = otcal::ConstVector::of(a.data(), in.c.n);
+  const otcal::ConstVector bv = otcal::ConstVector::of(b.data(), in.c.m);
+  const otcal::Context ctx = ctx_with_budget(std::size_t{1} << 26);
+  const otcal::PointCloud geom = in.geom("sqeuclidean");
+  otcal::Problem problem = otcal::Problem::upload(ctx, geom);
+  otcal::SinkhornOptions so;
+  so.epsilon = 0.05;
+  so.threshold = 1e-8;
+  const otcal::SinkhornResult uniform = otcal::sinkhorn(problem, so);
+  const std::uint64_t uploads = ctx.cloud_uploads();
+
+  problem.set_weights(av, bv);
+  const otcal::SinkhornResult weighted = otcal::sinkhorn(problem, so);
+  EXPECT_EQ(ctx.cloud_uploads(), uploads);
+  const otcal::SinkhornResult fresh = otcal::sinkhorn(ctx, geom, av, bv, so);
+  EXPECT_EQ(weighted.f, fresh.f);
+  EXPECT_EQ(weighted.g, fresh.g);
+  EXPECT_EQ(weighted.reg_ot_cost, fresh.reg_ot_cost);
+  EXPECT_NE(weighted.f, uniform.f) << "the new weights were used";
+
+  std::vector<double> bad = b;
+  bad[bad.size() / 2] = -bad[bad.size() / 2];
+  try {
+    problem.set_weights({}, otcal::ConstVector::of(bad.data(), in.c.m));
+    FAIL() << "a negative weight was accepted";
+  } catch (const otcal::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("b"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(problem.a(), a) << "a failed set_weights changes nothing";
+  EXPECT_EQ(otcal::sinkhorn(problem, so).f, weighted.f);
+
+  problem.set_weights({}, {});
+  EXPECT_EQ(otcal::sinkhorn(problem, so).f, uniform.f) << "empty weights are uniform again";
+}
+
+// Bytes the caller holds against the budget (Python's dense transport_matrix fills its array from
+// the sparsify sink) are part of the plan: the named minimum grows by at least those bytes (the
+// planner's headroom grows with the budget) and is exactly enough.
+TEST(ResidentProblem, ReservedBytesAreCountedInTheSparsifyMinimum) {
+  const Input in = fresh_input(testsupport::fresh_seed());
+  const otcal::Context ample = ctx_with_budget(kAmple);
+  const otcal::PointCloud geom = in.geom("sqeuclidean");
+  otcal::SinkhornOptions so;
+  so.epsilon = 0.05;
+  const otcal::Potentials pot = otcal::sinkhorn(ample, geom, {}, {}, so).potentials();
+  auto minimum = [&](std::size_t reserved) {
+    otcal::SparsifyOptions o;
+    o.value = 1e-9;
+    o.reserved_bytes = reserved;
+    try {
+      otcal::sparsify(ctx_with_budget(1024), geom, pot, o);
+    } catch (const otcal::BudgetTooSmall& e) {
+      return e.required_bytes();
+    }
+    ADD_FAILURE() << "1 KiB was enough";
+    return std::size_t{0};
+  };
+  const auto reserved = static_cast<std::size_t>(in.c.n * in.c.m * 8);
+  const std::size_t base = minimum(0), with = minimum(reserved);
+  EXPECT_GE(with, base + reserved);
+  otcal::SparsifyOptions o;
+  o.value = 1e-9;
+  o.reserved_bytes = reserved;
+  EXPECT_NO_THROW(otcal::sparsify(ctx_with_budget(with), geom, pot, o));
+  EXPECT_THROW(otcal::sparsify(ctx_with_budget(with - 1), geom, pot, o), otcal::BudgetTooSmall);
+}
+
 }  // namespace
