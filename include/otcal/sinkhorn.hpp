@@ -18,7 +18,7 @@ enum class OnDivergence { error, return_result };
 
 struct SinkhornProgress {
   index_t iteration;   // iterations done so far
-  double error;        // last computed marginal error
+  double error;        // last computed marginal error (+inf before the first, below min_iterations)
   double iterations_per_second;
 };
 
@@ -38,7 +38,9 @@ struct SinkhornOptions {
   std::optional<index_t> batch_size;  // unset: planned from the memory budget
   // Unset: the problem's precision (float64 for the convenience overload that uploads).
   std::optional<DType> precision;
-  std::function<void(const SinkhornProgress&)> progress;  // called at every error evaluation
+  // Called after every block of inner_iterations (also below min_iterations, where no error is
+  // computed): the place to report progress or to stop the solve by throwing.
+  std::function<void(const SinkhornProgress&)> progress;
 };
 
 // A solve: the potentials (what apply, marginal and sparsify need; the base class) and the run

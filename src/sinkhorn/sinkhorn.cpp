@@ -226,9 +226,11 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
     }
     res.errors[static_cast<std::size_t>(it / inner - 1)] = err;
     const unsigned flags = be.potential_flags(f, rs.a, s.n) | be.potential_flags(g, rs.b, s.m);
-    if (o.progress && compute) {
+    // Every block, computed error or not: the callback is also where a caller notices an interrupt
+    // (Python's Ctrl-C), which must not wait for min_iterations.
+    if (o.progress) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
-      o.progress({it, err, secs > 0 ? static_cast<double>(it) / secs : 0.0});
+      o.progress({it, last_computed, secs > 0 ? static_cast<double>(it) / secs : 0.0});
     }
     if (flags != 0 || (compute && !std::isfinite(err))) {
       diverged = true;

@@ -120,3 +120,20 @@ def test_bad_progress_argument(rng):
     x = rng.normal(size=(20, 2))
     with pytest.raises(otcal.InvalidArgument, match="progress"):
         otcal.sinkhorn(otcal.PointCloud(x), progress="yes")
+
+
+def test_interrupt_is_noticed_below_min_iterations(rng):
+    # No error is computed before min_iterations, but the solve still calls back once per block.
+    geom, options = long_running(rng)
+    options.update(min_iterations=10**7)
+    seen = []
+
+    def callback(info):
+        seen.append(info["iteration"])
+        assert info["error"] == np.inf  # none computed yet
+        if info["iteration"] == 40:
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        otcal.sinkhorn(geom, progress=callback, **options)
+    assert seen == list(range(INNER, 50, INNER))
