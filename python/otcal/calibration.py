@@ -547,6 +547,7 @@ def normalization_from_groups(groups: Sequence[Any]) -> np.ndarray:
     :class:`Calibration` so that, e.g., one national target weighs as much as 50 state targets.
 
     Example:
+        >>> import otcal
         >>> otcal.normalization_from_groups(["national", "state", "state", "state"]).round(3)
         array([2.   , 0.667, 0.667, 0.667])
     """
