@@ -33,16 +33,21 @@ struct LseReduction {
   }
   template <class Terms, class Formula>
   __device__ __forceinline__ void fold(Part& st, const RowCtx<T>& row, const Terms& terms, const Formula& formula,
-                                       index_t, int, T (&acc)[kChunk], const ChunkShared<T>& sh) const {
+                                       index_t, int jn, T (&acc)[kChunk], const ChunkShared<T>& sh) const {
     if (!row.active) return;
     T mx = -std::numeric_limits<T>::infinity();
 #pragma unroll
     for (int jj = 0; jj < kChunk; ++jj) {
-      acc[jj] = formula.value(terms, row, acc[jj], jj, sh);
+      // Padding lanes of the last chunk are -inf whatever their cost: a padding cost need not be
+      // finite (cosine: an infinite row norm times the padding norm 0 is NaN), and a NaN there
+      // would now poison a row that the CPU reduces to a finite value.
+      acc[jj] = jj < jn ? formula.value(terms, row, acc[jj], jj, sh) : -std::numeric_limits<T>::infinity();
       mx = (acc[jj] > mx || acc[jj] != acc[jj]) ? acc[jj] : mx;  // NaN wins: it must reach the flags
     }
     if (!(mx > -std::numeric_limits<T>::infinity())) {  // an all -inf chunk adds nothing
-      if (mx != mx) st = {static_cast<double>(mx), 1.0};
+      // NaN: merged as a NaN term, absorbing through every later chunk and part merge
+      // (lse_math.hpp), so it reaches the output whichever chunk or part held it.
+      if (mx != mx) lse_merge(st, static_cast<double>(mx), 1.0);
       return;
     }
     T s = T(0);

@@ -48,7 +48,9 @@ struct LseReduction {
   }
   void fold(Row& s, index_t, index_t, index_t jn, const T* t, T mx) const {
     if (!(mx > -std::numeric_limits<T>::infinity())) {
-      if (mx != mx) *s = {mx, 1.0};  // NaN: let it reach the output and the flags
+      // NaN: merged as a NaN term (absorbing, lse_math.hpp) so it reaches the output whatever
+      // granule held it; an all -inf granule adds nothing.
+      if (mx != mx) detail::lse_merge(*s, static_cast<double>(mx), 1.0);
       return;
     }
     detail::lse_merge(*s, static_cast<double>(mx), static_cast<double>(granule_exp2_sum(t, jn, mx)));

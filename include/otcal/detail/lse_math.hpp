@@ -12,6 +12,9 @@ inline constexpr double kLog2e = 1.4426950408889634;
 inline constexpr double kLn2 = 0.69314718055994531;
 
 // Running (max, sum) of 2^t in log2 units. The empty state (-inf, 0) is the merge identity.
+// A NaN term makes the state NaN, and NaN is absorbing: a NaN anywhere in a row must reach its
+// LSE, whatever chunk, granule or part held it, so that the marginal error and the transported
+// mass come out NaN and the solver reports divergence (docs/sinkhorn.md §10).
 struct LseState {
   double max;
   double sum;
@@ -19,7 +22,10 @@ struct LseState {
 
 OTCAL_HD OTCAL_INLINE LseState lse_empty() { return {-HUGE_VAL, 0.0}; }
 
-// Merge a partial (m, s) into the running state without ever forming (-inf) - (-inf).
+// Merge a partial (m, s) into the running state without ever forming (-inf) - (-inf). Runs once
+// per chunk, not per element. NaN is absorbing through `sum`: a NaN m or s gives a NaN sum in
+// every branch (exp2(NaN) is NaN, and `m > NaN` is false, so the else branch takes it), and every
+// branch but the first reads acc.sum, so once NaN it stays NaN; lse_natural turns it into NaN.
 OTCAL_HD OTCAL_INLINE void lse_merge(LseState& acc, double m, double s) {
   if (s == 0.0) return;
   if (acc.sum == 0.0) {
@@ -33,9 +39,10 @@ OTCAL_HD OTCAL_INLINE void lse_merge(LseState& acc, double m, double s) {
   }
 }
 
-// ln(sum 2^t) = ln2 * (max + log2 sum); -inf for the empty state.
+// ln(sum 2^t) = ln2 * (max + log2 sum); -inf for the empty state, NaN for a NaN state (a test of
+// `sum > 0` would send a NaN sum to -inf, i.e. to zero mass).
 OTCAL_HD OTCAL_INLINE double lse_natural(const LseState& s) {
-  return s.sum > 0.0 ? kLn2 * (s.max + ::log2(s.sum)) : -HUGE_VAL;
+  return s.sum == 0.0 ? -HUGE_VAL : kLn2 * (s.max + ::log2(s.sum));
 }
 
 // OTT's fin(): a non-finite value counts as 0.

@@ -1,0 +1,195 @@
+// NaN in the CUDA online log-sum-exp (cuda/row_reductions.cuh, include/otcal/detail/lse_math.hpp):
+// the CUDA twin of tests/test_lse_nan.cpp. The device LSE merges a float64 state every 32-column
+// chunk and across column parts (split path: a merge kernel; fused path: in the row's thread), so a
+// NaN potential in the first, a middle or the last chunk, on either side of a part boundary, must
+// give NaN marginals on both paths, like the CPU backend. A cosine problem whose costs are NaN must
+// diverge on CUDA as on the CPU. Padding lanes of a partial last chunk must not poison a row.
+// Also what -fmad=false promises (docs/host-layer.md §6): the cost of every pair is the CPU's bits
+// for sqeuclidean, euclidean and cosine, so the exact max |c| agrees bitwise across backends.
+// Label gpu: the binary exits 77 (skipped) where no CUDA device works (tests/support/test_main.cpp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "otcal/errors.hpp"
+#include "otcal/sinkhorn.hpp"
+#include "support/reference.hpp"
+
+namespace {
+
+using otcal::index_t;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The CUDA backend's cut (cuda/cuda_backend.cu): chunks of 32 columns, parts of whole chunks,
+// at most 64 parts and at least 64 chunks per part; the fused path needs row blocks of 128 rows
+// >= 2 x the SM count. 41 000 rows fill any device up to 160 SMs.
+constexpr index_t kChunk = 32;
+constexpr index_t kFusedRows = 41000;
+constexpr index_t kSplitRows = 300;
+constexpr index_t kCols = 4500;  // 141 chunks: 3 parts of 47 chunks (1504 columns)
+
+otcal::ContextOptions quiet() {
+  otcal::ContextOptions o;
+  o.memory_budget = std::size_t{1} << 30;
+  o.on_warning = [](const std::string&) {};
+  return o;
+}
+
+otcal::Potentials zero_potentials(index_t n, index_t m, otcal::DType precision, const std::string& cost = "sqeuclidean") {
+  otcal::Potentials p;
+  p.f.assign(static_cast<std::size_t>(n), 0.0);
+  p.g.assign(static_cast<std::size_t>(m), 0.0);
+  p.epsilon = 0.5;
+  p.scale = 1.0;
+  p.cost = otcal::Cost::parse(cost);
+  p.precision = precision;
+  return p;
+}
+
+// Columns to poison: chunk edges, part edges (1504, 3008) and the last column.
+std::vector<index_t> nan_positions() {
+  const index_t part = 47 * kChunk;
+  return {0, 1, kChunk - 1, kChunk, 1000, part - 1, part, 2 * part - 1, 2 * part, kCols - 1};
+}
+
+class GpuLseNaN : public ::testing::TestWithParam<otcal::DType> {};
+
+TEST_P(GpuLseNaN, MarginalIsNaNWhereverTheNaNSitsOnBothPaths) {
+  const otcal::DType precision = GetParam();
+  const otcal::Context gpu = otcal::Context::cuda(0, quiet());
+  const otcal::Context cpu = otcal::Context::cpu(quiet());
+  for (index_t rows : {kSplitRows, kFusedRows}) {
+    const ref::Clouds c = ref::random_clouds(rows, kCols, 2, 77 + static_cast<std::uint64_t>(rows));
+    otcal::PointCloud geom;
+    geom.x = otcal::ConstMatrix::of(c.x.data(), rows, 2);
+    geom.y = otcal::ConstMatrix::of(c.y.data(), kCols, 2);
+    const otcal::Problem on_gpu = otcal::Problem::upload(gpu, geom, {}, {}, precision);
+    const std::string path = rows == kFusedRows ? "fused path" : "split path";
+    {
+      const auto clean = otcal::marginal(on_gpu, zero_potentials(rows, kCols, precision), 1);
+      for (double v : clean) ASSERT_TRUE(std::isfinite(v) && v > 0) << path << ": a NaN-free marginal must be finite";
+    }
+    for (index_t at : nan_positions()) {
+      otcal::Potentials pot = zero_potentials(rows, kCols, precision);
+      pot.g[static_cast<std::size_t>(at)] = kNaN;
+      pot.g[static_cast<std::size_t>((at + kCols / 2) % kCols)] = -kInf;  // a zero-weight column elsewhere
+      for (std::optional<index_t> bs : {std::optional<index_t>{}, std::optional<index_t>{7}}) {
+        const auto marg = otcal::marginal(on_gpu, pot, 1, bs);
+        index_t not_nan = 0, first_bad = -1;
+        for (index_t i = 0; i < rows; ++i)
+          if (!std::isnan(marg[static_cast<std::size_t>(i)]) && not_nan++ == 0) first_bad = i;
+        EXPECT_EQ(not_nan, 0) << path << ", NaN g at column " << at << ", batch "
+                              << (bs ? std::to_string(*bs) : "planned") << ": row " << first_bad << " gave "
+                              << (first_bad >= 0 ? marg[static_cast<std::size_t>(first_bad)] : 0.0);
+      }
+    }
+    if (rows == kSplitRows) {  // the CPU agrees (the reference backend, tests/test_lse_nan.cpp)
+      const otcal::Problem on_cpu = otcal::Problem::upload(cpu, geom, {}, {}, precision);
+      otcal::Potentials pot = zero_potentials(rows, kCols, precision);
+      pot.g[0] = kNaN;
+      for (double v : otcal::marginal(on_cpu, pot, 1)) EXPECT_TRUE(std::isnan(v)) << "cpu";
+    }
+  }
+  // The other axis: rows of y (4500, split into parts of x's 41000 columns) against x, NaN in f.
+  const ref::Clouds c = ref::random_clouds(kFusedRows, kCols, 2, 78);
+  otcal::PointCloud geom;
+  geom.x = otcal::ConstMatrix::of(c.x.data(), kFusedRows, 2);
+  geom.y = otcal::ConstMatrix::of(c.y.data(), kCols, 2);
+  const otcal::Problem on_gpu = otcal::Problem::upload(gpu, geom, {}, {}, precision);
+  for (index_t at : {index_t{0}, index_t{640}, index_t{20000}, kFusedRows - 1}) {
+    otcal::Potentials pot = zero_potentials(kFusedRows, kCols, precision);
+    pot.f[static_cast<std::size_t>(at)] = kNaN;
+    const auto marg = otcal::marginal(on_gpu, pot, 0);
+    index_t not_nan = 0;
+    for (double v : marg) not_nan += std::isnan(v) ? 0 : 1;
+    EXPECT_EQ(not_nan, 0) << "NaN f at row " << at;
+  }
+}
+
+// Cosine costs are NaN between two points whose norms overflow; fin() keeps the potentials finite,
+// so only the marginal error sees the NaN, and it must, in any chunk or part (docs/sinkhorn.md §5).
+TEST_P(GpuLseNaN, NaNCostsMakeTheSolveDivergeInEveryChunkAndPart) {
+  const otcal::DType precision = GetParam();
+  const double huge = precision == otcal::DType::float32 ? 1e30 : 1e200;
+  const otcal::Context gpu = otcal::Context::cuda(0, quiet());
+  const index_t n = 3000;  // 94 chunks: 2 parts of 47
+  for (index_t at : {index_t{0}, kChunk - 1, kChunk, index_t{1503}, index_t{1504}, n / 2, n - 1}) {
+    ref::Clouds c = ref::random_clouds(n, n, 2, 5 + static_cast<std::uint64_t>(at));
+    c.x[static_cast<std::size_t>(2 * at)] = huge;
+    c.x[static_cast<std::size_t>(2 * at + 1)] = huge;
+    otcal::PointCloud geom;
+    geom.x = otcal::ConstMatrix::of(c.x.data(), n, 2);
+    geom.options.cost = otcal::Cost::parse("cosine");
+    otcal::SinkhornOptions o;
+    o.precision = precision;
+    o.epsilon = 0.1;
+    o.max_iterations = 10;
+    const std::string what = "huge point at " + std::to_string(at);
+    EXPECT_THROW(otcal::sinkhorn(gpu, geom, {}, {}, o), otcal::NumericalError) << what;
+    o.on_divergence = otcal::OnDivergence::return_result;
+    const otcal::SinkhornResult r = otcal::sinkhorn(gpu, geom, {}, {}, o);
+    EXPECT_TRUE(r.diverged) << what;
+    EXPECT_TRUE(std::isnan(r.errors[0])) << what << ": error " << r.errors[0];
+    EXPECT_TRUE(std::isnan(r.reg_ot_cost)) << what << ": reg_ot_cost " << r.reg_ot_cost;
+  }
+}
+
+// A row with an infinite norm against ordinary columns has finite cosine costs (all 1), but its
+// cost against a padding lane (norm 0) would be inf * 0 = NaN: the LSE must mask padding lanes.
+TEST_P(GpuLseNaN, PaddingLanesNeverPoisonARow) {
+  const otcal::DType precision = GetParam();
+  const double huge = precision == otcal::DType::float32 ? 1e30 : 1e200;
+  const otcal::Context gpu = otcal::Context::cuda(0, quiet());
+  const otcal::Context cpu = otcal::Context::cpu(quiet());
+  for (index_t m : {index_t{45}, index_t{2100}}) {  // a partial last chunk; with parts
+    ref::Clouds c = ref::random_clouds(20, m, 2, 11 + static_cast<std::uint64_t>(m), 0.5);
+    for (double& v : c.y) v = 1.0 + std::fabs(v);  // no zero-norm column
+    c.x[0] = c.x[1] = huge;
+    otcal::PointCloud geom;
+    geom.x = otcal::ConstMatrix::of(c.x.data(), 20, 2);
+    geom.y = otcal::ConstMatrix::of(c.y.data(), m, 2);
+    geom.options.cost = otcal::Cost::parse("cosine");
+    const otcal::Potentials pot = zero_potentials(20, m, precision, "cosine");
+    const auto want = otcal::marginal(cpu, geom, pot, 1);
+    const auto got = otcal::marginal(gpu, geom, pot, 1);
+    ASSERT_TRUE(std::isfinite(want[0])) << "the CPU reduces the huge row to a finite value";
+    const double tol = precision == otcal::DType::float32 ? 1e-5 : 1e-12;
+    for (std::size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], tol * std::max(1.0, std::fabs(want[i]))) << "m = " << m << ", row " << i;
+  }
+}
+
+// -fmad=false: the device accumulates sum_k (x_k - y_k)^2 and the dot products unfused, k = 0..d-1,
+// as the CPU does, and sqrt and division are IEEE on both, so every cost entry has the CPU's bits.
+// The maximum over all pairs does not depend on the reduction order, so it must agree bitwise
+// (the sums do not: chunks of 32 on CUDA, granules of 256 on the CPU).
+TEST_P(GpuLseNaN, CostEntriesAreTheCpusBits) {
+  const otcal::DType precision = GetParam();
+  const otcal::Context gpu = otcal::Context::cuda(0, quiet());
+  const otcal::Context cpu = otcal::Context::cpu(quiet());
+  for (const char* cost : {"sqeuclidean", "euclidean", "cosine"}) {
+    for (index_t d : {index_t{3}, index_t{17}}) {  // 17: two shared-memory slabs of coordinates
+      const ref::Clouds c = ref::random_clouds(257, 389, d, 1000 + static_cast<std::uint64_t>(d), 3.0);
+      otcal::PointCloud geom;
+      geom.x = otcal::ConstMatrix::of(c.x.data(), c.n, d);
+      geom.y = otcal::ConstMatrix::of(c.y.data(), c.m, d);
+      geom.options.cost = otcal::Cost::parse(cost);
+      const double want = otcal::cost_statistics(otcal::Problem::upload(cpu, geom, {}, {}, precision)).max_abs;
+      const double got = otcal::cost_statistics(otcal::Problem::upload(gpu, geom, {}, {}, precision)).max_abs;
+      EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0)
+          << cost << ", d = " << d << ": max |c| " << got << " on CUDA vs " << want << " on the CPU";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, GpuLseNaN, ::testing::Values(otcal::DType::float64, otcal::DType::float32),
+                         [](const auto& info) { return std::string(otcal::dtype_name(info.param)); });
+
+}  // namespace
