@@ -90,9 +90,17 @@ namespace {
 // share and may trim), with the release threshold at its maximum: freed blocks stay in the pool
 // across synchronisations, so a solve loop that frees and reallocates its tiles pays no
 // cudaMalloc after the first iteration.
+//
+// A null stream handle is the context's compute stream, the stream every kernel of the library
+// runs on: `Buffer(mr, n)` and `Workspace(mr, decl, rows)` without a stream then allocate and free
+// in order with the work that uses the memory. The legacy default stream (what null means to
+// cudaMallocFromPoolAsync) would not wait for the non-blocking compute stream, so a free there
+// could hand memory back while kernels still read it. A caller who wants the legacy stream passes
+// cudaStreamLegacy explicitly.
 class CudaAsyncResource final : public MemoryResource {
  public:
-  explicit CudaAsyncResource(int device) : device_(device) {
+  CudaAsyncResource(int device, StreamHandle default_stream)
+      : device_(device), default_stream_(static_cast<cudaStream_t>(default_stream)) {
     cudaMemPoolProps props{};
     props.allocType = cudaMemAllocationTypePinned;
     props.handleTypes = cudaMemHandleTypeNone;
@@ -114,7 +122,7 @@ class CudaAsyncResource final : public MemoryResource {
     if (bytes == 0) return nullptr;
     void* p = nullptr;
     // Pool allocations are at least 256-byte aligned, which covers kDefaultAlignment.
-    const cudaError_t err = cudaMallocFromPoolAsync(&p, bytes, pool_, static_cast<cudaStream_t>(stream));
+    const cudaError_t err = cudaMallocFromPoolAsync(&p, bytes, pool_, ordered_on(stream));
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       throw OutOfMemory("the CUDA device " + std::to_string(device_) + " could not allocate " + format_bytes(bytes) +
@@ -125,24 +133,29 @@ class CudaAsyncResource final : public MemoryResource {
   }
   void do_deallocate(StreamHandle stream, void* p, std::size_t, std::size_t) noexcept override {
     if (p == nullptr) return;
-    if (cudaFreeAsync(p, static_cast<cudaStream_t>(stream)) != cudaSuccess) (void)cudaGetLastError();
+    if (cudaFreeAsync(p, ordered_on(stream)) != cudaSuccess) (void)cudaGetLastError();
   }
   bool do_is_equal(const MemoryResource& other) const noexcept override {
     const auto* o = dynamic_cast<const CudaAsyncResource*>(&other);
     return o != nullptr && o->pool_ == pool_;
   }
 
+  cudaStream_t ordered_on(StreamHandle stream) const {
+    return stream != nullptr ? static_cast<cudaStream_t>(stream) : default_stream_;
+  }
+
   int device_;
+  cudaStream_t default_stream_;
   cudaMemPool_t pool_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<MemoryResource> make_cuda_async_resource(int device) {
+std::unique_ptr<MemoryResource> make_cuda_async_resource(int device, StreamHandle default_stream) {
   int previous = 0;
   OTCAL_CUDA_CHECK(cudaGetDevice(&previous));
   OTCAL_CUDA_CHECK(cudaSetDevice(device));
-  auto mr = std::make_unique<CudaAsyncResource>(device);
+  auto mr = std::make_unique<CudaAsyncResource>(device, default_stream);
   OTCAL_CUDA_CHECK(cudaSetDevice(previous));
   return mr;
 }

@@ -19,7 +19,7 @@ int cuda_device_count(std::string& why) {
 }
 DeviceInfo cuda_device_info(int) { unavailable(); }
 void cuda_set_device(int) { unavailable(); }
-std::unique_ptr<MemoryResource> make_cuda_async_resource(int) { unavailable(); }
+std::unique_ptr<MemoryResource> make_cuda_async_resource(int, StreamHandle) { unavailable(); }
 void* cuda_pinned_alloc(std::size_t) { return nullptr; }
 void cuda_pinned_free(void*) noexcept {}
 StreamHandle cuda_stream_create() { unavailable(); }

@@ -602,7 +602,10 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     sort_temp_ = ws.get(L.sort_temp);
     bound_rows_ = std::max<index_t>(rows, 1);
     // Once per operation: the loop itself allocates nothing.
-    for (int s = 0; s < 2; ++s) pinned_[s] = Buffer<unsigned char>(ctx_.pinned_host(), pinned_slot_bytes());
+    // Named with the copy stream, their last user (RMM's rule); the pinned resource itself is not
+    // stream-ordered, and every read of a slot waits for its copy event first.
+    for (int s = 0; s < 2; ++s)
+      pinned_[s] = Buffer<unsigned char>(ctx_.pinned_host(), pinned_slot_bytes(), ctx_.copy_stream());
     for (Pending& p : pending_) p = Pending{};
     next_slot_ = 0;
     counts_dev_ = nullptr;

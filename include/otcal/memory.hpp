@@ -113,7 +113,10 @@ class StatisticsAdaptor final : public MemoryResource {
   std::vector<Scope> scopes_{Scope{}};
 };
 
-// Owning typed buffer that remembers its resource and stream.
+// Owning typed buffer that remembers its resource and stream. The stream orders the allocation
+// and the free (RMM's rule: name the stream that uses the memory). A null stream on a CUDA
+// context's resources is that context's compute stream, never the legacy default stream, so a
+// buffer made without one is still ordered with the library's kernels.
 template <class T>
 class Buffer {
  public:

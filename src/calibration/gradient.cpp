@@ -369,7 +369,7 @@ LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, c
   out.plan = calib::plan_calibration(layout.decl, ctx, n, options.batch_size);
   detail::OperationScope scope(ctx);
   {
-    const detail::Workspace ws(ctx.workspace(), layout.decl, out.plan.rows);
+    const detail::Workspace ws(ctx.workspace(), layout.decl, out.plan.rows, ctx.compute_stream());
     GradientEngine::Evaluation ev(sys.A, ws, layout.eval, out.plan.rows);
     out.gradient.resize(static_cast<std::size_t>(n));
     std::vector<double> S(static_cast<std::size_t>(sys.A.rows));

@@ -119,9 +119,10 @@ Context Context::cuda(int device, ContextOptions o) {
   c->threads = default_threads();
   c->name = "cuda:" + std::to_string(device) + " " + info.name;
   c->note = "cuda:" + std::to_string(device) + " requested";
-  c->base = detail::make_cuda_async_resource(device);
   c->compute = detail::cuda_stream_create();
   c->copy = detail::cuda_stream_create();
+  // The pool orders stream-less allocations on the compute stream (cuda/cuda_runtime.cpp).
+  c->base = detail::make_cuda_async_resource(device, c->compute);
   finish(*c, o, info.total_bytes, info.free_bytes);
   Context ctx(c);
   if (o.memory_budget > info.free_bytes)

@@ -19,8 +19,9 @@ int cuda_device_count(std::string& why);
 DeviceInfo cuda_device_info(int device);
 void cuda_set_device(int device);
 
-// cudaMallocAsync on a dedicated pool with the release threshold at its maximum.
-std::unique_ptr<MemoryResource> make_cuda_async_resource(int device);
+// cudaMallocAsync on a dedicated pool with the release threshold at its maximum. A null stream
+// handle means `default_stream` (the context's compute stream), never the legacy default stream.
+std::unique_ptr<MemoryResource> make_cuda_async_resource(int device, StreamHandle default_stream);
 void* cuda_pinned_alloc(std::size_t bytes);  // null on failure
 void cuda_pinned_free(void* p) noexcept;
 

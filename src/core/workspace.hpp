@@ -2,6 +2,8 @@
 // The allocator half of a workspace plan: walks the operation's WorkspaceDecl at the planned tile
 // rows and allocates every declared buffer, in order, from one resource. Nothing else in an
 // operation allocates from the budget, so measured peak <= planned peak by construction.
+// Allocation and free are ordered on `stream`, the stream whose kernels use the memory (callers
+// pass ctx.compute_stream(); null means the same on a CUDA context, see memory.hpp).
 #include <vector>
 
 #include "otcal/errors.hpp"
