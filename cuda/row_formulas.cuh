@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "otcal/detail/cost_math.hpp"
+#include "otcal/detail/exp2.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "row_engine.cuh"
 
@@ -27,7 +28,12 @@ struct CostFormula {
 };
 
 // Base-2 LSE exponent t_ij = h_j*log2e/eps - c_ij*log2e/(eps*s), in T (docs/sinkhorn.md §4).
-// Padding lanes carry h = -inf, so t = -inf there; -inf * scale - finite stays -inf.
+// Padding lanes carry h = -inf (and the LSE reduction masks them to -inf as well, since their cost
+// need not be finite).
+// One explicit FMA, fma(-c, c_scale, h * h_scale): the CPU's ExponentFormula expression
+// (src/cpu/row_formulas.hpp), so the exponent has the CPU's bits on FMA hosts. The LSE is a
+// tolerance result anyway (MUFU exp2 vs the CPU polynomial, chunks of 32 vs granules of 256), and
+// this is the hot loop, so the FMA stays (the rest of the code is built with -fmad=false).
 template <CostKind K, class T>
 struct LseExponent {
   T h_scale, c_scale;
@@ -36,7 +42,10 @@ struct LseExponent {
   __device__ Terms terms(const RowCtx<T>&) const { return {}; }
   __device__ __forceinline__ T value(const Terms&, const RowCtx<T>& row, T acc, int jj,
                                      const ChunkShared<T>& sh) const {
-    return sh.h[jj] * h_scale - cost_finish<K>(acc, row.p, row.ni, sh.norm[jj]) * c_scale;
+    const T beta = sh.h[jj] * h_scale;
+    const T c = cost_finish<K>(acc, row.p, row.ni, sh.norm[jj]);
+    if constexpr (sizeof(T) == sizeof(float)) return OTCAL_FMAF(-c, c_scale, beta);
+    else return OTCAL_FMA(-c, c_scale, beta);
   }
 };
 

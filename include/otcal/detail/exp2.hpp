@@ -9,9 +9,15 @@
 
 namespace otcal::detail {
 
-// Fused multiply-add where the host target has it (the library is built with -ffp-contract=off so
-// that every other expression rounds exactly as written, e.g. numpy's percentile interpolation).
-#if defined(__FMA__) && !defined(__CUDA_ARCH__)
+// Fused multiply-add where the target has it (the library is built with -ffp-contract=off on the
+// host and -fmad=false on the device, so that every other expression rounds exactly as written,
+// e.g. numpy's percentile interpolation). Every device has FMA; a host build without FMA (no
+// -march=native, OTCAL_NATIVE=OFF) rounds the product first, so a value computed through
+// OTCAL_FMA is only equal across backends on FMA hosts (docs/host-layer.md §6).
+#if defined(__CUDA_ARCH__)
+#define OTCAL_FMA(a, b, c) ::fma((a), (b), (c))
+#define OTCAL_FMAF(a, b, c) ::fmaf((a), (b), (c))
+#elif defined(__FMA__)
 #define OTCAL_FMA(a, b, c) __builtin_fma((a), (b), (c))
 #define OTCAL_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #else
