@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "support/process.hpp"
+
 namespace {
 
 using nlohmann::json;
@@ -60,10 +62,7 @@ json bench_record(const ProcessRun& r) {
   return json::parse(lines.front());
 }
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) | rd();
-}
+using testsupport::fresh_seed;  // honours OTCAL_TEST_SEED
 
 // Every field the record must carry (docs/host-layer.md §7 and the bench issue).
 void expect_common_fields(const json& j, const std::string& bench) {
@@ -101,8 +100,8 @@ void expect_common_fields(const json& j, const std::string& bench) {
 TEST(BenchSmoke, SinkhornRecordIsCompleteAndWithinBudget) {
   const std::string bin = bench_path("sinkhorn");
   if (bin.empty()) GTEST_SKIP() << "otcal-bench-sinkhorn not found (OTCAL_BENCH_DIR unset or bench not built)";
-  std::mt19937_64 gen(fresh_seed());
-  const std::uint64_t seed = gen();
+  const std::uint64_t seed = fresh_seed();  // the printed seed reproduces the sizes too
+  std::mt19937_64 gen(seed);
   const int n = 150 + static_cast<int>(gen() % 200), m = 100 + static_cast<int>(gen() % 200);
   const int d = 1 + static_cast<int>(gen() % 5), iterations = 3, batch = 16 + static_cast<int>(gen() % 64);
   const std::string precision = gen() % 2 ? "float32" : "float64";
@@ -144,8 +143,8 @@ TEST(BenchSmoke, SinkhornRefusesATooSmallBudgetWithAClearError) {
 TEST(BenchSmoke, SparsifyRecordIsCompleteAndWithinBudget) {
   const std::string bin = bench_path("sparsify");
   if (bin.empty()) GTEST_SKIP() << "otcal-bench-sparsify not built";
-  std::mt19937_64 gen(fresh_seed());
-  const std::uint64_t seed = gen();
+  const std::uint64_t seed = fresh_seed();  // the printed seed reproduces the sizes too
+  std::mt19937_64 gen(seed);
   const int n = 100 + static_cast<int>(gen() % 150), batch = 8 + static_cast<int>(gen() % 40), max_k = 5;
   SCOPED_TRACE("seed " + std::to_string(seed) + " n " + std::to_string(n) + " batch " + std::to_string(batch));
   const ProcessRun r = run_process(bin + " --device cpu --n " + std::to_string(n) + " --d 3 --iterations 10 --batch-size " +
@@ -167,8 +166,8 @@ TEST(BenchSmoke, SparsifyRecordIsCompleteAndWithinBudget) {
 TEST(BenchSmoke, CalibrateRecordIsCompleteAndWithinBudget) {
   const std::string bin = bench_path("calibrate");
   if (bin.empty()) GTEST_SKIP() << "otcal-bench-calibrate not built";
-  std::mt19937_64 gen(fresh_seed());
-  const std::uint64_t seed = gen();
+  const std::uint64_t seed = fresh_seed();  // the printed seed reproduces the sizes too
+  std::mt19937_64 gen(seed);
   const int records = 2000 + static_cast<int>(gen() % 3000), categories = 5, targets = 20;
   SCOPED_TRACE("seed " + std::to_string(seed) + " records " + std::to_string(records));
   for (const std::string method : {"raking", "gradient"}) {

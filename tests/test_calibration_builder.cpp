@@ -10,6 +10,7 @@
 #include "otcal/context.hpp"
 #include "otcal/detail/philox.hpp"
 #include "otcal/errors.hpp"
+#include "support/process.hpp"
 
 namespace {
 
@@ -94,7 +95,7 @@ RandomProblem random_problem(std::mt19937_64& rng, index_t n) {
 }
 
 TEST(CalibrationBuilder, SparseEqualsDenseBuildExactly) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   auto ctx = otcal::Context::cpu({.memory_budget = 64u << 20, .on_warning = [](const std::string&) {}});
@@ -143,7 +144,7 @@ TEST(CalibrationBuilder, EmptySpecGivesZeroByN) {
 }
 
 TEST(CalibrationBuilder, PeakWithinPlanAndNoDenseAllocation) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const std::size_t budget = 8u << 20;
   auto ctx = otcal::Context::cpu({.memory_budget = budget});
@@ -254,7 +255,7 @@ TEST(CalibrationPhilox, KnownAnswers) {
 }
 
 TEST(CalibrationPhilox, UniformsInUnitInterval) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   double mean = 0;
   const int N = 100000;

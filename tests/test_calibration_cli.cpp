@@ -68,7 +68,7 @@ Fixture write_inputs(const fs::path& dir, std::uint64_t seed) {
 
 TEST(CalibrationCli, EndToEndWeightsMeetTargets) {
   if (cli().empty()) GTEST_SKIP() << "OTCAL_CLI not set (the tool is not built)";
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir tmp;
   const Fixture f = write_inputs(tmp.path, seed);

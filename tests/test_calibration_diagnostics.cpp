@@ -7,6 +7,7 @@
 
 #include "otcal/calibration.hpp"
 #include "otcal/context.hpp"
+#include "support/process.hpp"
 
 namespace {
 
@@ -19,7 +20,7 @@ bool any_contains(const std::vector<std::string>& v, const std::string& a, const
 }
 
 TEST(CalibrationDiagnostics, TableFormulasAndKishIdentities) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   auto ctx = otcal::Context::cpu({.on_warning = [](const std::string&) {}});

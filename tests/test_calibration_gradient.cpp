@@ -10,6 +10,7 @@
 #include "otcal/calibration.hpp"
 #include "otcal/context.hpp"
 #include "otcal/errors.hpp"
+#include "support/process.hpp"
 
 namespace {
 
@@ -52,7 +53,7 @@ double dense_loss(const otcal::ConstraintSystem& sys, const std::vector<double>&
 }
 
 TEST(CalibrationGradient, BatchedEqualsFullBatchBitwise) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const index_t n = 1000;
@@ -88,7 +89,7 @@ TEST(CalibrationGradient, BatchedEqualsFullBatchBitwise) {
 
 // Large enough that big batches run multi-threaded and small ones serially: still bitwise equal.
 TEST(CalibrationGradient, BatchInvarianceAcrossThreadedAndSerialBatches) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const index_t n = 12000;
@@ -109,7 +110,7 @@ TEST(CalibrationGradient, BatchInvarianceAcrossThreadedAndSerialBatches) {
 }
 
 TEST(CalibrationGradient, WholeRunIsBatchInvariantWithDropoutAndL0) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const auto sys = synthetic_system(600, seed);
   auto ctx = quiet_ctx();
@@ -129,7 +130,7 @@ TEST(CalibrationGradient, WholeRunIsBatchInvariantWithDropoutAndL0) {
 }
 
 TEST(CalibrationGradient, LossMatchesDenseFormulaAndGradientMatchesFiniteDifferences) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const auto sys = synthetic_system(60, seed);
@@ -185,7 +186,7 @@ TEST(CalibrationGradient, LossEdgeCases) {
 }
 
 TEST(CalibrationGradient, Dropout) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const index_t n = 40000;
@@ -218,7 +219,7 @@ TEST(CalibrationGradient, Dropout) {
 }
 
 TEST(CalibrationGradient, SeedDeterminism) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const auto sys = synthetic_system(300, seed);
   auto ctx = quiet_ctx();
@@ -267,7 +268,7 @@ otcal::ConstraintSystem income_by_age(std::mt19937_64& rng, double scale) {
 }
 
 TEST(CalibrationGradient, MeetsTargetsWithinOnePercent) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   auto ctx = quiet_ctx();
@@ -285,7 +286,7 @@ TEST(CalibrationGradient, MeetsTargetsWithinOnePercent) {
 }
 
 TEST(CalibrationGradient, L0GivesSparseWeightsAndKeepsTargets) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   auto ctx = quiet_ctx();
@@ -306,7 +307,7 @@ TEST(CalibrationGradient, L0GivesSparseWeightsAndKeepsTargets) {
 }
 
 TEST(CalibrationGradient, PeakWithinPlanAndBudget) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const auto sys = synthetic_system(20000, seed);
   auto ctx = otcal::Context::cpu({.memory_budget = 4u << 20, .on_warning = [](const std::string&) {}});
@@ -324,7 +325,7 @@ TEST(CalibrationGradient, PeakWithinPlanAndBudget) {
 }
 
 TEST(CalibrationGradient, QuirkOptions) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const auto sys = synthetic_system(2000, seed);
@@ -369,7 +370,7 @@ TEST(CalibrationGradient, QuirkOptions) {
 // updated in place by the final Adam step, so it returns exp(θ) after the step — the default's
 // weights, bitwise (also as the start of an L0 stage that begins from the dense result).
 TEST(CalibrationGradient, LastDropoutDrawWithoutDropoutIsThePostStepWeights) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const auto sys = synthetic_system(500 + seed % 500, seed);
   auto ctx = quiet_ctx();

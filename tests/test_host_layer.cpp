@@ -10,6 +10,7 @@
 #include "otcal/memory.hpp"
 #include "otcal/planner.hpp"
 #include "otcal/sinkhorn.hpp"
+#include "support/process.hpp"
 
 #include <omp.h>
 
@@ -40,7 +41,9 @@ TEST(LimitingAdaptor, RefusesPastTheLimitAndRollsBack) {
 TEST(StatisticsAdaptor, PeakAndNestedScopes) {
   otcal::HostResource host;
   otcal::StatisticsAdaptor stats(host);
-  std::mt19937_64 rng(std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
   std::uniform_int_distribution<std::size_t> size(1, 1 << 16);
   const std::size_t outer = size(rng);
   void* p = stats.allocate(nullptr, outer);
@@ -114,7 +117,9 @@ std::size_t bytes_at(const otcal::WorkspaceDecl& d, otcal::index_t rows) {
 }  // namespace
 
 TEST(Planner, FewestTilesEvenedOut) {
-  std::mt19937_64 rng(std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
   for (int trial = 0; trial < 200; ++trial) {
     const otcal::index_t n = 1 + static_cast<otcal::index_t>(rng() % 20000);
     const otcal::WorkspaceDecl d = random_decl(rng);
@@ -141,7 +146,9 @@ TEST(Planner, FewestTilesEvenedOut) {
 }
 
 TEST(Planner, BudgetTooSmallNamesTheMinimumAndItWorks) {
-  std::mt19937_64 rng(std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
   for (int trial = 0; trial < 100; ++trial) {
     otcal::WorkspaceDecl d = random_decl(rng);
     d.operation = "sinkhorn";
@@ -230,7 +237,9 @@ TEST(Context, ThreadsApplyPerOperationNotProcessWide) {
   o.memory_budget = std::size_t{64} << 20;
   const otcal::Context ctx = otcal::Context::cpu(o);
   EXPECT_EQ(omp_get_max_threads(), process) << "creating a context changes nothing";
-  std::mt19937_64 rng(std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
   std::normal_distribution<double> N;
   std::vector<double> x(80 * 2), y(70 * 2);
   for (double& v : x) v = N(rng);

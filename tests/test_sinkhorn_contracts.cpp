@@ -8,6 +8,7 @@
 
 #include "otcal/errors.hpp"
 #include "otcal/sinkhorn.hpp"
+#include "support/process.hpp"
 #include "support/reference.hpp"
 
 namespace {
@@ -34,7 +35,7 @@ class BatchInvariance : public ::testing::TestWithParam<std::tuple<std::string, 
 
 TEST_P(BatchInvariance, BitwiseEqualPotentialsForEveryBatchSizeAndThreadCount) {
   const auto [cost, precision] = GetParam();
-  const std::uint64_t seed = std::random_device{}();
+  const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const auto c = ref::random_clouds(293, 401, 3, seed);  // primes, n < m, m > granule
   const auto a = ref::random_weights(c.n, seed + 1, 0.05);
@@ -74,7 +75,8 @@ INSTANTIATE_TEST_SUITE_P(Costs, BatchInvariance,
                                             ::testing::Values(otcal::DType::float64, otcal::DType::float32)));
 
 TEST(SinkhornBudget, PeakWithinPlanWithinBudgetAndTooSmallFailsBeforeAllocating) {
-  const std::uint64_t seed = std::random_device{}();
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
   const auto c = ref::random_clouds(1201, 1303, 3, seed);
   const auto geom = geometry(c);
   otcal::SinkhornOptions o;
@@ -104,7 +106,8 @@ TEST(SinkhornBudget, PeakWithinPlanWithinBudgetAndTooSmallFailsBeforeAllocating)
 }
 
 TEST(SinkhornMarginals, MetToThresholdAfterConvergence) {
-  const std::uint64_t seed = std::random_device{}();
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
   const auto c = ref::random_clouds(211, 173, 4, seed);
   const auto a = ref::random_weights(c.n, seed + 1, 0.1);
   const auto b = ref::random_weights(c.m, seed + 2, 0.1);
@@ -130,7 +133,9 @@ TEST(SinkhornMarginals, MetToThresholdAfterConvergence) {
 }
 
 TEST(SinkhornDivergence, NaNPotentialsAreANumericalErrorNamingTheIteration) {
-  const auto c = ref::random_clouds(40, 40, 2, std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const auto c = ref::random_clouds(40, 40, 2, seed);
   otcal::PointCloud geom;
   geom.x = otcal::ConstMatrix::of(c.x.data(), c.n, c.d);  // y = x: zero costs on the diagonal
   geom.options.scale = {otcal::ScaleCost::Kind::value, 1e-320};  // 1/s = inf, 0 * inf = NaN
@@ -150,7 +155,9 @@ TEST(SinkhornDivergence, NaNPotentialsAreANumericalErrorNamingTheIteration) {
 }
 
 TEST(SinkhornConvergence, NonConvergenceIsAWarningAndMinIterationsMultipleRunsOn) {
-  const auto c = ref::random_clouds(50, 60, 3, std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const auto c = ref::random_clouds(50, 60, 3, seed);
   const auto geom = geometry(c);
   otcal::SinkhornOptions o;
   o.max_iterations = 10;
@@ -169,7 +176,9 @@ TEST(SinkhornConvergence, NonConvergenceIsAWarningAndMinIterationsMultipleRunsOn
 }
 
 TEST(SinkhornValidation, EveryBadInputIsNamed) {
-  const auto c = ref::random_clouds(10, 12, 2, std::random_device{}());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const auto c = ref::random_clouds(10, 12, 2, seed);
   const auto geom = geometry(c);
   auto expect_bad = [&](auto&& call, const std::string& needle) {
     try {

@@ -9,6 +9,7 @@
 
 #include "otcal/errors.hpp"
 #include "otcal/sparsify.hpp"
+#include "support/process.hpp"
 #include "support/reference.hpp"
 
 namespace {
@@ -56,7 +57,7 @@ void expect_within_plan(const otcal::SparsifyResult& res, std::size_t budget, st
 }
 
 TEST(SparsifyBudget, PeakWithinPlanInEveryMode) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Problem p = problem(301, 257, seed);
   const std::size_t budget = std::size_t{3} << 20;
@@ -84,7 +85,8 @@ TEST(SparsifyBudget, PeakWithinPlanInEveryMode) {
 }
 
 TEST(SparsifyBudget, TooSmallBudgetNamesTheMinimumAndExplicitBatchOverBudgetFails) {
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
   const Problem p = problem(50, 4000, seed);
   otcal::SparsifyOptions o;
   o.mode = otcal::SparsifyMode::threshold;

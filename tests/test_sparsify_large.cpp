@@ -9,11 +9,12 @@
 #include <random>
 
 #include "otcal/sparsify.hpp"
+#include "support/process.hpp"
 #include "support/reference.hpp"
 
 TEST(SparsifyLarge, TwentyThousandSquaredWithinBudget) {
   const std::int64_t n = 20000, m = 20000, bs = 256;
-  const auto seed = std::random_device{}();
+  const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const ref::Clouds c = ref::random_clouds(n, m, 2, seed);
   otcal::SinkhornResult r;

@@ -311,7 +311,9 @@ TEST(ResidentProblem, UploadedOnceAcrossOperations) {
 // Potentials from another solver (OTT-JAX or moscot, say) on a problem: a precision or shape that
 // does not belong to the problem is named, not silently converted.
 TEST(ResidentProblem, ForeignPotentialsAreChecked) {
-  const Input in = fresh_input(testsupport::fresh_seed());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = fresh_input(seed);
   const otcal::Context ctx = ctx_with_budget(std::size_t{1} << 26);
   const otcal::Problem problem = otcal::Problem::upload(ctx, in.geom("sqeuclidean"));
   otcal::Potentials p;
@@ -334,7 +336,9 @@ TEST(ResidentProblem, ForeignPotentialsAreChecked) {
 
 // Device views need a device: on a CPU context they are named, not dereferenced.
 TEST(ResidentProblem, DeviceViewsOnTheCpuAreRefused) {
-  const Input in = fresh_input(testsupport::fresh_seed());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = fresh_input(seed);
   const otcal::Context ctx = ctx_with_budget(std::size_t{1} << 26);
   otcal::PointCloud geom = in.geom("sqeuclidean");
   geom.x.location = otcal::Location::device;
@@ -404,7 +408,9 @@ TEST(ResidentProblem, SetWeightsEqualsAFreshUpload) {
 // the sparsify sink) are part of the plan: the named minimum grows by at least those bytes (the
 // planner's headroom grows with the budget) and is exactly enough.
 TEST(ResidentProblem, ReservedBytesAreCountedInTheSparsifyMinimum) {
-  const Input in = fresh_input(testsupport::fresh_seed());
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = fresh_input(seed);
   const otcal::Context ample = ctx_with_budget(kAmple);
   const otcal::PointCloud geom = in.geom("sqeuclidean");
   otcal::SinkhornOptions so;

@@ -53,6 +53,22 @@ RunResult run_in(const TempDir& dir, const std::string& cmdline) {
 
 RunResult run_cli(const TempDir& dir, const std::string& args) { return run_in(dir, cli() + " " + args); }
 
-std::uint64_t fresh_seed() { return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}(); }
+std::uint64_t fresh_seed() {
+  // OTCAL_TEST_SEED=<the seed a failure printed> replays that run (every call returns it).
+  if (const char* env = std::getenv("OTCAL_TEST_SEED"); env != nullptr && *env != '\0') {
+    const std::string text(env);
+    std::size_t used = 0;
+    unsigned long long value = 0;
+    try {
+      value = std::stoull(text, &used, 10);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size() || text.find('-') != std::string::npos)
+      throw std::invalid_argument("OTCAL_TEST_SEED must be a decimal unsigned 64-bit integer, got '" + text + "'");
+    return static_cast<std::uint64_t>(value);
+  }
+  return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+}
 
 }  // namespace testsupport

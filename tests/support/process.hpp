@@ -39,7 +39,14 @@ RunResult run_in(const TempDir& dir, const std::string& cmdline);
 // run_in with the otcal binary: "<cli()> <args>".
 RunResult run_cli(const TempDir& dir, const std::string& args);
 
-// 64 bits from std::random_device, for a test to print (SCOPED_TRACE) and seed its generator with.
+// The seed of a randomised test: 64 bits from std::random_device, or the value of the environment
+// variable OTCAL_TEST_SEED when it is set (a decimal unsigned integer; anything else throws
+// std::invalid_argument), so that a failure reported with its seed can be replayed:
+//   OTCAL_TEST_SEED=<seed> ./tests/test_x --gtest_filter=...
+// Rule for the tests: draw exactly one seed per test with this function, print it with
+// SCOPED_TRACE("seed " + std::to_string(seed)) before anything can fail, and derive every other
+// random stream from it (seed + 1, a generator seeded with it, ...), never from a second fresh
+// seed, so that the one printed value reproduces the whole test.
 std::uint64_t fresh_seed();
 
 }  // namespace testsupport
