@@ -395,4 +395,54 @@ TEST(CalibrationGradient, LastDropoutDrawWithoutDropoutIsThePostStepWeights) {
   EXPECT_EQ(otcal::calibrate_gradient(ctx, sys, o).weights, l0_default.weights);
 }
 
+// A whole run against an independent float64 reimplementation of microcalibrate's update (§3.3-3.4):
+// no noise, no dropout, so θ0 = log w0; each epoch w = exp θ, S = A w, c_j = 2 nf_j (S_j - t_j + 1) /
+// (d_j² k), ∇_i = w_i (Aᵀc)_i, then PyTorch's Adam with its bias corrections 1 - β^t. Any change to
+// the loss, the gradient or the optimizer moves the weights far beyond 1e-10.
+TEST(CalibrationGradient, WholeRunEqualsADenseAdamReimplementation) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const otcal::ConstraintSystem sys = synthetic_system(90, seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0.5, 2.0);
+  std::vector<double> nf(static_cast<std::size_t>(sys.A.rows));
+  for (double& v : nf) v = u(rng);
+  otcal::GradientOptions o;
+  o.epochs = 25;
+  o.learning_rate = 0.03;
+  o.noise_level = 0.0;
+  o.normalization_factor = nf;
+  const otcal::CalibrationResult r = otcal::calibrate_gradient(quiet_ctx(), sys, o);
+
+  const index_t n = sys.A.cols, k = sys.A.rows;
+  std::vector<double> theta(static_cast<std::size_t>(n)), m(theta.size(), 0.0), v(theta.size(), 0.0);
+  for (index_t i = 0; i < n; ++i) theta[i] = std::log(std::max(sys.design_weights[i], 1e-12));
+  for (int t = 1; t <= o.epochs; ++t) {
+    std::vector<double> w(theta.size()), S(static_cast<std::size_t>(k), 0.0), grad(theta.size(), 0.0);
+    for (index_t i = 0; i < n; ++i) w[i] = std::exp(theta[i]);
+    for (index_t j = 0; j < k; ++j)
+      for (std::int64_t q = sys.A.indptr[j]; q < sys.A.indptr[j + 1]; ++q) S[j] += sys.A.values[q] * w[sys.A.index(q)];
+    for (index_t j = 0; j < k; ++j) {
+      const double d = std::max(sys.targets[j] + 1, 1e-12);
+      const double c = 2 * nf[j] * (S[j] - sys.targets[j] + 1) / (d * d * static_cast<double>(k));
+      for (std::int64_t q = sys.A.indptr[j]; q < sys.A.indptr[j + 1]; ++q)
+        grad[sys.A.index(q)] += sys.A.values[q] * c;
+    }
+    for (index_t i = 0; i < n; ++i) {
+      const double g = w[i] * grad[i];
+      m[i] = 0.9 * m[i] + 0.1 * g;
+      v[i] = 0.999 * v[i] + 0.001 * g * g;
+      const double mhat = m[i] / (1 - std::pow(0.9, t)), vhat = v[i] / (1 - std::pow(0.999, t));
+      theta[i] -= o.learning_rate * mhat / (std::sqrt(vhat) + 1e-8);
+    }
+  }
+  ASSERT_EQ(r.weights.size(), theta.size());
+  double worst = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const double want = std::exp(theta[i]);
+    worst = std::max(worst, std::fabs(r.weights[i] - want) / want);
+  }
+  EXPECT_LT(worst, 1e-10) << "largest relative difference from the reimplementation";
+}
+
 }  // namespace
