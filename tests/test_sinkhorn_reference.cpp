@@ -39,16 +39,20 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
   }
 }
 
-otcal::SinkhornResult run(const ref::Clouds& c, const std::vector<double>& a, const std::vector<double>& b,
-                          const Case& k, const ref::Options& o, std::optional<otcal::index_t> batch = {}) {
-  otcal::Context ctx = otcal::Context::cpu({.memory_budget = std::size_t{256} << 20});
+// "pnorm" with p = 1.5 -> "pnorm:1.5".
+std::string cost_spec(const std::string& cost, double p) {
+  return cost == "pnorm" || cost == "sq_pnorm" ? cost + ":" + std::to_string(p) : cost;
+}
+
+// One otcal solve of clouds c with weights a, b and the reference's options, on a quiet CPU context.
+otcal::SinkhornResult solve(const ref::Clouds& c, const std::vector<double>& a, const std::vector<double>& b,
+                            const std::string& cost, const std::string& scale, const ref::Options& o,
+                            otcal::DType precision, std::optional<otcal::index_t> batch, int threads) {
   otcal::PointCloud geom;
   geom.x = otcal::ConstMatrix::of(c.x.data(), c.n, c.d);
   geom.y = otcal::ConstMatrix::of(c.y.data(), c.m, c.d);
-  geom.options.cost = otcal::Cost::parse(k.cost == "pnorm" || k.cost == "sq_pnorm"
-                                             ? k.cost + ":" + std::to_string(k.p)
-                                             : k.cost);
-  geom.options.scale = otcal::ScaleCost::parse(k.scale);
+  geom.options.cost = otcal::Cost::parse(cost);
+  geom.options.scale = otcal::ScaleCost::parse(scale);
   otcal::SinkhornOptions so;
   if (o.epsilon > 0) so.epsilon = o.epsilon;
   so.relative_epsilon = o.relative == "mean"  ? otcal::RelativeEpsilon::mean
@@ -65,8 +69,15 @@ otcal::SinkhornResult run(const ref::Clouds& c, const std::vector<double>& a, co
   so.max_iterations = o.max_iter;
   so.parallel_dual_updates = o.parallel;
   so.batch_size = batch;
-  ctx = otcal::Context::cpu({.memory_budget = std::size_t{256} << 20, .on_warning = [](const std::string&) {}});
+  so.precision = precision;
+  const otcal::Context ctx = otcal::Context::cpu(
+      {.memory_budget = std::size_t{256} << 20, .threads = threads, .on_warning = [](const std::string&) {}});
   return otcal::sinkhorn(ctx, geom, otcal::ConstVector::of(a.data(), c.n), otcal::ConstVector::of(b.data(), c.m), so);
+}
+
+otcal::SinkhornResult run(const ref::Clouds& c, const std::vector<double>& a, const std::vector<double>& b,
+                          const Case& k, const ref::Options& o, std::optional<otcal::index_t> batch = {}) {
+  return solve(c, a, b, cost_spec(k.cost, k.p), k.scale, o, otcal::DType::float64, batch, 0);
 }
 
 class SinkhornVsReference : public ::testing::TestWithParam<Case> {};
@@ -236,40 +247,6 @@ std::vector<LargeCase> large_cases() {
       {"pnorm", 1.5, 2, "mean", "", -1, 1, 1, 20, 0.7, false, 0},      // epsilon scheduler
       {"sq_pnorm", 3, 2, "mean", "std", 0.2, 1, 0.7, 1, 1, false, 0},  // relative std, tau_b < 1
   };
-}
-
-std::string cost_spec(const std::string& cost, double p) {
-  return cost == "pnorm" || cost == "sq_pnorm" ? cost + ":" + std::to_string(p) : cost;
-}
-
-otcal::SinkhornResult solve(const ref::Clouds& c, const std::vector<double>& a, const std::vector<double>& b,
-                            const std::string& cost, const std::string& scale, const ref::Options& o,
-                            otcal::DType precision, std::optional<otcal::index_t> batch, int threads) {
-  otcal::PointCloud geom;
-  geom.x = otcal::ConstMatrix::of(c.x.data(), c.n, c.d);
-  geom.y = otcal::ConstMatrix::of(c.y.data(), c.m, c.d);
-  geom.options.cost = otcal::Cost::parse(cost);
-  geom.options.scale = otcal::ScaleCost::parse(scale);
-  otcal::SinkhornOptions so;
-  if (o.epsilon > 0) so.epsilon = o.epsilon;
-  so.relative_epsilon = o.relative == "mean"  ? otcal::RelativeEpsilon::mean
-                        : o.relative == "std" ? otcal::RelativeEpsilon::std
-                                              : otcal::RelativeEpsilon::none;
-  so.epsilon_init = o.init;
-  so.epsilon_decay = o.decay;
-  so.tau_a = o.tau_a;
-  so.tau_b = o.tau_b;
-  so.threshold = o.threshold;
-  so.norm_error = o.norm_error;
-  so.inner_iterations = o.inner;
-  so.min_iterations = o.min_iter;
-  so.max_iterations = o.max_iter;
-  so.parallel_dual_updates = o.parallel;
-  so.batch_size = batch;
-  so.precision = precision;
-  const otcal::Context ctx = otcal::Context::cpu(
-      {.memory_budget = std::size_t{256} << 20, .threads = threads, .on_warning = [](const std::string&) {}});
-  return otcal::sinkhorn(ctx, geom, otcal::ConstVector::of(a.data(), c.n), otcal::ConstVector::of(b.data(), c.m), so);
 }
 
 // Bound on max |f32 - f64| (the same for g) after K iterations, derived to first order in the
