@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "cli/processes.hpp"
 #include "common.hpp"
 #include "otcal/errors.hpp"
 #include "otcal/sinkhorn.hpp"
@@ -77,6 +78,9 @@ int main(int argc, char** argv) {
     r.extra["n_tiles"] = last.plan.n_tiles;
     r.extra["reg_ot_cost"] = last.reg_ot_cost;
     r.extra["diverged"] = last.diverged;
+    // Several ranks: rank 0's timing, the time its collectives took (waits included), every peak.
+    r.extra["distributed"] = cli::ranks_json(last.memory.peak_bytes);
+    r.extra["communication_s_per_run"] = last.communication_s;
     if (!dump_dir.empty()) {
       auto dump = [&](const std::string& name, const std::vector<double>& v) {
         std::ofstream out(dump_dir + "/" + name, std::ios::binary);

@@ -8,10 +8,12 @@
 #include <cstdio>
 #include <ctime>
 #include <iostream>
+#include <memory>
 #include <random>
 
 #include <time.h>
 
+#include "cli/processes.hpp"
 #include "otcal/errors.hpp"
 #include "otcal/memory.hpp"
 
@@ -52,6 +54,8 @@ Context make_context(const CommonOptions& o, std::vector<std::string>& warnings)
   co.on_warning = [&warnings](const std::string& w) {
     if (std::find(warnings.begin(), warnings.end(), w) == warnings.end()) warnings.push_back(w);
   };
+  // Under mpirun: one rank of a distributed run (rank 0 prints the record).
+  if (cli::processes()->size() > 1) return Context::distributed(cli::processes(), o.device, co);
   return Context::from_string(o.device, co);
 }
 
@@ -243,10 +247,17 @@ nlohmann::json to_json(const Record& r, const CommonOptions& o, const Context& c
 }
 
 void print_record(const nlohmann::json& j) {
-  std::cout << "OTCAL_BENCH " << j.dump() << std::endl;
+  if (cli::writes_outputs()) std::cout << "OTCAL_BENCH " << j.dump() << std::endl;
 }
 
 int guarded_main(CLI::App& app, int argc, char** argv, const std::function<int()>& body) {
+  std::unique_ptr<cli::ProcessGroup> group;
+  try {
+    group = std::make_unique<cli::ProcessGroup>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::cerr << app.get_name() << ": error: " << e.what() << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

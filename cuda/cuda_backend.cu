@@ -400,12 +400,14 @@ class CudaBackend final : public Backend<T> {
       launch_for_each(n, PotentialUpdateOp<T>{lse, log_w, static_cast<T>(eps_t), static_cast<T>(tau), out},
                       "potential_update");
   }
-  double marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
-                        index_t n) override {
-    return reduce<1>(n, MarginalErrorTerm<T>{pot, lse, w, eps, rho, p}, SumOp{}).v[0];
+  Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
+                          index_t n) override {
+    if (n == 0) return {};
+    return {reduce<1>(n, MarginalErrorTerm<T>{pot, lse, w, eps, rho, p}, SumOp{}).v[0]};
   }
-  double transported_mass(const T* pot, const T* lse, double eps, index_t n) override {
-    return reduce<1>(n, MassTerm<T>{pot, lse, eps}, SumOp{}).v[0];
+  Partials transported_mass(const T* pot, const T* lse, double eps, index_t n) override {
+    if (n == 0) return {};
+    return {reduce<1>(n, MassTerm<T>{pot, lse, eps}, SumOp{}).v[0]};
   }
   unsigned potential_flags(const T* pot, const T* w, index_t n) override {
     return reduce_flags(n, PotentialFlags<T>{pot, w});

@@ -209,4 +209,9 @@ void cuda_copy_to_host(void* host, const void* device, std::size_t bytes) {
   OTCAL_CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
 }
 
+void cuda_copy_to_device(void* device, const void* host, std::size_t bytes) {
+  if (bytes == 0) return;
+  OTCAL_CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+}
+
 }  // namespace otcal::detail

@@ -27,6 +27,7 @@ void cuda_stream_destroy(StreamHandle) noexcept {}
 void cuda_stream_synchronize(StreamHandle) {}
 void cuda_stream_wait(StreamHandle, StreamHandle) {}
 void cuda_copy_to_host(void*, const void*, std::size_t) { unavailable(); }
+void cuda_copy_to_device(void*, const void*, std::size_t) { unavailable(); }
 
 }  // namespace otcal::detail
 

@@ -7,7 +7,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 packages=(build-essential cmake ninja-build ccache git pkg-config libeigen3-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev googletest zlib1g-dev python3 python3-numpy python3-scipy
-          python3-dev python3-venv)
+          python3-dev python3-venv libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

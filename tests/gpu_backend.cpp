@@ -216,12 +216,12 @@ TYPED_TEST(CudaVsCpu, UploadNormsLogWeightsAndElementwise) {
   auto l2c = this->cpu.put(lse2), l2g = this->gpu.put(lse2);
   for (const double rho : {kInf, 2.5})
     for (const double p : {1.0, 2.0}) {
-      const double want = this->cpu.be->marginal_error(potc.data(), l2c.data(), wc.data(), 0.3, rho, p, n);
-      const double got = this->gpu.be->marginal_error(potg.data(), l2g.data(), wg.data(), 0.3, rho, p, n);
+      const double want = otcal::detail::fold(this->cpu.be->marginal_error(potc.data(), l2c.data(), wc.data(), 0.3, rho, p, n));
+      const double got = otcal::detail::fold(this->gpu.be->marginal_error(potg.data(), l2g.data(), wg.data(), 0.3, rho, p, n));
       EXPECT_NEAR(got, want, tolerance<T>() * std::max(1.0, std::fabs(want))) << "rho " << rho << " p " << p;
     }
-  const double mass_c = this->cpu.be->transported_mass(potc.data(), l2c.data(), 0.3, n);
-  const double mass_g = this->gpu.be->transported_mass(potg.data(), l2g.data(), 0.3, n);
+  const double mass_c = otcal::detail::fold(this->cpu.be->transported_mass(potc.data(), l2c.data(), 0.3, n));
+  const double mass_g = otcal::detail::fold(this->gpu.be->transported_mass(potg.data(), l2g.data(), 0.3, n));
   EXPECT_GT(mass_c, 0.0);
   EXPECT_NEAR(mass_g, mass_c, tolerance<T>() * std::max(1.0, mass_c));
 }

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "otcal/communicator.hpp"
 #include "otcal/memory.hpp"
 
 namespace otcal {
@@ -22,6 +23,9 @@ struct ContextOptions {
   // Receives every warning; the default prints "otcal: warning: ..." to stderr.
   std::function<void(const std::string&)> on_warning;
   std::size_t pinned_budget = std::size_t{512} << 20;  // docs/host-layer.md §4
+  // Several processes (docs/distributed.md): the ranks this context's operations are sharded over.
+  // Null: one process. Context::distributed sets it and picks the device.
+  std::shared_ptr<Communicator> communicator;
 };
 
 struct DeviceInfo {
@@ -51,6 +55,11 @@ class Context {
   static Context automatic(ContextOptions options = {});
   // "auto", "cpu", "cuda" or "cuda:N".
   static Context from_string(const std::string& device, ContextOptions options = {});
+  // One rank of a distributed run: `device` as in from_string, where "cuda" and "auto" pick the
+  // GPU of this node's local rank (local_rank modulo the visible devices); a CUDA context binds
+  // the communicator to its device (NCCL where the build has it).
+  static Context distributed(std::shared_ptr<Communicator> communicator, const std::string& device = "auto",
+                             ContextOptions options = {});
 
   DeviceKind kind() const;
   int device_id() const;            // -1 on the CPU
@@ -75,6 +84,9 @@ class Context {
   void synchronize() const;
 
   void warn(const std::string& message) const;
+
+  Communicator& communicator() const;  // single_process() when none was given
+  bool distributed() const;            // more than one rank
 
   // Point clouds uploaded to this context's device so far (a resident problem uploads each once).
   std::uint64_t cloud_uploads() const;

@@ -57,6 +57,8 @@ struct SinkhornResult : Potentials {
   TilePlan plan{};
   MemoryReport memory{};
   std::string device;
+  int ranks = 1;                 // processes the solve was sharded over (docs/distributed.md)
+  double communication_s = 0;    // in collectives, waiting for other ranks included
   double elapsed_s = 0;
   std::vector<std::string> warnings;
 

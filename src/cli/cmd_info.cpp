@@ -4,6 +4,7 @@
 
 #include "cli/command.hpp"
 #include "cli/common.hpp"
+#include "cli/processes.hpp"
 #include "otcal/context.hpp"
 #include "otcal/memory.hpp"
 
@@ -27,6 +28,10 @@ nlohmann::json info_json(const SystemInfo& s) {
           {"cuda_runtime_version", s.built_with_cuda ? nlohmann::json(s.cuda_runtime_version) : nlohmann::json(nullptr)},
           {"cuda_status", s.cuda_status},
           {"devices", devices},
+          {"built_with_mpi", built_with_mpi()},
+          {"built_with_nccl", built_with_nccl()},
+          {"ranks", processes()->size()},
+          {"communicator", processes()->description()},
           {"openmp_threads", s.cpu_threads},
           {"host_memory_bytes", s.host_memory_bytes}};
 }
@@ -45,6 +50,9 @@ int run_info(const InfoArgs& args) {
   for (const DeviceInfo& d : s.devices)
     std::cout << "  cuda:" << d.id << "  " << d.name << "  sm_" << d.compute_major << d.compute_minor << "  "
               << format_bytes(d.total_bytes) << " total, " << format_bytes(d.free_bytes) << " free\n";
+  std::cout << "MPI:            " << (built_with_mpi() ? "built" : "not built") << " (this run: "
+            << processes()->description() << ")\n";
+  std::cout << "NCCL:           " << (built_with_nccl() ? "built (device collectives)" : "not built") << "\n";
   std::cout << "OpenMP threads: " << s.cpu_threads << "\n";
   std::cout << "Host memory:    " << format_bytes(s.host_memory_bytes) << "\n";
   return 0;

@@ -5,6 +5,8 @@
 #include <memory>
 
 #include "cli/command.hpp"
+#include "cli/processes.hpp"
+#include "core/collective.hpp"
 #include "cli/common.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "io/npy.hpp"
@@ -74,32 +76,40 @@ void check_options(const SolverArgs& s) {
 
 int run_sinkhorn(const SinkhornArgs& s) {
   Stopwatch total;
+  Communicator& ranks = *processes();
+  const bool writer = writes_outputs();
   // 1. Options (no IO yet), then the output folder, then the device: cheap failures first.
   check_options(s.solver);
   const Cost cost = s.solver.parse_cost();
   const ScaleCost scale = s.solver.parse_scale_cost();
-  const SinkhornOptions opt = s.solver.options(s.common.quiet);
-  io::check_output_dir(s.out, "--out");
+  const SinkhornOptions opt = s.solver.options(s.common.quiet || !writer);
+  detail::agreed(ranks, [&] {
+    if (writer) io::check_output_dir(s.out, "--out");
+  });
   const Context ctx = s.common.make_context();
 
-  // 2. Inputs.
-  Clouds clouds = load_points_xy(s.in);
-  load_weights_ab(clouds, s.in, /*x_used_as_y=*/true);
+  // 2. Inputs: every rank reads both clouds whole (O((n + m) d)); a rank that cannot stops all.
+  Clouds clouds = detail::agreed(ranks, [&] {
+    Clouds c = load_points_xy(s.in);
+    load_weights_ab(c, s.in, /*x_used_as_y=*/true);
+    return c;
+  });
   const PointCloud geom = clouds.geometry(cost, scale);
 
-  // 3. Solve; the outputs go into a temporary sibling of --out until everything is written.
-  io::AtomicOutputDir out(s.out, "--out");
+  // 3. Solve; rank 0 writes the outputs into a temporary sibling of --out until all are written.
+  std::optional<io::AtomicOutputDir> out;
+  detail::agreed(ranks, [&] {
+    if (writer) out.emplace(s.out, "--out");
+  });
   const Problem problem = upload_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(),
                                             opt.precision.value_or(DType::float64), kFlagNames);
   const SinkhornResult r = sinkhorn_with_flags(problem, opt, kFlagNames);
-  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, r.precision);
-  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, r.precision);
-
   nlohmann::json j = sinkhorn_summary(r);
   j["command"] = "sinkhorn";
   j["iterations"] = r.n_iters;
   j["device_selection_note"] = ctx.selection_note();
   j["context"] = to_json(ctx);
+  j["distributed"] = ranks_json(r.memory.peak_bytes);
   j["total_elapsed_s"] = total.seconds();
   j["inputs"] = {{"x", s.in.x},
                  {"y", path_or_null(s.in.y)},
@@ -112,14 +122,20 @@ int run_sinkhorn(const SinkhornArgs& s) {
   j["options"]["memory_budget"] = path_or_null(s.common.memory_budget);
   j["options"]["device"] = s.common.device;
   j["options"]["quiet"] = s.common.quiet;
-  write_json(out.file("result.json"), j);
-  out.commit();
+  detail::agreed(ranks, [&] {
+    if (!writer) return;
+    io::write_npy(out->file("f.npy"), r.f.data(), {r.n}, r.precision);
+    io::write_npy(out->file("g.npy"), r.g.data(), {r.m}, r.precision);
+    write_json(out->file("result.json"), j);
+    out->commit();
+  });
 
-  if (!s.common.quiet) {
+  if (!s.common.quiet && writer) {
     std::cerr << "sinkhorn: " << (r.converged ? "converged" : "did not converge") << " after " << r.n_iters
-              << " iterations on " << r.device << " (reg_ot_cost " << r.reg_ot_cost << ", peak "
-              << format_bytes(r.memory.peak_bytes) << " of " << format_bytes(r.memory.budget_bytes) << "); wrote "
-              << s.out << "/{f.npy,g.npy,result.json}\n";
+              << " iterations on " << r.device << (r.ranks > 1 ? " x " + std::to_string(r.ranks) + " ranks" : "")
+              << " (reg_ot_cost " << r.reg_ot_cost << ", peak " << format_bytes(r.memory.peak_bytes) << " of "
+              << format_bytes(r.memory.budget_bytes) << (r.ranks > 1 ? " on rank 0" : "") << "); wrote " << s.out
+              << "/{f.npy,g.npy,result.json}\n";
   }
   return 0;
 }

@@ -8,6 +8,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "cli/processes.hpp"
+#include "core/collective.hpp"
 #include "otcal/memory.hpp"
 
 namespace otcal::cli {
@@ -37,7 +39,14 @@ std::size_t CommonOptions::budget_bytes() const {
 Context CommonOptions::make_context() const {
   ContextOptions o;
   o.memory_budget = budget_bytes();
+  // Under a launcher every rank warns alike: rank 0 speaks for all of them.
+  if (!writes_outputs()) o.on_warning = [](const std::string&) {};
   try {
+    const std::shared_ptr<Communicator> ranks = processes();
+    if (ranks->size() > 1)
+      return detail::agreed(*ranks, [&] {
+        return with_flag("--device", [&] { return Context::distributed(ranks, device, o); });
+      });
     return with_flag("--device", [&] { return Context::from_string(device, o); });
   } catch (const DeviceError& e) {  // e.g. cuda asked for in a CPU-only build, or no such device
     const std::string msg = e.what();
@@ -91,7 +100,10 @@ io::NpyArray load_points(const std::string& path, const std::string& flag) {
     throw InvalidArgument(flag + " '" + path + "' has shape (" + std::to_string(a.shape[0]) + ", " +
                           std::to_string(a.shape[1]) + "); it needs at least one point with at least one feature");
   const index_t d = a.shape[1];
-  for (std::size_t k = 0; k < a.data.size(); ++k)
+  // Under mpirun a rank checks the rows it owns; agreed() makes every rank raise what one found.
+  const Communicator& ranks = *processes();
+  const Shard own = shard_rows(a.shape[0], ranks.rank(), ranks.size());
+  for (auto k = static_cast<std::size_t>(own.begin * d); k < static_cast<std::size_t>(own.end * d); ++k)
     if (!std::isfinite(a.data[k]))
       throw InvalidArgument(flag + " '" + path + "' holds " + fmt(a.data[k]) + " at row " +
                             std::to_string(static_cast<index_t>(k) / d) + ", column " +

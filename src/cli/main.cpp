@@ -1,9 +1,13 @@
 // otcal command-line tool. Subcommands live in cmd_*.cpp and register themselves.
+#include <unistd.h>
+
 #include <algorithm>
 #include <iostream>
 #include <map>
+#include <memory>
 
 #include "cli/command.hpp"
+#include "cli/processes.hpp"
 #include "otcal/errors.hpp"
 
 namespace otcal::cli {
@@ -19,7 +23,21 @@ RegisterCommand::RegisterCommand(int order, std::string name, CommandSetup setup
 
 }  // namespace otcal::cli
 
-int main(int argc, char** argv) {
+namespace {
+
+// One write(2) per message: under mpirun every rank reports the same error at the same moment into
+// one pipe, and a line written in one call (under PIPE_BUF) is never interleaved with another.
+void print_error(const std::string& what) {
+  const std::string line = "otcal: error: " + what + "\n";
+  std::size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t w = ::write(STDERR_FILENO, line.data() + done, line.size() - done);
+    if (w <= 0) break;
+    done += static_cast<std::size_t>(w);
+  }
+}
+
+int run(int argc, char** argv) {
   using namespace otcal::cli;
   CLI::App app{"otcal: entropic optimal transport and survey calibration in bounded memory"};
   app.require_subcommand(1);
@@ -37,10 +55,23 @@ int main(int argc, char** argv) {
       if (auto it = runs.find(sub->get_name()); it != runs.end()) return it->second();
     return 2;
   } catch (const otcal::Error& e) {
-    std::cerr << "otcal: error: " << e.what() << "\n";
+    print_error(e.what());
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "otcal: error: " << e.what() << "\n";
+    print_error(e.what());
     return 1;
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::unique_ptr<otcal::cli::ProcessGroup> group;
+  try {
+    group = std::make_unique<otcal::cli::ProcessGroup>(&argc, &argv);
+  } catch (const std::exception& e) {
+    print_error(e.what());
+    return 2;
+  }
+  return run(argc, argv);
 }

@@ -175,6 +175,7 @@ nlohmann::json sinkhorn_summary(const SinkhornResult& r) {
   j["tile_plan"] = to_json(r.plan);
   j["memory"] = to_json(r.memory);
   j["elapsed_s"] = r.elapsed_s;
+  j["communication_s"] = r.communication_s;
   j["n"] = r.n;
   j["m"] = r.m;
   j["d"] = r.d;

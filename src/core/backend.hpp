@@ -4,6 +4,7 @@
 // only where the hardware does. All pointers refer to the backend's memory (device memory on
 // CUDA) and were allocated by the host loop from the context's budgeted workspace.
 #include <memory>
+#include <vector>
 
 #include "otcal/array.hpp"
 #include "otcal/context.hpp"
@@ -54,6 +55,17 @@ struct RowApplyArgs {
   index_t tile_rows = 1;
 };
 
+// A sum handed back as partials in order, whose left fold from 0 is the sum: one per
+// kReductionGranule indices on the CPU (so a rank's partials over a granule-aligned shard are the
+// single-process ones, and folding every rank's in rank order gives the single-process sum bit
+// for bit), the device reduction's result on CUDA.
+using Partials = std::vector<double>;
+inline double fold(const Partials& partials) {
+  double total = 0;
+  for (double p : partials) total += p;
+  return total;
+}
+
 // Unscaled cost statistics over all pairs, accumulated in float64.
 struct CostMoments {
   double sum = 0;
@@ -86,10 +98,10 @@ class Backend {
   // out_i = tau * (eps_t log w_i - fin(eps_t lse_i))
   virtual void potential_update(const T* lse, const T* log_w, double eps_t, double tau, T* out, index_t n) = 0;
   // sum_i |exp(pot_i/eps + lse_i) - target_i|^p, target_i = w_i (rho = inf) or w_i exp(-pot_i/rho).
-  virtual double marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
-                                index_t n) = 0;
+  virtual Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
+                                  index_t n) = 0;
   // sum_i exp(pot_i/eps + lse_i): the transported mass.
-  virtual double transported_mass(const T* pot, const T* lse, double eps, index_t n) = 0;
+  virtual Partials transported_mass(const T* pot, const T* lse, double eps, index_t n) = 0;
   // OR of detail::ValidityFlag over the arrays, by a device reduction to one word.
   virtual unsigned potential_flags(const T* pot, const T* w, index_t n) = 0;
   virtual unsigned value_flags(const T* v, index_t n) = 0;

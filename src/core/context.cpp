@@ -40,6 +40,7 @@ struct Context::Impl {
   std::unique_ptr<detail::Backend<float>> backend32;
   std::unique_ptr<detail::Backend<double>> backend64;
   std::atomic<std::uint64_t> cloud_uploads{0};
+  std::shared_ptr<Communicator> communicator;
 
   ~Impl() {
     // Backends and budgeted buffers must be gone before the streams they were used on.
@@ -85,6 +86,7 @@ void finish(Context::Impl& c, const ContextOptions& o, std::size_t total, std::s
   c.pinned_base = std::make_unique<PinnedHostResource>();
   c.pinned = std::make_unique<LimitingAdaptor>(*c.pinned_base, o.pinned_budget);
   c.user = o.user_stream;
+  c.communicator = o.communicator ? o.communicator : single_process();
 }
 
 }  // namespace
@@ -158,6 +160,21 @@ Context Context::from_string(const std::string& device, ContextOptions o) {
   throw InvalidArgument("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
 }
 
+Context Context::distributed(std::shared_ptr<Communicator> comm, const std::string& device, ContextOptions o) {
+  if (!comm) throw InvalidArgument("Context::distributed needs a communicator (otcal::mpi_communicator)");
+  o.communicator = comm;
+  std::string why;
+  const int count = device == "cpu" ? 0 : detail::cuda_device_count(why);
+  Context ctx = (device == "cuda" || device == "auto") && count > 0 ? cuda(comm->local_rank() % count, o)
+                : device == "cuda" ? cuda(0, o)  // names why no device is usable
+                : device == "auto" ? cpu(o)
+                                   : from_string(device, o);
+  if (ctx.kind() == DeviceKind::cuda) comm->bind_device(ctx.device_id());
+  ctx.impl_->note += " (rank " + std::to_string(comm->rank()) + " of " + std::to_string(comm->size()) + ", " +
+                     comm->description() + ")";
+  return ctx;
+}
+
 DeviceKind Context::kind() const { return impl_->kind; }
 int Context::device_id() const { return impl_->device; }
 std::string Context::device_name() const { return impl_->name; }
@@ -205,6 +222,8 @@ void Context::warn(const std::string& message) const {
 }
 
 std::uint64_t Context::cloud_uploads() const { return impl_->cloud_uploads.load(); }
+Communicator& Context::communicator() const { return *impl_->communicator; }
+bool Context::distributed() const { return impl_->communicator->size() > 1; }
 
 namespace detail {
 

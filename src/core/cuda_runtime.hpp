@@ -32,5 +32,7 @@ void cuda_stream_synchronize(StreamHandle s);
 void cuda_stream_wait(StreamHandle waiter, StreamHandle signaller);
 // Synchronous device -> host copy of a caller's device array (small reads: weights to validate).
 void cuda_copy_to_host(void* host, const void* device, std::size_t bytes);
+// Synchronous host -> device copy (host staging of a collective without NCCL).
+void cuda_copy_to_device(void* device, const void* host, std::size_t bytes);
 
 }  // namespace otcal::detail

@@ -67,14 +67,15 @@ class CpuBackend final : public Backend<T> {
 #pragma omp parallel for schedule(static) if (n > cpu::kParallelWork)
     for (index_t i = 0; i < n; ++i) out[i] = detail::potential_update(lse[i], log_w[i], e, t);
   }
-  double marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p, index_t n) override {
-    return cpu::granular_sum(n, [&](index_t i) {
+  Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
+                          index_t n) override {
+    return cpu::granular_partials(n, [&](index_t i) {
       const double diff = std::fabs(marginal_from_lse(pot[i], lse[i], eps) - marginal_target(w[i], pot[i], rho));
       return p == 1.0 ? diff : std::pow(diff, p);
     });
   }
-  double transported_mass(const T* pot, const T* lse, double eps, index_t n) override {
-    return cpu::granular_sum(n, [&](index_t i) { return marginal_from_lse(pot[i], lse[i], eps); });
+  Partials transported_mass(const T* pot, const T* lse, double eps, index_t n) override {
+    return cpu::granular_partials(n, [&](index_t i) { return marginal_from_lse(pot[i], lse[i], eps); });
   }
   unsigned potential_flags(const T* pot, const T* w, index_t n) override {
     return cpu::parallel_or(n, [&](index_t i) { return detail::potential_flags(pot[i], w[i]); });

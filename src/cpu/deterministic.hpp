@@ -8,8 +8,9 @@
 
 namespace otcal::cpu {
 
+// The partial sums themselves, in granule order (their left fold from 0 is granular_sum).
 template <class F>
-double granular_sum(index_t n, F&& term) {
+std::vector<double> granular_partials(index_t n, F&& term) {
   const index_t R = kReductionGranule;
   const index_t n_gran = (n + R - 1) / R;
   std::vector<double> partial(static_cast<std::size_t>(n_gran), 0.0);
@@ -20,8 +21,13 @@ double granular_sum(index_t n, F&& term) {
     for (index_t i = gi * R; i < end; ++i) s += term(i);
     partial[static_cast<std::size_t>(gi)] = s;
   }
+  return partial;
+}
+
+template <class F>
+double granular_sum(index_t n, F&& term) {
   double total = 0;
-  for (double p : partial) total += p;
+  for (double p : granular_partials(n, term)) total += p;
   return total;
 }
 

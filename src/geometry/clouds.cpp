@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "core/collective.hpp"
 #include "core/cuda_runtime.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
@@ -109,57 +110,109 @@ NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y) {
 }
 
 namespace {
-[[noreturn]] void bad_points(const ConstMatrix& h, const char* name) {
+// `first_row`: the index in the whole cloud of the view's row 0 (a rank checks its own rows).
+[[noreturn]] void bad_points(const ConstMatrix& h, const char* name, index_t first_row) {
   if (h.location == Location::device)
-    throw InvalidArgument(std::string(name) + " holds NaN or infinite coordinates: point coordinates must be "
-                          "finite; drop or impute those points");
+    throw InvalidArgument(std::string(name) + " holds NaN or infinite coordinates in rows " +
+                          std::to_string(first_row) + ".." + std::to_string(first_row + h.rows - 1) +
+                          ": point coordinates must be finite; drop or impute those points");
   for (index_t i = 0; i < h.rows; ++i)
     for (index_t k = 0; k < h.cols; ++k) {
       const double v = h.at(i, k);
       if (!std::isfinite(v)) {
         std::ostringstream os;
-        os << name << " holds " << v << " at row " << i << ", column " << k
+        os << name << " holds " << v << " at row " << first_row + i << ", column " << k
            << ": point coordinates must be finite; drop or impute those points";
         throw InvalidArgument(os.str());
       }
     }
   throw InvalidArgument(std::string(name) + " holds non-finite coordinates");
 }
+
+// Rows [r.begin, r.end) of a row-major matrix, host or device.
+ConstMatrix rows_of(const ConstMatrix& m, const Shard& r) {
+  ConstMatrix out = m;
+  out.data = static_cast<const char*>(m.data) + static_cast<std::size_t>(r.begin * m.cols) * dtype_size(m.dtype);
+  out.rows = r.size();
+  return out;
+}
 }  // namespace
 
+RowShards row_shards(const Context& ctx, const Shape& s, bool same_clouds) {
+  Communicator& comm = ctx.communicator();
+  RowShards sh;
+  sh.split = comm.size() > 1;
+  sh.x = shard_rows(s.n, comm.rank(), comm.size());
+  sh.y = same_clouds ? sh.x : shard_rows(s.m, comm.rank(), comm.size());
+  return sh;
+}
+
 template <class T>
-ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s, T* x,
-                                T* y, T* norms_x, T* norms_y) {
+ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s,
+                                const RowShards& sh, const Workspace& w, const ResidentLayout<T>& l) {
   ResidentClouds<T> r;
   const bool same = geom.y.empty();
+  const int d = static_cast<int>(s.d);
   r.cost = {geom.options.cost.kind, geom.options.cost.p};
+  r.own_x = sh.x;
+  r.own_y = sh.y;
+  T* const x = w.get(l.x);
+  T* const y = same ? x : w.get(l.y);
   be.upload_cloud(geom.x, x);
   count_cloud_upload(ctx);
-  if (be.value_flags(x, s.n * s.d) != 0) bad_points(geom.x, "x");
   if (!same) {
     be.upload_cloud(geom.y, y);
     count_cloud_upload(ctx);
-    if (be.value_flags(y, s.m * s.d) != 0) bad_points(geom.y, "y");
   }
-  const T* yptr = same ? x : y;
-  r.cx = {x, nullptr, s.n, static_cast<int>(s.d)};
-  r.cy = {yptr, nullptr, s.m, static_cast<int>(s.d)};
+  r.cx = {x, nullptr, s.n, d};
+  r.cy = {y, nullptr, s.m, d};
+  r.cx_own = r.cx;
+  r.cy_own = r.cy;
+  if (sh.split) {
+    T* const xo = w.get(l.x_own);
+    be.upload_cloud(rows_of(geom.x, sh.x), xo);
+    r.cx_own = {xo, nullptr, sh.x.size(), d};
+    r.cy_own = r.cx_own;
+    if (!same) {
+      T* const yo = w.get(l.y_own);
+      be.upload_cloud(rows_of(geom.y, sh.y), yo);
+      r.cy_own = {yo, nullptr, sh.y.size(), d};
+    }
+  }
+  // Each rank checks the rows it owns (the owned copies when split, else the whole clouds).
+  std::exception_ptr failure;
+  try {
+    if (be.value_flags(r.cx_own.x, r.cx_own.n * s.d) != 0) bad_points(rows_of(geom.x, sh.x), "x", sh.x.begin);
+    if (!same && be.value_flags(r.cy_own.x, r.cy_own.n * s.d) != 0)
+      bad_points(rows_of(geom.y, sh.y), "y", sh.y.begin);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  agree(ctx.communicator(), failure);
   if (r.cost.kind == CostKind::cosine) {
-    be.point_norms(x, s.n, static_cast<int>(s.d), norms_x);
-    r.cx.norms = norms_x;
-    if (same) {
-      r.cy.norms = norms_x;
+    auto norms = [&](Cloud<T>& c, T* out) {
+      be.point_norms(c.x, c.n, d, out);
+      c.norms = out;
+    };
+    norms(r.cx, w.get(l.norms_x));
+    if (same) r.cy.norms = r.cx.norms;
+    else norms(r.cy, w.get(l.norms_y));
+    if (sh.split) {
+      norms(r.cx_own, w.get(l.norms_x_own));
+      if (same) r.cy_own.norms = r.cx_own.norms;
+      else norms(r.cy_own, w.get(l.norms_y_own));
     } else {
-      be.point_norms(yptr, s.m, static_cast<int>(s.d), norms_y);
-      r.cy.norms = norms_y;
+      r.cx_own.norms = r.cx.norms;
+      r.cy_own.norms = r.cy.norms;
     }
   }
   return r;
 }
 
 template ResidentClouds<float> upload_clouds<float>(const Context&, Backend<float>&, const PointCloud&, const Shape&,
-                                                    float*, float*, float*, float*);
+                                                    const RowShards&, const Workspace&, const ResidentLayout<float>&);
 template ResidentClouds<double> upload_clouds<double>(const Context&, Backend<double>&, const PointCloud&,
-                                                      const Shape&, double*, double*, double*, double*);
+                                                      const Shape&, const RowShards&, const Workspace&,
+                                                      const ResidentLayout<double>&);
 
 }  // namespace otcal::detail

@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "core/workspace.hpp"
+#include "otcal/communicator.hpp"
 #include "otcal/geometry.hpp"
 #include "otcal/planner.hpp"
 
@@ -26,9 +28,20 @@ struct NormStats {
 };
 NormStats norm_stats(const ConstMatrix& x, const ConstMatrix& y);
 
+// The rows of each cloud this rank owns (docs/distributed.md): all of them in one process.
+struct RowShards {
+  Shard x, y;
+  bool split = false;  // more than one rank: the owned rows get their own resident copy
+};
+RowShards row_shards(const Context& ctx, const Shape& s, bool same_clouds);
+
 template <class T>
 struct ResidentClouds {
   Cloud<T> cx, cy;
+  // The owned rows as clouds of their own (the kernels read dimension-major clouds with no
+  // stride): the LSE of a rank's rows runs on them against the whole other cloud.
+  Cloud<T> cx_own, cy_own;
+  Shard own_x, own_y;
   CostParams cost;
 };
 
@@ -36,11 +49,13 @@ struct ResidentClouds {
 template <class T>
 struct ResidentLayout {
   WorkspaceDecl decl;
-  BufferId<T> x, y, norms_x, norms_y, a, b;
+  BufferId<T> x, y, norms_x, norms_y, x_own, y_own, norms_x_own, norms_y_own, a, b;
 };
 template <class T>
-ResidentLayout<T> resident_layout(const Shape& s, const Cost& cost, bool same_clouds) {
+ResidentLayout<T> resident_layout(const Shape& s, const Cost& cost, bool same_clouds, const RowShards& sh) {
   const auto n = static_cast<std::size_t>(s.n), m = static_cast<std::size_t>(s.m), d = static_cast<std::size_t>(s.d);
+  const auto own_n = static_cast<std::size_t>(sh.split ? sh.x.size() : 0);
+  const auto own_m = static_cast<std::size_t>(sh.split && !same_clouds ? sh.y.size() : 0);
   const bool cosine = cost.kind == CostKind::cosine;
   ResidentLayout<T> l;
   l.decl.operation = "upload";
@@ -48,15 +63,20 @@ ResidentLayout<T> resident_layout(const Shape& s, const Cost& cost, bool same_cl
   l.y = l.decl.template add<T>("y", same_clouds ? 0 : m * d);
   l.norms_x = l.decl.template add<T>("norms_x", cosine ? n : 0);
   l.norms_y = l.decl.template add<T>("norms_y", cosine && !same_clouds ? m : 0);
+  l.x_own = l.decl.template add<T>("x_own", own_n * d);
+  l.y_own = l.decl.template add<T>("y_own", own_m * d);
+  l.norms_x_own = l.decl.template add<T>("norms_x_own", cosine ? own_n : 0);
+  l.norms_y_own = l.decl.template add<T>("norms_y_own", cosine ? own_m : 0);
   l.a = l.decl.template add<T>("a", n);
   l.b = l.decl.template add<T>("b", m);
   return l;
 }
 
-// Uploads both clouds into the given buffers (y = x when y is empty), computes the norms, and
-// checks the coordinates for NaN/Inf on the backend (one flag word).
+// Uploads both clouds into the layout's buffers (y = x when y is empty), the owned rows again when
+// they are split, computes the norms, and checks the owned coordinates for NaN/Inf on the backend
+// (one flag word per rank, agreed across ranks: nothing is gathered to check).
 template <class T>
-ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s, T* x,
-                                T* y, T* norms_x, T* norms_y);
+ResidentClouds<T> upload_clouds(const Context& ctx, Backend<T>& be, const PointCloud& geom, const Shape& s,
+                                const RowShards& shards, const Workspace& w, const ResidentLayout<T>& layout);
 
 }  // namespace otcal::detail

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "core/collective.hpp"
 #include "core/cuda_runtime.hpp"
 #include "core/operation.hpp"
 #include "geometry/problem_impl.hpp"
@@ -18,16 +19,16 @@ namespace {
 template <class T>
 std::unique_ptr<detail::Resident<T>> upload_resident(Problem::Impl& p, const PointCloud& geom) {
   detail::Backend<T>& be = p.backend<T>();
-  detail::ResidentLayout<T> layout = detail::resident_layout<T>(p.shape, geom.options.cost, p.same);
+  detail::ResidentLayout<T> layout = detail::resident_layout<T>(p.shape, geom.options.cost, p.same, p.shards);
   layout.decl.resident_bytes = p.ctx.limiter().allocated_bytes();
-  plan_tiles(0, layout.decl, p.ctx.memory_budget());  // BudgetTooSmall before anything is allocated
+  // BudgetTooSmall before anything is allocated, on every rank when one rank's shard does not fit.
+  detail::agreed(p.ctx.communicator(), [&] { return plan_tiles(0, layout.decl, p.ctx.memory_budget()); });
 
   detail::OperationScope scope(p.ctx);
   auto r = std::make_unique<detail::Resident<T>>();
   r->buffers = detail::Workspace(p.ctx.workspace(), layout.decl, 0, p.ctx.compute_stream());
   const detail::Workspace& w = r->buffers;
-  r->clouds = detail::upload_clouds<T>(p.ctx, be, geom, p.shape, w.get(layout.x), w.get(layout.y),
-                                       w.get(layout.norms_x), w.get(layout.norms_y));
+  r->clouds = detail::upload_clouds<T>(p.ctx, be, geom, p.shape, p.shards, w, layout);
   r->a = w.get(layout.a);
   r->b = w.get(layout.b);
   be.upload(p.a.data(), r->a, p.shape.n);
@@ -40,7 +41,16 @@ std::unique_ptr<detail::Resident<T>> upload_resident(Problem::Impl& p, const Poi
 
 namespace detail {
 
+std::shared_ptr<Problem::Impl> prepare_checked(const Context& ctx, const PointCloud& geom, const ConstVector& a,
+                                               const ConstVector& b, DType precision);
+
 std::shared_ptr<Problem::Impl> prepare_problem(const Context& ctx, const PointCloud& geom, const ConstVector& a,
+                                               const ConstVector& b, DType precision) {
+  // A rank that rejects its inputs makes every rank raise that error instead of waiting.
+  return agreed(ctx.communicator(), [&] { return prepare_checked(ctx, geom, a, b, precision); });
+}
+
+std::shared_ptr<Problem::Impl> prepare_checked(const Context& ctx, const PointCloud& geom, const ConstVector& a,
                                                const ConstVector& b, DType precision) {
   // Device views may have been written on the caller's stream: let it finish before reading them.
   const bool any_device = geom.x.location == Location::device || a.location == Location::device ||
@@ -61,8 +71,10 @@ std::shared_ptr<Problem::Impl> prepare_problem(const Context& ctx, const PointCl
   for (double v : p->a) p->sum_a += v;
   for (double v : p->b) p->sum_b += v;
   const std::size_t value_size = dtype_size(precision);
-  const WorkspaceDecl resident = value_size == 4 ? resident_layout<float>(p->shape, geom.options.cost, p->same).decl
-                                                 : resident_layout<double>(p->shape, geom.options.cost, p->same).decl;
+  p->shards = row_shards(ctx, p->shape, p->same);
+  const WorkspaceDecl resident =
+      value_size == 4 ? resident_layout<float>(p->shape, geom.options.cost, p->same, p->shards).decl
+                      : resident_layout<double>(p->shape, geom.options.cost, p->same, p->shards).decl;
   p->resident_bytes = resident.bytes(0);
   return p;
 }

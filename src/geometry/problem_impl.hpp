@@ -29,6 +29,7 @@ struct Problem::Impl {
   GeometryOptions geometry;
   DType precision = DType::float64;
   bool same = false;
+  detail::RowShards shards;  // the rows this rank owns (all of them in one process)
   std::vector<double> a, b;
   double sum_a = 0, sum_b = 0;
   detail::NormStats norms;  // sqeuclidean closed forms (computed at upload for that cost only)

@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "core/collective.hpp"
 #include "core/operation.hpp"
 #include "core/workspace.hpp"
 #include "geometry/problem_impl.hpp"
@@ -98,6 +99,12 @@ SolveLayout<T> solve_layout(Problem::Impl& p, detail::StatsNeeds needs) {
 
 // `pending`: the clouds of a problem prepared but not uploaded yet (a one-call overload): the solve
 // is planned first, so BudgetTooSmall names the minimum of the whole call, then they are uploaded.
+std::vector<index_t> shard_counts(index_t n, int ranks) {
+  std::vector<index_t> counts(static_cast<std::size_t>(ranks));
+  for (int r = 0; r < ranks; ++r) counts[static_cast<std::size_t>(r)] = shard_rows(n, r, ranks).size();
+  return counts;
+}
+
 template <class T>
 SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointCloud* pending) {
   const auto start = std::chrono::steady_clock::now();
@@ -130,10 +137,14 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
          "; normalise the weights or set tau_a/tau_b < 1");
 
   Backend<T>& be = p.backend<T>();
+  Communicator& comm = ctx.communicator();
+  res.ranks = comm.size();
   const detail::StatsNeeds needs = detail::stats_needs(p, epsilon_spec(o));
   const SolveLayout<T> layout = solve_layout<T>(p, needs);
-  const index_t rows_max = std::max(s.n, s.m);
-  res.plan = plan_batch(rows_max, layout.decl, ctx.memory_budget(), o.batch_size);
+  // A rank reduces only the rows it owns: its tiles are planned for those.
+  const Shard ox = p.shards.x, oy = p.shards.y;
+  const index_t rows_max = std::max<index_t>({ox.size(), oy.size(), 1});
+  res.plan = detail::agreed(comm, [&] { return plan_batch(rows_max, layout.decl, ctx.memory_budget(), o.batch_size); });
   res.batch_size = res.plan.rows;
   if (res.plan.clamped)
     warn("batch_size " + std::to_string(*o.batch_size) + " exceeds the largest cloud (" + std::to_string(rows_max) +
@@ -170,37 +181,77 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
     be.upload(g0.data(), g, s.m);
   }
 
-  // LSE of rows of x against y (h = g) or of rows of y against x (h = f).
-  auto lse_x = [&](const T* h, double e) { be.row_lse({rc.cx, rc.cy, rc.cost, inv_scale, e, h, lse_row, tile_state, tile}); };
-  auto lse_y = [&](const T* h, double e) { be.row_lse({rc.cy, rc.cx, rc.cost, inv_scale, e, h, lse_col, tile_state, tile}); };
+  // LSE of this rank's rows of x against all of y (h = g), or of its rows of y against all of x
+  // (h = f), into its slice of lse_row / lse_col.
+  auto lse_x = [&](const T* h, double e) {
+    be.row_lse({rc.cx_own, rc.cy, rc.cost, inv_scale, e, h, lse_row + ox.begin, tile_state, tile});
+  };
+  auto lse_y = [&](const T* h, double e) {
+    be.row_lse({rc.cy_own, rc.cx, rc.cost, inv_scale, e, h, lse_col + oy.begin, tile_state, tile});
+  };
+  // Every rank's new slice of a potential, on every rank (n + m values per iteration in all).
+  const std::vector<index_t> counts_x = shard_counts(s.n, comm.size()), counts_y = shard_counts(s.m, comm.size());
+  const BufferPlace place = ctx.kind() == DeviceKind::cuda ? BufferPlace::device : BufferPlace::host;
+  // Time spent in collectives, waiting for slower ranks included (one process: none).
+  double comm_s = 0;
+  auto timed = [&](auto&& collective) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto out = collective();
+    comm_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  };
+  auto gather = [&](T* pot, const std::vector<index_t>& counts) {
+    if (comm.size() == 1) return;
+    timed([&] {
+      comm.all_gather_in_place(pot, dtype_of<T>(), counts, place, ctx.compute_stream());
+      return 0;
+    });
+  };
+  auto update_f = [&](double et) {
+    be.potential_update(lse_row + ox.begin, log_a + ox.begin, et, o.tau_a, f + ox.begin, ox.size());
+  };
+  auto update_g = [&](double et) {
+    be.potential_update(lse_col + oy.begin, log_b + oy.begin, et, o.tau_b, g + oy.begin, oy.size());
+  };
+  // A sum over the rows of each rank's slice, folded in rank order: the single-process sum's bits.
+  auto sum_rows = [&](const detail::Partials& mine) { return timed([&] { return detail::ordered_sum(comm, mine); }); };
   auto eps_at = [&](index_t t) {
     return std::max(o.epsilon_init * std::pow(o.epsilon_decay, static_cast<double>(t)), 1.0) * eps;
   };
   const double pn = o.norm_error;
   auto norm = [&](double sum_p) { return pn == 1.0 ? sum_p : std::pow(sum_p, 1.0 / pn); };
+  auto error_x = [&]() {
+    return norm(sum_rows(be.marginal_error(f + ox.begin, lse_row + ox.begin, rs.a + ox.begin, eps, rho_a, pn, ox.size())));
+  };
+  auto error_y = [&]() {
+    return norm(sum_rows(be.marginal_error(g + oy.begin, lse_col + oy.begin, rs.b + oy.begin, eps, rho_b, pn, oy.size())));
+  };
   auto marginal_error = [&]() {
     if (balanced && !o.parallel_dual_updates) {
       lse_y(f, eps);
-      return norm(be.marginal_error(g, lse_col, rs.b, eps, rho_b, pn, s.m));
+      return error_y();
     }
     lse_x(g, eps);
-    const double ea = norm(be.marginal_error(f, lse_row, rs.a, eps, rho_a, pn, s.n));
+    const double ea = error_x();
     lse_y(f, eps);
-    const double eb = norm(be.marginal_error(g, lse_col, rs.b, eps, rho_b, pn, s.m));
-    return ea + eb;
+    return ea + error_y();
   };
   auto iterate = [&](index_t t) {
     const double et = eps_at(t);
     if (o.parallel_dual_updates) {
       lse_y(f, et);
       lse_x(g, et);
-      be.potential_update(lse_col, log_b, et, o.tau_b, g, s.m);
-      be.potential_update(lse_row, log_a, et, o.tau_a, f, s.n);
+      update_g(et);
+      update_f(et);
+      gather(g, counts_y);
+      gather(f, counts_x);
     } else {
       lse_y(f, et);
-      be.potential_update(lse_col, log_b, et, o.tau_b, g, s.m);
+      update_g(et);
+      gather(g, counts_y);
       lse_x(g, et);
-      be.potential_update(lse_row, log_a, et, o.tau_a, f, s.n);
+      update_f(et);
+      gather(f, counts_x);
     }
   };
 
@@ -225,7 +276,16 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
       any_computed = true;
     }
     res.errors[static_cast<std::size_t>(it / inner - 1)] = err;
-    const unsigned flags = be.potential_flags(f, rs.a, s.n) | be.potential_flags(g, rs.b, s.m);
+    // Each rank reduces its own slices to one word; one word per rank crosses the network.
+    const std::uint64_t mine = be.potential_flags(f + ox.begin, rs.a + ox.begin, ox.size()) |
+                               be.potential_flags(g + oy.begin, rs.b + oy.begin, oy.size());
+    const std::vector<std::uint64_t> words = timed([&] { return comm.all_gather_word(mine); });
+    unsigned flags = 0;
+    int flagged_rank = -1;
+    for (std::size_t r = 0; r < words.size(); ++r) {
+      flags |= static_cast<unsigned>(words[r]);
+      if (words[r] != 0 && flagged_rank < 0) flagged_rank = static_cast<int>(r);
+    }
     // Every block, computed error or not: the callback is also where a caller notices an interrupt
     // (Python's Ctrl-C), which must not wait for min_iterations.
     if (o.progress) {
@@ -239,6 +299,9 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
                            : (flags & detail::kPosInfValue) ? "+inf potentials"
                            : (flags & detail::kNegInfWithMass) ? "-inf potentials at points with positive weight"
                                                                : "a non-finite marginal error";
+        if (comm.size() > 1 && flagged_rank >= 0)
+          what += " (first in the rows of rank " + std::to_string(flagged_rank) + " of " +
+                  std::to_string(comm.size()) + ")";
         throw NumericalError("Sinkhorn diverged at iteration " + std::to_string(t_last) + ": " + what +
                              " (epsilon = " + num(eps) + ", scale = " + num(rg.scale) +
                              "). Try a larger --epsilon, --scale-cost mean or max_cost, --precision float64, "
@@ -268,7 +331,7 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   be.download(f, res.f.data(), s.n);
   be.download(g, res.g.data(), s.m);
   lse_x(g, eps);
-  const double total = be.transported_mass(f, lse_row, eps, s.n);
+  const double total = sum_rows(be.transported_mass(f + ox.begin, lse_row + ox.begin, eps, ox.size()));
   auto div = [&](const std::vector<double>& w, const std::vector<double>& pot, double tau, double rho) {
     double acc = 0;
     for (std::size_t i = 0; i < w.size(); ++i) {
@@ -282,6 +345,7 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   res.memory.budget_bytes = ctx.memory_budget();
   res.memory.peak_bytes = scope.finish();
   res.memory.planned_peak_bytes = res.plan.planned_peak;
+  res.communication_s = comm_s;
   res.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return res;
 }
