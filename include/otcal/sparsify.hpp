@@ -28,7 +28,8 @@ SparsifyMode parse_sparsify_mode(const std::string& text);
 const char* sparsify_mode_name(SparsifyMode mode);
 
 // One finished block of rows, handed to SparsifyOptions::sink (docs/sparsify.md §7.2): rows
-// [row_offset, row_offset + rows), indptr relative to the piece (indptr[0] = 0, rows + 1 entries),
+// [row_offset, row_offset + rows) of the whole plan (global rows, also on a rank of a distributed
+// problem, whose sink sees its own rows only), indptr relative to the piece (indptr[0] = 0, rows + 1 entries),
 // columns in indices32 (or indices64 when m >= 2^31), values widened to double. Valid during the
 // call only.
 struct CsrPiece {
@@ -64,8 +65,14 @@ struct SparsifyOptions {
 
 inline constexpr index_t kDefaultPercentileSamples = 1024;
 
+// On a distributed problem (docs/sparsify.md "Distributed sparsify") each rank's result holds the
+// rows it owns: csr is rows [row_offset, row_offset + csr.rows) of the rows_total x m plan (indptr
+// relative to them); every other field is the whole plan's and the same on every rank.
 struct SparsifyResult {
   CsrMatrix csr;
+  index_t row_offset = 0;        // global row of csr's first row (0 in one process)
+  index_t rows_total = 0;        // rows of the whole plan (csr.rows in one process)
+  std::int64_t nnz_total = 0;    // entries of the whole plan (csr.nnz() in one process)
   double threshold = 0;          // thr used; NaN for mass
   index_t n_massless_rows = 0;
   double cost = 0;               // reg_ot_cost of the source (NaN for a bare dense matrix)

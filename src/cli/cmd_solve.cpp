@@ -1,16 +1,21 @@
 // `otcal solve`: Sinkhorn then sparsify on one resident problem (the clouds are read and uploaded
 // once), writing
-// f.npy, g.npy, result.json and plan.npz into --out atomically. result.json is the sinkhorn
+// f.npy, g.npy, result.json and plan.npz (or, with --per-rank-files, plan.rank-R-of-P.npz and
+// plan.manifest.json) into --out atomically. result.json is the sinkhorn
 // summary with a "sparsify" section; the sparsify summary also goes to stdout.
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "cli/command.hpp"
 #include "cli/common.hpp"
+#include "cli/processes.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "cli/sparsify_args.hpp"
 #include "io/npy.hpp"
+#include "core/collective.hpp"
 #include "io/output.hpp"
 #include "otcal/sinkhorn.hpp"
 #include "otcal/sparsify.hpp"
@@ -26,20 +31,32 @@ struct Args {
   CommonOptions common;
 };
 
+// Under mpirun every rank solves and sparsifies its shard (the pattern of otcal sinkhorn); rank 0
+// writes --out, committed only once every rank's plan rows are written.
 int run(const Args& s) {
   Stopwatch total;
+  Communicator& ranks = *processes();
+  const bool writer = writes_outputs();
   SparsifyOptions sopt = s.sp.options("--sparsify-batch-size");
-  const SinkhornOptions opt = s.solver.options(s.common.quiet);
+  const SinkhornOptions opt = s.solver.options(s.common.quiet || !writer);
   const Cost cost = s.solver.parse_cost();
   const ScaleCost scale = s.solver.parse_scale_cost();
-  io::check_output_dir(s.out, "--out");
+  detail::agreed(ranks, [&] {
+    if (writer) io::check_output_dir(s.out, "--out");
+  });
   const Context ctx = s.common.make_context();
 
-  Clouds clouds = load_points_xy(s.in);
-  load_weights_ab(clouds, s.in);
+  Clouds clouds = detail::agreed(ranks, [&] {
+    Clouds c = load_points_xy(s.in);
+    load_weights_ab(c, s.in);
+    return c;
+  });
   const PointCloud geom = clouds.geometry(cost, scale);
 
-  io::AtomicOutputDir out(s.out, "--out");
+  std::optional<io::AtomicOutputDir> out;
+  detail::agreed(ranks, [&] {
+    if (writer) out.emplace(s.out, "--out");
+  });
   const std::vector<std::pair<std::string, std::string>> flags = {
       {"batch_size", "--batch-size"}, {"scale_cost", "--scale-cost"}, {"tau_a", "--tau-a"}, {"tau_b", "--tau-b"}};
   const Problem problem = upload_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(),
@@ -47,19 +64,25 @@ int run(const Args& s) {
   const SinkhornResult r = sinkhorn_with_flags(problem, opt, flags);
   const SparsifyResult sr = run_sparsify([&] { return sparsify(problem, r, sopt); });
 
-  io::write_npy(out.file("f.npy"), r.f.data(), {r.n}, r.precision);
-  io::write_npy(out.file("g.npy"), r.g.data(), {r.m}, r.precision);
-  write_plan_npz(out.file("plan.npz"), sr.csr);
+  const bool per_rank = s.sp.per_rank_files;
+  const std::string rank0_path = !writer ? "" : per_rank ? out->temp_path().string() : out->file("plan.npz");
+  const std::string plan_name = write_plan(ranks, sr, per_rank, rank0_path);
   nlohmann::json sj = sparsify_summary(sr, sopt, ctx);
   nlohmann::json j = sinkhorn_summary(r);
   j["command"] = "solve";
   j["inputs"] = {{"x", s.in.x}, {"y", path_or_null(s.in.y)}};
-  j["outputs"] = {{"f", "f.npy"}, {"g", "g.npy"}, {"plan", "plan.npz"}, {"out", s.out}};
+  j["outputs"] = {{"f", "f.npy"}, {"g", "g.npy"}, {"plan", plan_name}, {"out", s.out}};
   j["sparsify"] = sj;
+  j["distributed"] = ranks_json(std::max(r.memory.peak_bytes, sr.memory.peak_bytes));
   j["total_elapsed_s"] = total.seconds();
-  write_json(out.file("result.json"), j);
-  out.commit();
-  print_sparsify_summary(sj, "solve", s.out, total);
+  detail::agreed(ranks, [&] {
+    if (!writer) return;
+    io::write_npy(out->file("f.npy"), r.f.data(), {r.n}, r.precision);
+    io::write_npy(out->file("g.npy"), r.g.data(), {r.m}, r.precision);
+    write_json(out->file("result.json"), j);
+    out->commit();
+  });
+  if (writer) print_sparsify_summary(sj, "solve", s.out, total);
   return 0;
 }
 

@@ -1,15 +1,19 @@
 // `otcal sparsify`: the transport plan of an `otcal sinkhorn` result as a SciPy CSR .npz, built
 // block by block from (x, y, f, g, scale, epsilon) within the memory budget. Geometry, cost,
 // scale and epsilon come from DIR/result.json; f and g from DIR/f.npy, DIR/g.npy.
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "cli/command.hpp"
 #include "cli/common.hpp"
+#include "cli/processes.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "cli/sparsify_args.hpp"
 #include "io/npy.hpp"
+#include "core/collective.hpp"
 #include "io/output.hpp"
 #include "otcal/sparsify.hpp"
 
@@ -46,45 +50,75 @@ V field(const nlohmann::json& j, const char* key, const std::string& dir) {
   }
 }
 
-int run(const Args& s) {
-  Stopwatch total;
-  const SparsifyOptions opt = s.sp.options();
-  io::check_output_file(s.out, "--out");
-  const Context ctx = s.common.make_context();
-
-  // The solve this plan belongs to.
-  const nlohmann::json rj = read_result_json(s.potentials);
+// The potentials and their solve's metadata from an `otcal sinkhorn` --out folder.
+Potentials read_potentials(const std::string& dir) {
+  const nlohmann::json rj = read_result_json(dir);
   Potentials r;
-  r.epsilon = field<double>(rj, "epsilon", s.potentials);
-  r.scale = field<double>(rj, "scale", s.potentials);
-  r.cost = with_flag("--potentials result.json cost", [&] { return Cost::parse(field<std::string>(rj, "cost", s.potentials)); });
-  r.precision = parse_precision(field<std::string>(rj, "precision", s.potentials), "--potentials result.json precision");
+  r.epsilon = field<double>(rj, "epsilon", dir);
+  r.scale = field<double>(rj, "scale", dir);
+  r.cost = with_flag("--potentials result.json cost", [&] { return Cost::parse(field<std::string>(rj, "cost", dir)); });
+  r.precision = parse_precision(field<std::string>(rj, "precision", dir), "--potentials result.json precision");
   r.converged = rj.value("converged", false);
   r.reg_ot_cost = rj.contains("reg_ot_cost") && rj["reg_ot_cost"].is_number() ? rj["reg_ot_cost"].get<double>()
                                                                              : std::nan("");
-  const io::NpyArray f = io::read_npy(s.potentials + "/f.npy", "--potentials f.npy");
-  const io::NpyArray g = io::read_npy(s.potentials + "/g.npy", "--potentials g.npy");
-  r.f = f.data;
-  r.g = g.data;
+  r.f = io::read_npy(dir + "/f.npy", "--potentials f.npy").data;
+  r.g = io::read_npy(dir + "/g.npy", "--potentials g.npy").data;
+  return r;
+}
 
-  Clouds clouds = load_points_xy(s.in);
-  const index_t n = clouds.n, m = clouds.m;
-  if (f.shape.size() != 1 || f.shape[0] != n || g.shape.size() != 1 || g.shape[0] != m)
-    throw InvalidArgument("--potentials '" + s.potentials + "': f.npy/g.npy have " + std::to_string(f.size()) + "/" +
-                          std::to_string(g.size()) + " entries but --x/--y have " + std::to_string(n) + "/" +
-                          std::to_string(m) + " points: pass the clouds the potentials were solved on");
-  // The weights are absorbed in the potentials; they are only checked for consistency.
-  load_weights_ab(clouds, s.in);
-  const PointCloud geom = clouds.geometry(r.cost, ScaleCost{});
+// Under mpirun every rank reads the inputs whole and builds the plan rows it owns; rank 0 writes
+// --out (docs/sparsify.md "Distributed sparsify"). Any rank's failure stops every rank, and --out
+// is committed only once every rank's rows are written.
+int run(const Args& s) {
+  Stopwatch total;
+  Communicator& ranks = *processes();
+  const bool writer = writes_outputs();
+  const bool per_rank = s.sp.per_rank_files;
+  const SparsifyOptions opt = s.sp.options();
+  detail::agreed(ranks, [&] {
+    if (!writer) return;
+    if (per_rank) io::check_output_dir(s.out, "--out");
+    else io::check_output_file(s.out, "--out");
+  });
+  const Context ctx = s.common.make_context();
 
-  io::AtomicFile out(s.out, "--out");
-  const SparsifyResult res = run_sparsify([&] { return sparsify(ctx, geom, r, opt); });
-  write_plan_npz(out.temp_path(), res.csr);
-  out.commit();
+  // The solve this plan belongs to, and its clouds (a rank that cannot read them stops all).
+  struct Inputs {
+    Potentials r;
+    Clouds clouds;
+  };
+  Inputs in = detail::agreed(ranks, [&] {
+    Inputs i{read_potentials(s.potentials), load_points_xy(s.in)};
+    const index_t n = i.clouds.n, m = i.clouds.m;
+    if (static_cast<index_t>(i.r.f.size()) != n || static_cast<index_t>(i.r.g.size()) != m)
+      throw InvalidArgument("--potentials '" + s.potentials + "': f.npy/g.npy have " + std::to_string(i.r.f.size()) +
+                            "/" + std::to_string(i.r.g.size()) + " entries but --x/--y have " + std::to_string(n) +
+                            "/" + std::to_string(m) + " points: pass the clouds the potentials were solved on");
+    // The weights are absorbed in the potentials; they are only checked for consistency.
+    load_weights_ab(i.clouds, s.in);
+    return i;
+  });
+  const PointCloud geom = in.clouds.geometry(in.r.cost, ScaleCost{});
+
+  std::optional<io::AtomicFile> file;
+  std::optional<io::AtomicOutputDir> dir;
+  detail::agreed(ranks, [&] {
+    if (!writer) return;
+    if (per_rank) dir.emplace(s.out, "--out");
+    else file.emplace(s.out, "--out");
+  });
+  const SparsifyResult res = run_sparsify([&] { return sparsify(ctx, geom, in.r, opt); });
+  const std::string rank0_path = !writer ? "" : per_rank ? dir->temp_path().string() : file->temp_path();
+  write_plan(ranks, res, per_rank, rank0_path);
+  detail::agreed(ranks, [&] {
+    if (!writer) return;
+    if (per_rank) dir->commit();
+    else file->commit();
+  });
 
   nlohmann::json j = sparsify_summary(res, opt, ctx);
   j["otcal_version"] = version();
-  print_sparsify_summary(j, "sparsify", s.out, total);
+  if (writer) print_sparsify_summary(j, "sparsify", s.out, total);
   return 0;
 }
 
@@ -98,7 +132,9 @@ CommandRun setup(CLI::App& app) {
                       .b = "Target weights .npy [m] (checked only)"});
   sub->add_option("--potentials", s.potentials, "The --out folder of otcal sinkhorn (f.npy, g.npy, result.json)")
       ->required();
-  sub->add_option("--out", s.out, "Output .npz (scipy.sparse.load_npz reads it)")->required();
+  sub->add_option("--out", s.out,
+                  "Output .npz (scipy.sparse.load_npz reads it); with --per-rank-files an output folder")
+      ->required();
   s.sp.add_to(*sub);
   s.common.add_to(*sub);
   return [args] { return run(*args); };

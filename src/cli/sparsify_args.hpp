@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli/common.hpp"
+#include "cli/processes.hpp"
 #include "io/npz.hpp"
 #include "io/output.hpp"
 #include "otcal/sparsify.hpp"
@@ -20,6 +21,7 @@ struct SparsifyArgs {
   std::optional<index_t> max_k, n_samples, batch_size;
   std::uint64_t seed = 0;
   bool exact = false;
+  bool per_rank_files = false;
 
   // `batch_flag` lets `otcal solve` keep --batch-size for the solve.
   void add_to(CLI::App& sub, const std::string& batch_flag = "--batch-size") {
@@ -32,6 +34,9 @@ struct SparsifyArgs {
     sub.add_flag("--exact", exact, "percentile: the exact global percentile of all entries (no row sampling)");
     sub.add_option(batch_flag, batch_size,
                    "Plan rows per block (memory only; default: planned from --memory-budget)");
+    sub.add_flag("--per-rank-files", per_rank_files,
+                 "Under mpirun: one plan.rank-R-of-P.npz per rank and plan.manifest.json (joined by otcal "
+                 "merge-plan) instead of one plan .npz streamed to rank 0; the folder must be on a shared filesystem");
   }
 
   SparsifyOptions options(const std::string& batch_flag = "--batch-size") const {
@@ -74,14 +79,32 @@ SparsifyResult run_sparsify(F&& f) {
 
 inline void write_plan_npz(const std::string& path, const CsrMatrix& csr) { io::write_npz_csr(path, csr); }
 
+// The plan's files (collective: every rank calls it with its rows; docs/sparsify.md "Distributed
+// sparsify"). One .npz: rank 0 writes `rank0_path` (a temporary file) with every rank's rows
+// streamed to it, in one process the plain writer. Per-rank files: `rank0_path` is rank 0's
+// temporary folder, broadcast so that every rank writes its piece into it (a shared filesystem),
+// and rank 0 adds the manifest. Returns the name the plan has in its folder.
+inline std::string write_plan(Communicator& ranks, const SparsifyResult& r, bool per_rank_files,
+                              std::string rank0_path, const std::string& stem = "plan") {
+  if (per_rank_files) {
+    ranks.broadcast(rank0_path, 0);
+    io::write_npz_csr_pieces(rank0_path, stem, r.csr, r.row_offset, ranks);
+    return io::manifest_file_name(stem);
+  }
+  if (ranks.size() == 1) write_plan_npz(rank0_path, r.csr);
+  else io::write_npz_csr_sharded(rank0_path, r.csr, r.row_offset, ranks);
+  return stem + ".npz";
+}
+
+// Collective (the ranks' peaks are gathered): every rank calls it.
 inline nlohmann::json sparsify_summary(const SparsifyResult& r, const SparsifyOptions& o, const Context& ctx) {
   nlohmann::json j;
   j["mode"] = sparsify_mode_name(o.mode);
   j["value"] = o.value ? nlohmann::json(*o.value) : nlohmann::json(nullptr);
   j["percentile_method"] = o.percentile_method == PercentileMethod::exact ? "exact" : "sampled";
   j["max_k"] = o.max_k ? nlohmann::json(*o.max_k) : nlohmann::json(nullptr);
-  j["shape"] = {r.csr.rows, r.csr.cols};
-  j["nnz"] = r.csr.nnz();
+  j["shape"] = {r.rows_total, r.csr.cols};
+  j["nnz"] = r.nnz_total;
   j["n_massless_rows"] = r.n_massless_rows;
   j["rows_left_empty"] = r.n_massless_rows;
   j["threshold"] = std::isnan(r.threshold) ? nlohmann::json(nullptr)
@@ -97,6 +120,7 @@ inline nlohmann::json sparsify_summary(const SparsifyResult& r, const SparsifyOp
   j["device"] = ctx.device_name();
   j["elapsed_s"] = r.elapsed_s;
   j["warnings"] = r.warnings;
+  j["distributed"] = ranks_json(r.memory.peak_bytes);  // collective
   return j;
 }
 

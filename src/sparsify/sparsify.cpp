@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 
+#include "core/collective.hpp"
 #include "core/operation.hpp"
 #include "core/radix_select.hpp"
 #include "core/workspace.hpp"
@@ -87,13 +88,14 @@ struct SparsifyLayout {
   BufferId<std::pair<std::uint64_t, index_t>> heap;
 };
 
+// `n` rows are built here (a rank's own rows); the row sample is drawn from all `n_total` rows.
 template <class T>
-SparsifyLayout<T> sparsify_layout(index_t n, index_t m, const SparsifyOptions& o, SparsifyBackend<T>& be,
-                                  std::size_t resident_bytes) {
+SparsifyLayout<T> sparsify_layout(index_t n, index_t n_total, index_t m, const SparsifyOptions& o,
+                                  SparsifyBackend<T>& be, std::size_t resident_bytes) {
   const bool wide = m >= (index_t{1} << 31);
   const bool mass = o.mode == SparsifyMode::mass;
   const auto M = static_cast<std::size_t>(m);
-  const std::size_t k = sampled(o) ? static_cast<std::size_t>(sample_count(o, n)) : 0;
+  const std::size_t k = sampled(o) ? static_cast<std::size_t>(sample_count(o, n_total)) : 0;
   SparsifyLayout<T> l;
   l.decl.operation = "sparsify";
   l.decl.resident_bytes = resident_bytes;
@@ -160,12 +162,34 @@ class BlockLoop {
   std::vector<T> row_max_host_;  // device workspace only
 };
 
-// Threshold statistics (docs/sparsify.md §4.2, §4.3, §7.1) and the output pass (§2).
+// The rows a run builds: `begin` .. of the `total` rows of the plan (a rank's shard, or all of
+// them), and the ranks the statistics are combined over (docs/sparsify.md "Distributed sparsify").
+struct RowRange {
+  Communicator& comm;
+  index_t begin = 0;
+  index_t total = 0;
+};
+
+// The rows of the global sample (drawn identically on every rank) that fall in [begin, begin +
+// rows), as local row ids, ascending; returns their count. `ids` holds the global sample first.
+inline index_t own_sampled_rows(index_t* ids, index_t k, index_t begin, index_t rows) {
+  index_t kept = 0;
+  for (index_t s = 0; s < k; ++s)
+    if (ids[s] >= begin && ids[s] < begin + rows) ids[kept++] = ids[s] - begin;
+  return kept;
+}
+
+// Threshold statistics (docs/sparsify.md §4.2, §4.3, §7.1) and the output pass (§2). Every
+// statistic is combined across ranks exactly (minima, integer counts), so each rank's threshold is
+// the single-process one; each sweep is agreed first, so an error on one rank (NaN rows) is raised
+// by every rank before anyone waits in a collective.
 template <class T>
 void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& src, const SparsifyOptions& o,
-              index_t bs, const SparsifyLayout<T>& layout, const detail::Workspace& ws, SparsifyResult& res) {
+              index_t bs, const SparsifyLayout<T>& layout, const detail::Workspace& ws, const RowRange& range,
+              SparsifyResult& res) {
   BlockLoop<T> loop(be, src, bs, ws.get(layout.block), ws.get(layout.row_max));
   const index_t n = loop.n(), m = loop.m();
+  Communicator& comm = range.comm;
   auto warn = [&](const std::string& w) {
     res.warnings.push_back(w);
     ctx.warn(w);
@@ -177,10 +201,13 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
     case SparsifyMode::min_row: {
       if (o.value) warn("value is ignored with mode='min_row'");
       thr = kInf;
-      loop.sweep(n, nullptr, [&](const T*, index_t rows, const T*, const T* row_max, index_t) {
-        for (index_t r = 0; r < rows; ++r)
-          if (row_max[r] > T(0)) thr = std::min(thr, static_cast<double>(row_max[r]));
+      detail::agreed(comm, [&] {
+        loop.sweep(n, nullptr, [&](const T*, index_t rows, const T*, const T* row_max, index_t) {
+          for (index_t r = 0; r < rows; ++r)
+            if (row_max[r] > T(0)) thr = std::min(thr, static_cast<double>(row_max[r]));
+        });
       });
+      thr = comm.all_min(thr);
       break;
     }
     case SparsifyMode::percentile: {
@@ -192,24 +219,32 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
       // downloaded after each pass. On a device the row sample is drawn on the host and uploaded.
       const bool on_host = be.host_workspace();
       if (o.percentile_method == PercentileMethod::sampled) {
-        count = sample_count(o, n);
+        // The sample is drawn from all rows (a function of seed, n and k only); a rank histograms
+        // the sampled rows it owns.
+        const index_t k = sample_count(o, range.total);
         ids = ws.get(layout.ids);
         if (on_host) {
-          detail::sample_rows(o.seed, n, count, ws.get(layout.heap), ids);
+          detail::sample_rows(o.seed, range.total, k, ws.get(layout.heap), ids);
+          count = own_sampled_rows(ids, k, range.begin, n);
         } else {
-          std::vector<std::pair<std::uint64_t, index_t>> heap(static_cast<std::size_t>(count));
-          std::vector<index_t> host_ids(static_cast<std::size_t>(count));
-          detail::sample_rows(o.seed, n, count, heap.data(), host_ids.data());
+          std::vector<std::pair<std::uint64_t, index_t>> heap(static_cast<std::size_t>(k));
+          std::vector<index_t> host_ids(static_cast<std::size_t>(k));
+          detail::sample_rows(o.seed, range.total, k, heap.data(), host_ids.data());
+          count = own_sampled_rows(host_ids.data(), k, range.begin, n);
           be.upload_ids(host_ids.data(), count, ids);
         }
       }
       std::vector<std::uint64_t> host_bins(on_host ? 0 : 2 * detail::kHistogramBins);
+      // One pass: this rank's counts, then every rank's summed (integers: exact, order-free).
       const detail::HistogramSweep hs = [&](const detail::KeyHistogramQuery& q, std::uint64_t* b) {
-        if (!on_host) be.zero_bins(bins, n_bins);
-        loop.sweep(count, ids, [&](const T* block, index_t rows, const T* row_max, const T*, index_t) {
-          be.key_histogram(block, rows, m, row_max, q, bins);
+        detail::agreed(comm, [&] {
+          if (!on_host) be.zero_bins(bins, n_bins);
+          loop.sweep(count, ids, [&](const T* block, index_t rows, const T* row_max, const T*, index_t) {
+            be.key_histogram(block, rows, m, row_max, q, bins);
+          });
+          be.download_bins(bins, n_bins, b);
         });
-        be.download_bins(bins, n_bins, b);
+        comm.all_sum(b, n_bins);
       };
       thr = detail::exact_percentile<T>(*o.value, on_host ? bins : host_bins.data(), hs);
       break;
@@ -250,53 +285,64 @@ void run_loop(const Context& ctx, SparsifyBackend<T>& be, PlanBlockSource<T>& sr
   std::vector<std::int32_t> piece_idx32;
   std::vector<std::int64_t> piece_idx64;
   std::vector<double> piece_values;
-  loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, const T* host_max, index_t r0) {
-    for (index_t r = 0; r < rows; ++r) massless += host_max[r] > T(0) ? 0 : 1;
-    if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts);
-    else be.count_at_least(block, rows, m, row_max, thr, counts);
-    be.download_counts(counts, rows, host_counts);
-    for (index_t r = 0; r < rows; ++r) {
-      offsets[static_cast<std::size_t>(r)] = nnz;
-      nnz += host_counts[static_cast<std::size_t>(r)];
-      csr.indptr[static_cast<std::size_t>(r0 + r + 1)] = nnz;
-    }
-    if (o.sink) {
-      // Out-of-core: the piece lives only for the call; offsets restart at the piece.
-      const std::int64_t base = csr.indptr[static_cast<std::size_t>(r0)];
-      const auto piece_nnz = static_cast<std::size_t>(nnz - base);
-      piece_indptr.resize(static_cast<std::size_t>(rows) + 1);
-      for (index_t r = 0; r <= rows; ++r)
-        piece_indptr[static_cast<std::size_t>(r)] = csr.indptr[static_cast<std::size_t>(r0 + r)] - base;
-      for (index_t r = 0; r < rows; ++r) offsets[static_cast<std::size_t>(r)] -= base;
-      piece_values.resize(piece_nnz);
-      if (wide) piece_idx64.resize(piece_nnz);
-      else piece_idx32.resize(piece_nnz);
-      emit(block, rows, row_max, wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr,
-           piece_values.data());
-      be.flush_output(wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr, piece_values.data());
-      CsrPiece piece;
-      piece.row_offset = r0;
-      piece.rows = rows;
-      piece.indptr = piece_indptr.data();
-      piece.indices32 = wide ? nullptr : piece_idx32.data();
-      piece.indices64 = wide ? piece_idx64.data() : nullptr;
-      piece.values = piece_values.data();
-      piece.nnz = static_cast<std::int64_t>(piece_nnz);
-      o.sink(piece);
-      return;
-    }
-    const auto total = static_cast<std::size_t>(nnz);
-    csr.values.resize(total);  // geometric capacity growth; shrunk at the end
-    if (wide) csr.indices64.resize(total);
-    else csr.indices32.resize(total);
-    emit(block, rows, row_max, wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr,
-         csr.values.data());
+  detail::agreed(comm, [&] {
+    loop.sweep(n, nullptr, [&](const T* block, index_t rows, const T* row_max, const T* host_max, index_t r0) {
+      for (index_t r = 0; r < rows; ++r) massless += host_max[r] > T(0) ? 0 : 1;
+      if (o.mode == SparsifyMode::mass) be.mass_select(block, rows, m, row_max, *o.value, max_k, order, wide, counts);
+      else be.count_at_least(block, rows, m, row_max, thr, counts);
+      be.download_counts(counts, rows, host_counts);
+      for (index_t r = 0; r < rows; ++r) {
+        offsets[static_cast<std::size_t>(r)] = nnz;
+        nnz += host_counts[static_cast<std::size_t>(r)];
+        csr.indptr[static_cast<std::size_t>(r0 + r + 1)] = nnz;
+      }
+      if (o.sink) {
+        // Out-of-core: the piece lives only for the call; offsets restart at the piece.
+        const std::int64_t base = csr.indptr[static_cast<std::size_t>(r0)];
+        const auto piece_nnz = static_cast<std::size_t>(nnz - base);
+        piece_indptr.resize(static_cast<std::size_t>(rows) + 1);
+        for (index_t r = 0; r <= rows; ++r)
+          piece_indptr[static_cast<std::size_t>(r)] = csr.indptr[static_cast<std::size_t>(r0 + r)] - base;
+        for (index_t r = 0; r < rows; ++r) offsets[static_cast<std::size_t>(r)] -= base;
+        piece_values.resize(piece_nnz);
+        if (wide) piece_idx64.resize(piece_nnz);
+        else piece_idx32.resize(piece_nnz);
+        emit(block, rows, row_max, wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr,
+             piece_values.data());
+        be.flush_output(wide ? nullptr : piece_idx32.data(), wide ? piece_idx64.data() : nullptr, piece_values.data());
+        CsrPiece piece;
+        piece.row_offset = range.begin + r0;  // the global row
+        piece.rows = rows;
+        piece.indptr = piece_indptr.data();
+        piece.indices32 = wide ? nullptr : piece_idx32.data();
+        piece.indices64 = wide ? piece_idx64.data() : nullptr;
+        piece.values = piece_values.data();
+        piece.nnz = static_cast<std::int64_t>(piece_nnz);
+        o.sink(piece);
+        return;
+      }
+      const auto total = static_cast<std::size_t>(nnz);
+      csr.values.resize(total);  // geometric capacity growth; shrunk at the end
+      if (wide) csr.indices64.resize(total);
+      else csr.indices32.resize(total);
+      emit(block, rows, row_max, wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr,
+           csr.values.data());
+    });
   });
   if (!o.sink)
     be.flush_output(wide ? nullptr : csr.indices32.data(), wide ? csr.indices64.data() : nullptr, csr.values.data());
   csr.values.shrink_to_fit();
   csr.indices32.shrink_to_fit();
   csr.indices64.shrink_to_fit();
+  // The totals over every rank (one collective of three counters), so the summary and the
+  // warning are the same on every rank.
+  std::uint64_t totals[3] = {static_cast<std::uint64_t>(massless), static_cast<std::uint64_t>(nnz),
+                             static_cast<std::uint64_t>(n)};
+  comm.all_sum(totals, 3);
+  massless = static_cast<index_t>(totals[0]);
+  res.row_offset = range.begin;
+  res.nnz_total = static_cast<std::int64_t>(totals[1]);
+  res.rows_total = static_cast<index_t>(totals[2]);
   res.n_massless_rows = massless;
   if (massless > 0)
     warn(std::to_string(massless) +
@@ -312,6 +358,8 @@ void finish(const Context& ctx, SparsifyResult& res, std::size_t peak, std::chro
   res.elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// On a distributed problem a rank builds only the rows it owns (p.shards.x) against all of y: the
+// plan, the workspace and f are those rows' (docs/sparsify.md "Distributed sparsify").
 template <class T>
 SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const SparsifyOptions& o,
                                 const PointCloud* pending) {
@@ -320,15 +368,20 @@ SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const Spa
   const Context& ctx = p.ctx;
   const detail::Shape s = p.shape;
   detail::check_potentials(p, r);
+  Communicator& comm = ctx.communicator();
+  const Shard own = p.shards.x;
 
   SparsifyResult res;
   res.cost = r.reg_ot_cost;
   res.converged = r.converged;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
-  SparsifyLayout<T> layout = sparsify_layout<T>(s.n, s.m, o, *sbe, p.budget_in_use() + o.reserved_bytes);
-  const auto f_id = layout.decl.template add<T>("f", static_cast<std::size_t>(s.n));
+  SparsifyLayout<T> layout =
+      sparsify_layout<T>(own.size(), s.n, s.m, o, *sbe, p.budget_in_use() + o.reserved_bytes);
+  const auto f_id = layout.decl.template add<T>("f", static_cast<std::size_t>(own.size()));
   const auto g_id = layout.decl.template add<T>("g", static_cast<std::size_t>(s.m));
-  res.plan = plan_batch(s.n, layout.decl, ctx.memory_budget(), o.batch_size);
+  // BudgetTooSmall on one rank is raised by every rank.
+  res.plan = detail::agreed(
+      comm, [&] { return plan_batch(std::max<index_t>(own.size(), 1), layout.decl, ctx.memory_budget(), o.batch_size); });
   if (pending) detail::upload_now(p, *pending);
 
   detail::OperationScope scope(ctx);
@@ -336,11 +389,12 @@ SparsifyResult sparsify_problem(Problem::Impl& p, const Potentials& r, const Spa
   const detail::DrainStreams drain(ctx);
   sbe->bind_workspace(ws, layout.decl, res.plan.rows);
   detail::Backend<T>& be = p.backend<T>();
-  be.upload(r.f.data(), ws.get(f_id), s.n);
+  be.upload(r.f.data() + own.begin, ws.get(f_id), own.size());
   be.upload(r.g.data(), ws.get(g_id), s.m);
   const detail::ResidentClouds<T>& rc = p.resident<T>().clouds;
-  auto src = sbe->cloud_plan_source(rc.cx, rc.cy, rc.cost, 1.0 / r.scale, r.epsilon, ws.get(f_id), ws.get(g_id));
-  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, res);
+  auto src =
+      sbe->cloud_plan_source(rc.cx_own, rc.cy, rc.cost, 1.0 / r.scale, r.epsilon, ws.get(f_id), ws.get(g_id));
+  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, RowRange{comm, own.begin, s.n}, res);
   finish(ctx, res, scope.finish(), start);
   return res;
 }
@@ -360,14 +414,16 @@ SparsifyResult sparsify_dense(const Context& ctx, const ConstMatrix& plan, const
   res.converged = meta.converged;
   auto sbe = detail::make_sparsify_backend<T>(ctx, o.staging_entries);
   const SparsifyLayout<T> layout =
-      sparsify_layout<T>(plan.rows, plan.cols, o, *sbe, ctx.limiter().allocated_bytes() + o.reserved_bytes);
+      sparsify_layout<T>(plan.rows, plan.rows, plan.cols, o, *sbe, ctx.limiter().allocated_bytes() + o.reserved_bytes);
   res.plan = plan_batch(plan.rows, layout.decl, ctx.memory_budget(), o.batch_size);
   detail::OperationScope scope(ctx);
   const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
   const detail::DrainStreams drain(ctx);
   sbe->bind_workspace(ws, layout.decl, res.plan.rows);
   auto src = sbe->dense_source(plan);
-  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, res);
+  // A caller's dense plan is whole on every rank: it is sparsified whole, in this process only.
+  const std::shared_ptr<Communicator> alone = single_process();
+  run_loop<T>(ctx, *sbe, *src, o, res.plan.rows, layout, ws, RowRange{*alone, 0, plan.rows}, res);
   finish(ctx, res, scope.finish(), start);
   return res;
 }

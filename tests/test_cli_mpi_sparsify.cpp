@@ -1,0 +1,188 @@
+// `otcal sparsify` and `otcal solve` under mpirun, unchanged: with 2, 3 and 4 ranks the plan .npz
+// (streamed to rank 0) and the per-rank files once joined by `otcal merge-plan` are the bytes of
+// the one-process plan; the summary records the ranks and each rank's peak; a NaN in potentials
+// only the last rank owns, or a missing input, stops every rank with the same message and leaves
+// no --out. Skipped in builds without MPI or where mpirun is missing (OTCAL_MPIEXEC).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/npy.hpp"
+#include "otcal/communicator.hpp"
+#include "support/process.hpp"
+#include "support/reference.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using otcal::index_t;
+using testsupport::RunResult;
+using testsupport::TempDir;
+
+std::string mpiexec() {
+  const char* m = std::getenv("OTCAL_MPIEXEC");
+  return m != nullptr ? m : "";
+}
+
+#define SKIP_WITHOUT_MPI()                                                               \
+  do {                                                                                   \
+    if (!otcal::built_with_mpi() || mpiexec().empty() || testsupport::cli().empty())     \
+      GTEST_SKIP() << "needs an MPI build, mpirun (OTCAL_MPIEXEC) and the otcal binary"; \
+  } while (0)
+
+RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args) {
+  return testsupport::run_in(dir, "OMP_NUM_THREADS=1 " + mpiexec() + " --allow-run-as-root --oversubscribe -np " +
+                                      std::to_string(ranks) + " " + testsupport::cli() + " " + args);
+}
+
+// The messages after each "otcal: error: " in a run's stderr. The ranks write stderr at the same
+// moment, so their lines may interleave ("otcal: error: otcal: error: m\nm\n"): a message is
+// the text up to the end of its line, or an empty prefix when another rank's prefix follows.
+std::vector<std::string> error_messages(const std::string& err) {
+  const std::string tag = "otcal: error: ";
+  std::vector<std::string> lines, out;
+  std::istringstream in(err);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::size_t prefixes = 0;
+  std::vector<std::string> texts;
+  for (const std::string& line : lines) {
+    std::size_t at = 0, count = 0;
+    while (line.compare(at, tag.size(), tag) == 0) {
+      at += tag.size();
+      ++count;
+    }
+    prefixes += count;
+    if (line.size() > at && (count > 0 || prefixes > texts.size())) texts.push_back(line.substr(at));
+  }
+  if (prefixes != texts.size()) return {};
+  return texts;
+}
+
+// Clouds (n rows that split unevenly) and a short one-process solve whose potentials the
+// sparsify runs read.
+void prepare(const TempDir& dir, std::uint64_t seed, index_t n, index_t m) {
+  const ref::Clouds c = ref::random_clouds(n, m, 3, seed);
+  otcal::io::write_npy(dir.file("x.npy"), c.x.data(), {c.n, c.d}, otcal::DType::float64);
+  otcal::io::write_npy(dir.file("y.npy"), c.y.data(), {c.m, c.d}, otcal::DType::float64);
+  const RunResult s = testsupport::run_cli(
+      dir, "sinkhorn --x x.npy --y y.npy --device cpu -q --max-iterations 30 --precision float32 --out pot");
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+}
+
+nlohmann::json parse(const std::string& text) { return nlohmann::json::parse(text); }
+
+TEST(CliMpiSparsify, PlanAndMergedPiecesAreTheOneProcessBytes) {
+  SKIP_WITHOUT_MPI();
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TempDir dir;
+  prepare(dir, seed, 1000, 300);
+  const std::string modes[] = {"--mode percentile --value 90 --exact", "--mode percentile --value 80 --n-samples 100 --seed " +
+                                   std::to_string(seed % 1000),
+                               "--mode mass --value 0.8 --max-k 20"};
+  for (std::size_t k = 0; k < std::size(modes); ++k) {
+    SCOPED_TRACE(modes[k]);
+    const std::string common = "sparsify --x x.npy --y y.npy --potentials pot --device cpu " + modes[k];
+    const std::string one_name = "one" + std::to_string(k) + ".npz";
+    const RunResult one = testsupport::run_cli(dir, common + " --out " + one_name);
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    const std::string want = testsupport::slurp(dir.path / one_name);
+    ASSERT_FALSE(want.empty());
+    for (int ranks : {2, 3, 4}) {
+      SCOPED_TRACE(std::to_string(ranks) + " ranks");
+      const std::string tag = std::to_string(k) + "_" + std::to_string(ranks);
+      const RunResult r = run_ranks(dir, ranks, common + " --out d" + tag + ".npz");
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_TRUE(testsupport::slurp(dir.path / ("d" + tag + ".npz")) == want) << "streamed plan differs";
+      const nlohmann::json j = parse(r.out);
+      EXPECT_EQ(j["distributed"]["ranks"], ranks);
+      EXPECT_EQ(j["distributed"]["peak_bytes_per_rank"].size(), static_cast<std::size_t>(ranks));
+      EXPECT_EQ(j["nnz"], parse(one.out)["nnz"]);
+
+      const RunResult p = run_ranks(dir, ranks, common + " --per-rank-files --out p" + tag);
+      ASSERT_EQ(p.exit_code, 0) << p.err;
+      for (int rank = 0; rank < ranks; ++rank) {
+        char name[64];
+        std::snprintf(name, sizeof name, "plan.rank-%04d-of-%04d.npz", rank, ranks);
+        EXPECT_TRUE(fs::exists(dir.path / ("p" + tag) / name)) << name;
+      }
+      const RunResult m =
+          testsupport::run_cli(dir, "merge-plan --manifest p" + tag + "/plan.manifest.json --out m" + tag + ".npz");
+      ASSERT_EQ(m.exit_code, 0) << m.err;
+      EXPECT_TRUE(testsupport::slurp(dir.path / ("m" + tag + ".npz")) == want) << "merged plan differs";
+    }
+  }
+}
+
+TEST(CliMpiSparsify, SolveWritesTheOneProcessPlan) {
+  SKIP_WITHOUT_MPI();
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TempDir dir;
+  prepare(dir, seed, 700, 400);
+  const std::string common = "solve --x x.npy --y y.npy --device cpu -q --max-iterations 40 --mode percentile "
+                             "--value 95 --exact --precision float32";
+  const RunResult one = testsupport::run_cli(dir, common + " --out one");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  for (int ranks : {2, 3}) {
+    SCOPED_TRACE(std::to_string(ranks) + " ranks");
+    const std::string out = "d" + std::to_string(ranks);
+    const RunResult r = run_ranks(dir, ranks, common + " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (const char* f : {"f.npy", "g.npy", "plan.npz"})
+      EXPECT_TRUE(testsupport::slurp(dir.path / out / f) == testsupport::slurp(dir.path / "one" / f)) << f;
+    std::ifstream in(dir.path / out / "result.json");
+    const nlohmann::json j = nlohmann::json::parse(in);
+    EXPECT_EQ(j["distributed"]["ranks"], ranks);
+    EXPECT_EQ(j["distributed"]["peak_bytes_per_rank"].size(), static_cast<std::size_t>(ranks));
+    const RunResult p = run_ranks(dir, ranks, common + " --per-rank-files --out p" + std::to_string(ranks));
+    ASSERT_EQ(p.exit_code, 0) << p.err;
+    const RunResult m = testsupport::run_cli(
+        dir, "merge-plan --manifest p" + std::to_string(ranks) + "/plan.manifest.json --out m.npz");
+    ASSERT_EQ(m.exit_code, 0) << m.err;
+    EXPECT_TRUE(testsupport::slurp(dir.path / "m.npz") == testsupport::slurp(dir.path / "one" / "plan.npz"));
+  }
+}
+
+// A NaN in f on rows only the last rank owns, and a missing input: every rank exits non-zero with
+// the same error line, and neither --out nor a temporary is left.
+TEST(CliMpiSparsify, FailureOnOneRankStopsEveryRankAndLeavesNoOutput) {
+  SKIP_WITHOUT_MPI();
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TempDir dir;
+  const index_t n = 1000;
+  prepare(dir, seed, n, 200);
+  const int ranks = 3;
+  {
+    const otcal::io::NpyArray f = otcal::io::read_npy(dir.file("pot/f.npy"), "f");
+    std::vector<double> bad = f.data;
+    const otcal::Shard last = otcal::shard_rows(n, ranks - 1, ranks);
+    bad[static_cast<std::size_t>(last.begin + static_cast<index_t>(seed % static_cast<std::uint64_t>(last.size())))] =
+        std::numeric_limits<double>::quiet_NaN();
+    otcal::io::write_npy(dir.file("pot/f.npy"), bad.data(), {n}, f.dtype);
+  }
+  for (const std::string& args : {std::string("--potentials pot --out nan.npz"),
+                                  std::string("--potentials pot --per-rank-files --out nandir"),
+                                  std::string("--potentials missing --out missing.npz")}) {
+    SCOPED_TRACE(args);
+    const RunResult r = run_ranks(dir, ranks, "sparsify --x x.npy --y y.npy --device cpu --mode min_row " + args);
+    EXPECT_NE(r.exit_code, 0);
+    const std::vector<std::string> errors = error_messages(r.err);
+    ASSERT_EQ(errors.size(), static_cast<std::size_t>(ranks)) << r.err;
+    for (const std::string& e : errors) EXPECT_EQ(e, errors[0]);
+    if (args.find("missing") == std::string::npos)
+      EXPECT_NE(errors[0].find("rank " + std::to_string(ranks - 1) + ": "), std::string::npos) << errors[0];
+    for (const auto& entry : fs::directory_iterator(dir.path)) {
+      const std::string name = entry.path().filename().string();
+      EXPECT_TRUE(name == "x.npy" || name == "y.npy" || name == "pot") << "left behind: " << name;
+    }
+  }
+}
+
+}  // namespace
