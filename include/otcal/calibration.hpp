@@ -66,13 +66,31 @@ struct ConstraintSystem {
   std::vector<std::string> warnings;    // zero/low support, negative targets, magnitude checks
   std::size_t planned_peak_bytes = 0;   // workspace peak of the build (its declared buffers)
   MemoryReport memory{};                // the build's measured peak against the same plan
+  // Distributed (§8): this rank's records are records [record_offset, record_offset + n_records())
+  // of total_records in data order. One process: 0 and n_records(). Set by build_constraints; the
+  // calibrators work the layout out again from every rank's record count.
+  index_t record_offset = 0;
+  index_t total_records = 0;
 
   index_t n_records() const { return A.cols; }
   index_t n_constraints() const { return A.rows; }
 };
 
 // §2. Throws InvalidArgument on every validation failure of §1. Emits warnings via ctx.warn().
+// Distributed context (§8, collective): `table` is this rank's slice of the records (ranks in
+// rank order hold consecutive slices, each starting on a multiple of kReductionGranule records:
+// slice_records(whole, record_shard(ctx, n))) and every LinearConstraint holds the coefficients of
+// those records only (slice_spec). The result holds this rank's columns; warnings are computed from
+// all-reduced supports and sums, so they equal the one-process ones, and a validation failure on
+// any rank is raised on every rank ("rank R: ...").
 ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec);
+
+// §8: the records of n_total that this context's rank owns (shard_rows with the communicator's
+// rank and size; all of them in one process), and the matching slices of a whole table and of a
+// spec's linear-constraint coefficients (targets are global and stay as they are).
+Shard record_shard(const Context& ctx, index_t n_total);
+RecordTable slice_records(const RecordTable& table, Shard shard);
+ConstraintSpec slice_spec(const ConstraintSpec& spec, Shard shard);
 
 // Aᵀ (n x k CSR) by the same counting sort, O(nnz).
 CsrMatrix transpose(const CsrMatrix& A);
@@ -216,6 +234,10 @@ struct CalibrationResult {
   Diagnostics diagnostics;
   TilePlan plan;                // workspace plan (planned_peak); rows = the batch for gradient
   MemoryReport memory{};        // measured peak of the operation against plan.planned_peak
+  // §8: weights, dense_weights and g are per record of this rank: records [record_offset,
+  // record_offset + weights.size()) of total_records. Everything else is global (equal on every rank).
+  index_t record_offset = 0;
+  index_t total_records = 0;
 };
 
 CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& options);
@@ -246,6 +268,12 @@ LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, c
 
 // §5. `excluded` names targets flagged as excluded; bounds are those on g (exact methods).
 Diagnostics diagnose(const ConstraintSystem& sys, const std::vector<double>& weights,
+                     const std::vector<std::string>& excluded = {},
+                     double lower = -std::numeric_limits<double>::infinity(),
+                     double upper = std::numeric_limits<double>::infinity());
+// The same over the context's ranks (§8, collective): `sys` and `weights` hold this rank's records;
+// the result is the one-process diagnostics of all records, bit for bit, on every rank.
+Diagnostics diagnose(const Context& ctx, const ConstraintSystem& sys, const std::vector<double>& weights,
                      const std::vector<std::string>& excluded = {},
                      double lower = -std::numeric_limits<double>::infinity(),
                      double upper = std::numeric_limits<double>::infinity());

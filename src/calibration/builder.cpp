@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "calibration/distributed.hpp"
 #include "calibration/workspace_layouts.hpp"
 #include "core/operation.hpp"
 #include "otcal/calibration.hpp"
@@ -96,7 +97,11 @@ CsrMatrix transpose(const CsrMatrix& A) {
   return T;
 }
 
-ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+namespace {
+
+// The build over this rank's records (all of them in one process); `first` is the global index of
+// the table's first record (messages name records by it). Warnings are left to the caller.
+ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec, index_t first) {
   const index_t n = table.n_records;
   ConstraintSystem sys;
 
@@ -122,7 +127,7 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
     for (index_t i = 0; i < n; ++i)
       if (!std::isfinite(c->numbers[i]))
         throw InvalidArgument("Continuous variable '" + col + "' has a non-finite value (" + render_number(c->numbers[i]) +
-                              ") at record " + std::to_string(i) + "; fill or drop missing values first");
+                              ") at record " + std::to_string(first + i) + "; fill or drop missing values first");
     cont_cols.push_back(c);
     sys.names.push_back(col);
     sys.targets.push_back(t);
@@ -158,7 +163,7 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
     for (index_t i = 0; i < n; ++i) {
       if (!std::isfinite(wc->numbers[i]))
         throw InvalidArgument("Weight column '" + spec.weight_column + "' has a non-finite value at record " +
-                              std::to_string(i));
+                              std::to_string(first + i));
       sys.design_weights[i] = wc->numbers[i];
     }
   }
@@ -269,13 +274,26 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
     ++row;
   }
   A.indptr[k] = pos;
+  sys.memory = calib::memory_report(ctx, plan, scope.finish());
+  return sys;
+}
 
-  // ---- build-time warnings (§5, §3.8) -----------------------------------------------------------
+// Build-time warnings (§5, §3.8) from every row's support and unit-weight column sum over all
+// records: the sums run in record order, chained through the ranks (bitwise the one-process sums).
+void add_build_warnings(const Context& ctx, ConstraintSystem& sys) {
+  Communicator& comm = ctx.communicator();
+  const CsrMatrix& A = sys.A;
+  const index_t k = A.rows, n = sys.total_records;
+  const std::vector<std::int64_t> supports = calib::global_row_support(comm, A);
+  std::vector<double> column_sum(static_cast<std::size_t>(k), 0.0);
+  detail::ordered_fold(comm, column_sum, [&](std::vector<double>& acc) {
+    for (index_t r = 0; r < k; ++r)
+      for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) acc[static_cast<std::size_t>(r)] += A.values[p];
+  });
   std::vector<std::string> zero_support, low_support, negative, magnitude, zero_sum;
   for (index_t r = 0; r < k; ++r) {
-    const std::int64_t support = A.indptr[r + 1] - A.indptr[r];
-    double e = 0;
-    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) e += A.values[p];
+    const std::int64_t support = supports[static_cast<std::size_t>(r)];
+    double e = column_sum[static_cast<std::size_t>(r)];
     const double t = sys.targets[r];
     if (support == 0)
       zero_support.push_back(sys.names[r]);
@@ -298,8 +316,55 @@ ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table,
   warn(negative, "target(s) are negative");
   warn(zero_sum, "column(s) have a zero estimate sum");
   warn(magnitude, "target(s) are zero or more than an order of magnitude from their unit-weight column sum");
-  sys.memory = calib::memory_report(ctx, plan, scope.finish());
+}
+
+}  // namespace
+
+ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+  Communicator& comm = ctx.communicator();
+  // Collective first: where this rank's records lie (§8), then the build, whose validation may
+  // fail on one rank only (its records): every rank raises the first failing rank's error.
+  const calib::RecordLayout rl = calib::record_layout(comm, table.n_records, "build_constraints");
+  ConstraintSystem sys = detail::agreed(comm, [&] { return build_local(ctx, table, spec, rl.offset); });
+  calib::require_same(comm, static_cast<std::uint64_t>(sys.A.rows), "build_constraints: the number of constraints");
+  sys.record_offset = rl.offset;
+  sys.total_records = rl.total;
+  add_build_warnings(ctx, sys);
   return sys;
+}
+
+Shard record_shard(const Context& ctx, index_t n_total) {
+  const Communicator& comm = ctx.communicator();
+  return shard_rows(n_total, comm.rank(), comm.size());
+}
+
+RecordTable slice_records(const RecordTable& table, Shard shard) {
+  if (shard.begin < 0 || shard.end < shard.begin || shard.end > table.n_records)
+    throw InvalidArgument("slice_records: rows [" + std::to_string(shard.begin) + ", " + std::to_string(shard.end) +
+                          ") are not within the table's " + std::to_string(table.n_records) + " records");
+  RecordTable out;
+  out.n_records = shard.size();
+  for (const TableColumn& c : table.columns) {
+    TableColumn s{c.name, c.numeric, {}, {}};
+    if (c.numeric)
+      s.numbers.assign(c.numbers.begin() + shard.begin, c.numbers.begin() + shard.end);
+    else
+      s.strings.assign(c.strings.begin() + shard.begin, c.strings.begin() + shard.end);
+    out.columns.push_back(std::move(s));
+  }
+  return out;
+}
+
+ConstraintSpec slice_spec(const ConstraintSpec& spec, Shard shard) {
+  ConstraintSpec out = spec;
+  for (std::size_t j = 0; j < out.linear.size(); ++j) {
+    const std::vector<double>& all = spec.linear[j].coefficients;
+    if (shard.begin < 0 || shard.end < shard.begin || shard.end > static_cast<index_t>(all.size()))
+      throw InvalidArgument("slice_spec: LinearConstraint '" + spec.linear[j].name + "' has " +
+                            std::to_string(all.size()) + " coefficients, fewer than the slice needs");
+    out.linear[j].coefficients.assign(all.begin() + shard.begin, all.begin() + shard.end);
+  }
+  return out;
 }
 
 std::vector<double> normalization_from_groups(const std::vector<std::string>& group_of_target) {

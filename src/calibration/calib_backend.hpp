@@ -56,12 +56,14 @@ inline bool row_is_active(const CsrMatrix& A, index_t r) { return A.indptr[r + 1
 
 // §3.2: theta_i = log(max(w0_i + u_i * noise_level, 1e-12)), u_i from Philox(seed, i, init noise).
 // Written once for both backends (the CUDA path computes it on the host and uploads it). Returns
-// how many weights were floored.
+// how many weights were floored. `first_record`: the global index of w0[0] (a rank's slice, §8),
+// so that every record draws the u it draws in one process.
 inline index_t initial_log_weights(const std::vector<double>& w0, std::uint64_t seed, double noise_level,
-                                   double* theta) {
+                                   double* theta, index_t first_record = 0) {
   index_t floored = 0;
   for (std::size_t i = 0; i < w0.size(); ++i) {
-    const double u = detail::philox_uniform(seed, static_cast<std::uint64_t>(i), detail::RandomPurpose::init_noise, 0);
+    const auto record = static_cast<std::uint64_t>(first_record) + static_cast<std::uint64_t>(i);
+    const double u = detail::philox_uniform(seed, record, detail::RandomPurpose::init_noise, 0);
     const double w = w0[i] + u * noise_level;
     floored += !(w >= 1e-12);
     theta[i] = std::log(std::max(w, 1e-12));

@@ -10,9 +10,11 @@
 #include <memory>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "calibration/calib_backend.hpp"
+#include "calibration/distributed.hpp"
 #include "calibration/kernels.hpp"
 #include "calibration/workspace_layouts.hpp"
 #include "core/operation.hpp"
@@ -46,16 +48,18 @@ detail::DistanceMath make_distance(CalFun f, double L, double U) {
 }
 
 // The CPU passes over the operation's workspace (calib::exact_layout): OpenMP, fixed reduction
-// order (bitwise reproducible).
+// order (bitwise reproducible). Distributed (comm != nullptr, §8): S is folded from every rank's
+// granule partials (bitwise the one-process S), the finite flag is all-reduced, and T is the
+// rank-order fold of every rank's T over its own records (see newton_matrix).
 class CpuExactPasses final : public calib::ExactPasses {
  public:
   CpuExactPasses(const detail::Workspace& ws, const calib::CpuExactIds& ids, const CsrMatrix& A,
                  const calib::CsrView& At, const std::vector<index_t>& active_rows,
                  const std::vector<index_t>& active_of, const std::vector<double>& design, const double* sigma2,
-                 const detail::DistanceMath& dist)
+                 const detail::DistanceMath& dist, Communicator* comm)
       : A_(calib::csr_view(A)), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_(sigma2),
         dist_(dist), n_(A.cols), d_(ws.get(ids.d)), u_(ws.get(ids.u)), g_(ws.get(ids.g)), dF_(ws.get(ids.dF)),
-        v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), acc_(A_, ws, ids.acc) {
+        v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), acc_(A_, ws, ids.acc), comm_(comm) {
     for (index_t i = 0; i < n_; ++i) d_[i] = design[i];
   }
   void scale_design(double f) override {
@@ -71,6 +75,7 @@ class CpuExactPasses final : public calib::ExactPasses {
       dF_[i] = dist_.dF(u_[i]);
       finite = finite && std::isfinite(g_[i]) && std::isfinite(dF_[i]);
     }
+    if (comm_) finite = comm_->all_min(finite ? 1.0 : 0.0) > 0;  // every rank halves the same step
     return finite;
   }
   void estimate_design(double* S) override { estimate(d_, S); }
@@ -83,6 +88,7 @@ class CpuExactPasses final : public calib::ExactPasses {
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * dF_[i] / sigma2(i);
     calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T);
+    if (comm_) fold_over_ranks(T);
   }
   void keep_best() override {
     for (index_t i = 0; i < n_; ++i) best_g_[i] = g_[i];
@@ -99,7 +105,27 @@ class CpuExactPasses final : public calib::ExactPasses {
   void estimate(const double* w, double* S) {  // S = A w
     acc_.reset();
     acc_.add_batch(0, n_, w);
-    acc_.finish(S);
+    acc_.finish(S, comm_);
+  }
+  // T = 0 + T_0 + T_1 + ... over the ranks' own T in rank order, entry by entry, on the upper
+  // triangle (T is bitwise symmetric): ka(ka+1)/2 doubles per hop. One process sums each entry
+  // over all records in record order; splitting that sum at the rank boundaries regroups it, so T
+  // matches the one-process T to rounding (~1e-16 relative), not bit for bit. Making it bitwise
+  // would mean either chaining the accumulation itself through the ranks (serializing the
+  // dominant O(Σ nnz_i²) pass) or per-granule T partials (ka² per granule). The Newton step,
+  // hence g, inherits that rounding: results agree with one process to ~1e-13, and S, the
+  // misfits and every stop decision are computed identically on every rank.
+  void fold_over_ranks(double* T) {
+    const auto ka = static_cast<std::size_t>(active_rows_.size());
+    std::vector<double> running(ka * (ka + 1) / 2, 0.0);
+    detail::ordered_fold(*comm_, running, [&](std::vector<double>& acc) {
+      std::size_t q = 0;
+      for (std::size_t a = 0; a < ka; ++a)
+        for (std::size_t b = a; b < ka; ++b) acc[q++] += T[a * ka + b];
+    });
+    std::size_t q = 0;
+    for (std::size_t a = 0; a < ka; ++a)
+      for (std::size_t b = a; b < ka; ++b) T[a * ka + b] = T[b * ka + a] = running[q++];
   }
   calib::CsrView A_, At_;
   const std::vector<index_t>&active_rows_, &active_of_;
@@ -108,7 +134,44 @@ class CpuExactPasses final : public calib::ExactPasses {
   index_t n_;
   double *d_, *u_, *g_, *dF_, *v_, *tmp_, *best_g_;
   calib::RowAccumulator acc_;
+  Communicator* comm_;
 };
+
+// trim_g over the ranks' records (§4.5, §8): the trimmed mass and the untrimmed design total are
+// sums in record order, chained through the ranks, so the shift equals the one-process one.
+TrimResult trim_g_over(Communicator& comm, const std::vector<double>& g, const std::vector<double>& d, double a,
+                       double b) {
+  if (comm.size() == 1) return trim_g(g, d, a, b);
+  TrimResult r;
+  r.values.resize(g.size());
+  std::vector<char> out(g.size());
+  std::uint64_t trimmed = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    r.values[i] = std::clamp(g[i], a, b);
+    out[i] = g[i] < a || g[i] > b;
+    trimmed += out[i];
+  }
+  comm.all_sum(&trimmed, 1);
+  r.n_trimmed = static_cast<index_t>(trimmed);
+  std::vector<double> sums{0.0, 0.0};  // mass, d_in
+  detail::ordered_fold(comm, sums, [&](std::vector<double>& acc) {
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      acc[0] += (g[i] - r.values[i]) * d[i];
+      if (!out[i]) acc[1] += d[i];
+    }
+  });
+  if (r.n_trimmed > 0) {
+    if (sums[1] > 0) {
+      const double delta = sums[0] / sums[1];
+      for (std::size_t i = 0; i < g.size(); ++i)
+        if (!out[i]) r.values[i] += delta;
+    } else {
+      r.warnings.push_back("trimming failed: every unit was trimmed, so the trimmed mass could not be spread");
+    }
+    r.warnings.push_back(std::to_string(r.n_trimmed) + " weights were trimmed");
+  }
+  return r;
+}
 
 // Δ = pinv(T) b with eigenvalues below 256·DBL_EPSILON·λmax truncated (T symmetric PSD).
 Eigen::VectorXd pinv_solve(const Eigen::Map<Eigen::MatrixXd>& T, const Eigen::VectorXd& b) {
@@ -127,24 +190,41 @@ Eigen::VectorXd pinv_solve(const Eigen::Map<Eigen::MatrixXd>& T, const Eigen::Ve
 CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& o) {
   const CsrMatrix& A = sys.A;
   const index_t n = A.cols, k = A.rows;
-  if (static_cast<index_t>(sys.design_weights.size()) != n)
-    throw InvalidArgument("calibrate: design_weights has " + std::to_string(sys.design_weights.size()) +
-                          " values, expected one per record (" + std::to_string(n) + ")");
-  if (!(o.lower <= 1 && 1 <= o.upper))
-    throw InvalidArgument("calibrate: bounds on g must satisfy lower <= 1 <= upper (got " + fmt(o.lower) +
-                          ", " + fmt(o.upper) + ")");
-  if (o.max_iterations < 1) throw InvalidArgument("calibrate: max_iterations must be >= 1");
-  if (!(o.epsilon > 0)) throw InvalidArgument("calibrate: epsilon must be > 0");
-  if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n && static_cast<index_t>(o.variance.size()) != k)
-    throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) +
-                          ") or one per constraint (" + std::to_string(k) + ")");
-  const detail::DistanceMath dist = make_distance(o.calfun, o.lower, o.upper);
+  // Distributed (§8): A and design_weights hold this rank's records; collectives first, so that a
+  // failure on one rank below is raised on every rank instead of leaving the others waiting.
+  Communicator& comm = ctx.communicator();
+  const calib::RecordLayout rl = calib::record_layout(comm, n, "calibrate");
+  calib::require_same(comm, static_cast<std::uint64_t>(k), "calibrate: the number of constraints");
+  Communicator* fold_comm = rl.distributed ? &comm : nullptr;
+  if (rl.distributed && ctx.kind() == DeviceKind::cuda)
+    throw InvalidArgument("calibrate: distributed calibration runs on CPU contexts only");
+  const std::vector<std::int64_t> support = calib::global_row_support(comm, A);
+  std::optional<detail::DistanceMath> dist_checked;
+  detail::agreed(comm, [&] {
+    if (static_cast<index_t>(sys.design_weights.size()) != n)
+      throw InvalidArgument("calibrate: design_weights has " + std::to_string(sys.design_weights.size()) +
+                            " values, expected one per record (" + std::to_string(n) + ")");
+    if (!(o.lower <= 1 && 1 <= o.upper))
+      throw InvalidArgument("calibrate: bounds on g must satisfy lower <= 1 <= upper (got " + fmt(o.lower) +
+                            ", " + fmt(o.upper) + ")");
+    if (o.max_iterations < 1) throw InvalidArgument("calibrate: max_iterations must be >= 1");
+    if (!(o.epsilon > 0)) throw InvalidArgument("calibrate: epsilon must be > 0");
+    if (!o.variance.empty() && static_cast<index_t>(o.variance.size()) != n &&
+        static_cast<index_t>(o.variance.size()) != k)
+      throw InvalidArgument("calibrate: variance must have one value per record (" + std::to_string(n) +
+                            ") or one per constraint (" + std::to_string(k) + ")");
+    dist_checked = make_distance(o.calfun, o.lower, o.upper);
+  });
+  const detail::DistanceMath dist = *dist_checked;
 
   CalibrationResult res;
-  // Drop zero-row zero-target constraints; a zero row with a non-zero target is infeasible.
+  res.record_offset = rl.offset;
+  res.total_records = rl.total;
+  // Drop zero-row zero-target constraints; a zero row with a non-zero target is infeasible. A row
+  // is active when some record on some rank has an entry in it (all-reduced supports).
   std::vector<index_t> active_rows, active_of(static_cast<std::size_t>(k), -1);
   for (index_t r = 0; r < k; ++r) {
-    if (!calib::row_is_active(A, r)) {
+    if (support[static_cast<std::size_t>(r)] == 0) {
       if (sys.targets[r] != 0)
         throw InvalidArgument("Constraint '" + sys.names[r] + "' has no record with a non-zero coefficient but target " +
                               fmt(sys.targets[r]) + "; it cannot be met: drop it or fix the data");
@@ -157,10 +237,17 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   const index_t ka = static_cast<index_t>(active_rows.size());
 
   // One declaration for the whole run (calib::exact_layout), planned before anything is allocated.
-  const calib::ExactLayout layout = calib::exact_layout(ctx, sys, o);
-  res.plan = calib::plan_calibration(layout.decl, ctx, n);
-  detail::OperationScope scope(ctx);
-  const detail::Workspace ws(ctx.workspace(), layout.decl, res.plan.rows, ctx.compute_stream());
+  std::optional<calib::ExactLayout> layout_slot;
+  std::optional<detail::OperationScope> scope;
+  std::optional<detail::Workspace> ws_slot;
+  detail::agreed(comm, [&] {
+    layout_slot.emplace(calib::exact_layout(ctx, sys, o, ka));
+    res.plan = calib::plan_calibration(layout_slot->decl, ctx, n);
+    scope.emplace(ctx);
+    ws_slot.emplace(ctx.workspace(), layout_slot->decl, res.plan.rows, ctx.compute_stream());
+  });
+  const calib::ExactLayout& layout = *layout_slot;
+  const detail::Workspace& ws = *ws_slot;
 
   std::vector<double> S(static_cast<std::size_t>(k)), eta(static_cast<std::size_t>(k), 0.0);
   // σ²_i: all 1, per record, or x_iᵀ v for a length-k v (§4.1); must be positive and finite. On
@@ -182,11 +269,13 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       std::copy(o.variance.begin(), o.variance.end(), sigma2);
     else
       calib::transpose_apply(At, o.variance.data(), 0, n, sigma2);
-    for (index_t i = 0; i < n; ++i)
+  }
+  detail::agreed(comm, [&] {
+    for (index_t i = 0; sigma2 && i < n; ++i)
       if (!(sigma2[i] > 0 && std::isfinite(sigma2[i])))
         throw InvalidArgument("calibrate: variance gives sigma^2 = " + fmt(sigma2[i]) + " for record " +
-                              std::to_string(i) + "; it must be positive and finite");
-  }
+                              std::to_string(rl.offset + i) + "; it must be positive and finite");
+  });
 
   // T lives in the workspace on the CPU; on CUDA the device builds it and the host copy is plain
   // host memory (one ka² download per Newton step, then Eigen's symmetric eigensolver).
@@ -200,7 +289,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     T_data = T_host.data();
   } else {
     passes = std::make_unique<CpuExactPasses>(ws, layout.cpu, A, At, active_rows, active_of, sys.design_weights,
-                                              sigma2, dist);
+                                              sigma2, dist, fold_comm);
     T_data = ws.get(layout.cpu.T);
   }
   double best_ratio = INFINITY;  // the best iterate is what force returns on failure
@@ -225,6 +314,14 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     return worst;
   };
   auto build_T = [&]() { passes->newton_matrix(T_data); };
+  // The caller's hook; distributed, one rank's interrupt stops every rank after the same step.
+  auto report = [&](const CalibrationProgress& p) {
+    if (!o.progress) return;
+    if (rl.distributed)
+      detail::agreed(comm, [&] { o.progress(p); });
+    else
+      o.progress(p);
+  };
   Eigen::Map<Eigen::MatrixXd> Tm(T_data, ka, ka);  // symmetric: row/column order irrelevant
   Eigen::VectorXd misfit(ka);
 
@@ -263,7 +360,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     misfit_at_g(misfit);
     ratio = ratio_of(misfit);
     res.history.push_back({1, "newton", ratio, {}});
-    if (o.progress) o.progress(CalibrationProgress{"newton", 1, 1, ratio});
+    report(CalibrationProgress{"newton", 1, 1, ratio});
     failed = !(ratio < o.epsilon);
   } else {
     for (;;) {
@@ -283,7 +380,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
       ratio = ratio_of(misfit);
       keep_if_best(ratio);
       res.history.push_back({iter, "newton", ratio, {}});
-      if (o.progress) o.progress(CalibrationProgress{"newton", iter, o.max_iterations, ratio});
+      report(CalibrationProgress{"newton", iter, o.max_iterations, ratio});
       if (ratio < o.epsilon) break;
       ++iter;
       if (iter > o.max_iterations) {
@@ -330,18 +427,19 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   }
   std::vector<std::string> trim_warnings;
   if (o.trim) {
-    TrimResult tr = trim_g(res.g, sys.design_weights, o.trim->first, o.trim->second);
+    TrimResult tr = trim_g_over(comm, res.g, sys.design_weights, o.trim->first, o.trim->second);
     res.g = std::move(tr.values);
     for (index_t i = 0; i < n; ++i) res.weights[i] = sys.design_weights[i] * res.g[i];
     trim_warnings = std::move(tr.warnings);
   }
-  res.diagnostics = diagnose(sys, res.weights, {}, o.lower, o.upper);
+  res.diagnostics = diagnose(ctx, sys, res.weights, {}, o.lower, o.upper);
   for (auto& w : trim_warnings) res.diagnostics.warnings.push_back(std::move(w));
   if (!res.dropped_constraints.empty())
     res.diagnostics.warnings.push_back(std::to_string(res.dropped_constraints.size()) +
                                        " zero-row constraint(s) with target 0 were dropped");
   passes.reset();
-  res.memory = calib::memory_report(ctx, res.plan, scope.finish());
+  ws_slot.reset();
+  res.memory = calib::memory_report(ctx, res.plan, scope->finish());
   return res;
 }
 

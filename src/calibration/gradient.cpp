@@ -7,9 +7,12 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "calibration/calib_backend.hpp"
+#include "calibration/distributed.hpp"
 #include "calibration/kernels.hpp"
 #include "calibration/workspace_layouts.hpp"
 #include "core/operation.hpp"
@@ -37,8 +40,10 @@ struct Adam {  // PyTorch Adam: beta1 0.9, beta2 0.999, eps 1e-8, no weight deca
 
 class GradientEngine {
  public:
-  GradientEngine(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& o)
-      : ctx_(ctx), sys_(sys), A_(sys.A), o_(o), n_(sys.A.cols), k_(sys.A.rows) {
+  // `rl`: where this rank's records lie (one process: all of them). Per-record draws are keyed by
+  // the global record index and every sum over records is folded in rank order (§8).
+  GradientEngine(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& o, const calib::RecordLayout& rl)
+      : ctx_(ctx), sys_(sys), A_(sys.A), o_(o), n_(sys.A.cols), k_(sys.A.rows), rl_(rl) {
     if (!(o.dropout_rate >= 0 && o.dropout_rate <= 1))
       throw InvalidArgument("dropout_rate must lie in [0, 1], got " + std::to_string(o.dropout_rate));
     if (o.epochs < 0) throw InvalidArgument("epochs must be >= 0");
@@ -63,7 +68,7 @@ class GradientEngine {
       throw InvalidArgument("gradient calibration: design_weights must have one value per record");
     for (index_t i = 0; i < n_; ++i)
       if (!std::isfinite(w0[i]))
-        throw InvalidArgument("initial weight of record " + std::to_string(i) + " is not finite");
+        throw InvalidArgument("initial weight of record " + std::to_string(rl_.offset + i) + " is not finite");
   }
 
   // The CPU evaluation's buffers, bound once per operation to its workspace (the batch is the
@@ -79,12 +84,13 @@ class GradientEngine {
   };
 
   // Element math shared with the CUDA passes (include/otcal/detail/calib_math.hpp).
+  // i is this rank's record; the draws are keyed by its global index.
   double dropout_weight(index_t i, double theta, std::uint32_t epoch) const {
-    return detail::dropout_weight(o_.seed, o_.dropout_rate, i, theta, epoch);
+    return detail::dropout_weight(o_.seed, o_.dropout_rate, rl_.offset + i, theta, epoch);
   }
   using Gate = detail::HardConcreteGate;
   Gate training_gate(index_t i, double log_alpha, std::uint32_t step) const {
-    return detail::training_gate(o_.seed, o_.temperature, i, log_alpha, step);
+    return detail::training_gate(o_.seed, o_.temperature, rl_.offset + i, log_alpha, step);
   }
   double eval_gate(double log_alpha) const { return detail::eval_gate(log_alpha, o_.temperature, o_.legacy_eval_gate); }
   double penalty_prob(double log_alpha) const { return detail::penalty_prob(log_alpha, o_.temperature); }
@@ -132,12 +138,13 @@ class GradientEngine {
       }
       acc.add_batch(b0, b1, wb);
     }
-    acc.finish(S);
+    acc.finish(S, fold_comm());
     // loss and c = ∂L/∂S
     std::vector<double> c(static_cast<std::size_t>(k_), 0.0);
     const double loss = loss_and_c(S, c.data());
     // pass 2: per record gradient, the same c for every batch
-    const double lambda = o_.l0_lambda / (o_.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n_, 1)) : 1.0);
+    const double lambda =
+        o_.l0_lambda / (o_.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(rl_.total, 1)) : 1.0);
     for (index_t b0 = 0; b0 < n_; b0 += B) {
       const index_t b1 = std::min(n_, b0 + B);
       calib::transpose_apply(ev.At, c.data(), b0, b1, atc);
@@ -171,7 +178,12 @@ class GradientEngine {
     double* v = ws.get(l.v);
     double* grad = ws.get(l.grad);
     std::vector<double> S(static_cast<std::size_t>(k_));
-    const index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta);
+    index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta, rl_.offset);
+    if (rl_.distributed) {  // the warning counts every rank's records
+      auto all = static_cast<std::uint64_t>(floored);
+      ctx_.communicator().all_sum(&all, 1);
+      floored = static_cast<index_t>(all);
+    }
     for (index_t i = 0; i < n_; ++i) m[i] = v[i] = 0;
     std::vector<std::string> excluded;
     for (index_t j = 0; j < k_; ++j)
@@ -186,7 +198,7 @@ class GradientEngine {
       S0.assign(static_cast<std::size_t>(k_), 0.0);
       ev.acc.reset();
       ev.acc.add_batch(0, n_, w0.data());
-      ev.acc.finish(S0.data());
+      ev.acc.finish(S0.data(), fold_comm());
     }
     auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     const int E = o_.epochs;
@@ -244,7 +256,9 @@ class GradientEngine {
     const auto& w0 = sys_.design_weights;
     res.converged = true;  // fixed epochs, no convergence test (microcalibrate)
     const double loss = res.diagnostics.loss;
-    res.diagnostics = diagnose(sys_, res.weights, excluded);
+    res.diagnostics = diagnose(ctx_, sys_, res.weights, excluded);
+    res.record_offset = rl_.offset;
+    res.total_records = rl_.total;
     res.diagnostics.loss = loss;
     for (auto& w : warnings) res.diagnostics.warnings.push_back(w);
     res.g.resize(static_cast<std::size_t>(n_));
@@ -304,9 +318,19 @@ class GradientEngine {
   }
 
   // The caller's progress hook (calibration.hpp), once per epoch or L0 step from the host loop.
+  // Distributed, a hook that throws on one rank (an interrupt) stops every rank at the same epoch.
   void report(const char* stage, int step, int total, double loss) const {
-    if (o_.progress) o_.progress(CalibrationProgress{stage, step, total, loss});
+    if (!rl_.distributed) {
+      if (o_.progress) o_.progress(CalibrationProgress{stage, step, total, loss});
+      return;
+    }
+    detail::agreed(ctx_.communicator(), [&] {
+      if (o_.progress) o_.progress(CalibrationProgress{stage, step, total, loss});
+    });
   }
+
+  // The communicator the accumulator folds over: none in one process (the granules sum locally).
+  Communicator* fold_comm() const { return rl_.distributed ? &ctx_.communicator() : nullptr; }
 
   index_t k_active() const { return k_active_; }
   const std::vector<char>& active() const { return active_; }
@@ -331,23 +355,45 @@ class GradientEngine {
   const CsrMatrix& A_;
   GradientOptions o_;
   index_t n_, k_, k_active_ = 0;
+  calib::RecordLayout rl_;
   std::vector<char> active_;
 };
 
 }  // namespace
 
+namespace {
+
+// Distributed runs (§8) are CPU only for now: the CUDA epoch loop has no rank-order fold of S.
+void refuse_distributed_device(const Context& ctx, const char* operation) {
+  if (ctx.distributed() && ctx.kind() == DeviceKind::cuda)
+    throw InvalidArgument(std::string(operation) + ": distributed calibration runs on CPU contexts only");
+}
+
+}  // namespace
+
 CalibrationResult calibrate_gradient(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& options) {
-  GradientEngine engine(ctx, sys, options);
-  const calib::GradientLayout layout = calib::gradient_layout(ctx, sys, options);
-  const TilePlan plan = calib::plan_calibration(layout.decl, ctx, sys.A.cols, options.batch_size);
-  detail::OperationScope scope(ctx);
-  CalibrationResult res;
-  {
-    const detail::Workspace ws(ctx.workspace(), layout.decl, plan.rows, ctx.compute_stream());
-    res = layout.on_device ? engine.run_on_device(ws, layout) : engine.run(ws, layout, plan.rows);
-  }
+  Communicator& comm = ctx.communicator();
+  const calib::RecordLayout rl = calib::record_layout(comm, sys.A.cols, "calibrate_gradient");
+  calib::require_same(comm, static_cast<std::uint64_t>(sys.A.rows), "calibrate_gradient: the number of constraints");
+  refuse_distributed_device(ctx, "calibrate_gradient");
+  // Validation, planning and allocation may fail on one rank only (its records, its budget):
+  // every rank raises the first failure instead of waiting in the first fold.
+  std::unique_ptr<GradientEngine> engine;
+  std::optional<calib::GradientLayout> layout;
+  TilePlan plan;
+  std::optional<detail::OperationScope> scope;
+  std::optional<detail::Workspace> ws;
+  detail::agreed(comm, [&] {
+    engine = std::make_unique<GradientEngine>(ctx, sys, options, rl);
+    layout.emplace(calib::gradient_layout(ctx, sys, options));
+    plan = calib::plan_calibration(layout->decl, ctx, sys.A.cols, options.batch_size);
+    scope.emplace(ctx);
+    ws.emplace(ctx.workspace(), layout->decl, plan.rows, ctx.compute_stream());
+  });
+  CalibrationResult res = layout->on_device ? engine->run_on_device(*ws, *layout) : engine->run(*ws, *layout, plan.rows);
+  ws.reset();
   res.plan = plan;
-  res.memory = calib::memory_report(ctx, plan, scope.finish());
+  res.memory = calib::memory_report(ctx, plan, scope->finish());
   return res;
 }
 
@@ -361,24 +407,35 @@ LossAndGradient gradient_loss(const Context& ctx, const ConstraintSystem& sys, c
                               const GradientOptions& options, int epoch) {
   if (ctx.kind() == DeviceKind::cuda)
     throw InvalidArgument("gradient_loss evaluates on the host: pass a CPU context (calibrate_gradient runs on CUDA)");
-  GradientEngine engine(ctx, sys, options);
+  Communicator& comm = ctx.communicator();
+  const calib::RecordLayout rl = calib::record_layout(comm, sys.A.cols, "gradient_loss");
+  calib::require_same(comm, static_cast<std::uint64_t>(sys.A.rows), "gradient_loss: the number of constraints");
   const index_t n = sys.A.cols;
-  if (static_cast<index_t>(theta.size()) != n) throw InvalidArgument("gradient_loss: theta must have one value per record");
-  const calib::LossLayout layout = calib::gradient_loss_layout(ctx, sys);
+  std::unique_ptr<GradientEngine> engine;
+  std::optional<calib::LossLayout> layout;
   LossAndGradient out;
-  out.plan = calib::plan_calibration(layout.decl, ctx, n, options.batch_size);
-  detail::OperationScope scope(ctx);
+  std::optional<detail::OperationScope> scope;
+  std::optional<detail::Workspace> ws;
+  detail::agreed(comm, [&] {
+    engine = std::make_unique<GradientEngine>(ctx, sys, options, rl);
+    if (static_cast<index_t>(theta.size()) != n)
+      throw InvalidArgument("gradient_loss: theta must have one value per record");
+    layout.emplace(calib::gradient_loss_layout(ctx, sys));
+    out.plan = calib::plan_calibration(layout->decl, ctx, n, options.batch_size);
+    scope.emplace(ctx);
+    ws.emplace(ctx.workspace(), layout->decl, out.plan.rows, ctx.compute_stream());
+  });
   {
-    const detail::Workspace ws(ctx.workspace(), layout.decl, out.plan.rows, ctx.compute_stream());
-    GradientEngine::Evaluation ev(sys.A, ws, layout.eval, out.plan.rows);
+    GradientEngine::Evaluation ev(sys.A, *ws, layout->eval, out.plan.rows);
     out.gradient.resize(static_cast<std::size_t>(n));
     std::vector<double> S(static_cast<std::size_t>(sys.A.rows));
-    out.loss = engine.evaluate(ev, theta.data(), nullptr, static_cast<std::uint32_t>(epoch), 0, out.gradient.data(),
-                               nullptr, S.data());
+    out.loss = engine->evaluate(ev, theta.data(), nullptr, static_cast<std::uint32_t>(epoch), 0, out.gradient.data(),
+                                nullptr, S.data());
     for (index_t j = 0; j < sys.A.rows; ++j)
-      if (engine.active()[j]) out.estimates.push_back(S[j]);
+      if (engine->active()[j]) out.estimates.push_back(S[j]);
   }
-  out.memory = calib::memory_report(ctx, out.plan, scope.finish());
+  ws.reset();
+  out.memory = calib::memory_report(ctx, out.plan, scope->finish());
   return out;
 }
 

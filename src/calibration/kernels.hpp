@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "calibration/calib_backend.hpp"
+#include "core/collective.hpp"
 #include "core/workspace.hpp"
 #include "otcal/csr.hpp"
 #include "otcal/types.hpp"
@@ -59,18 +60,44 @@ inline CsrView transpose_into(const CsrMatrix& A, const detail::Workspace& ws, c
   return {t.rows, t.cols, t.wide, indptr, idx32, idx64, values};
 }
 
-// The four per-row arrays of a RowAccumulator, declared in the operation's list.
+// The four per-row arrays of a RowAccumulator, declared in the operation's list; a distributed
+// accumulator (slots = true) also keeps every granule partial of every row (the granule slots).
 struct AccumulatorIds {
   BufferId<std::int64_t> cursor, granule;
   BufferId<double> sum, partial;
+  BufferId<std::int64_t> slot_offsets, slot_cursor;
+  BufferId<double> slots;
+  bool keeps_slots = false;
 };
-inline AccumulatorIds declare_accumulator(WorkspaceDecl& d, index_t rows) {
+
+// Per row, how many granules of kReductionGranule records hold one of its entries: the granule
+// partials a distributed accumulator keeps (at most nnz, at most k x granules). O(nnz).
+inline std::int64_t granule_slot_count(const CsrMatrix& A) {
+  std::int64_t total = 0;
+  for (index_t r = 0; r < A.rows; ++r) {
+    std::int64_t last = -1;
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
+      const std::int64_t g = A.index(p) / kReductionGranule;
+      total += g != last;
+      last = g;
+    }
+  }
+  return total;
+}
+
+inline AccumulatorIds declare_accumulator(WorkspaceDecl& d, index_t rows, const CsrMatrix* slots_of = nullptr) {
   const auto k = static_cast<std::size_t>(rows);
   AccumulatorIds a;
   a.cursor = d.add<std::int64_t>("S.cursor", k);
   a.granule = d.add<std::int64_t>("S.granule", k);
   a.sum = d.add<double>("S.sum", k);
   a.partial = d.add<double>("S.partial", k);
+  if (slots_of) {  // distributed only: one-process declarations stay as they were
+    a.keeps_slots = true;
+    a.slot_offsets = d.add<std::int64_t>("S.slot_offsets", k + 1);
+    a.slot_cursor = d.add<std::int64_t>("S.slot_cursor", k);
+    a.slots = d.add<double>("S.granule_partials", static_cast<std::size_t>(granule_slot_count(*slots_of)));
+  }
   return a;
 }
 
@@ -81,20 +108,42 @@ inline constexpr index_t kParallelMinRecords = 4096;
 // keeps a cursor into its (ascending) record indices, a partial sum of the current granule of
 // kReductionGranule records and the ordered sum of completed granules: the summation order is
 // fixed by the granules alone, so S is bitwise identical for every batch size and thread count.
+//
+// Distributed (ids.keeps_slots): the rank's records are a granule-aligned slice of the data, so
+// its granule partials are exactly the one-process ones; instead of summing them it keeps them
+// (the slots) and finish() folds every rank's slots in rank order (detail::ordered_fold), which is
+// the one-process left fold 0 + p_0 + p_1 + ... bit for bit.
 class RowAccumulator {
  public:
   RowAccumulator(const CsrView& A, const detail::Workspace& ws, const AccumulatorIds& ids)
       : A_(A), cursor_(ws.get(ids.cursor)), granule_(ws.get(ids.granule)), sum_(ws.get(ids.sum)),
         partial_(ws.get(ids.partial)) {
+    if (ids.keeps_slots) {
+      slot_offsets_ = ws.get(ids.slot_offsets);
+      slot_cursor_ = ws.get(ids.slot_cursor);
+      slots_ = ws.get(ids.slots);
+      slot_offsets_[0] = 0;
+      for (index_t r = 0; r < A_.rows; ++r) {
+        std::int64_t count = 0, last = -1;
+        for (std::int64_t p = A_.indptr[r]; p < A_.indptr[r + 1]; ++p) {
+          const std::int64_t g = A_.index(p) / kReductionGranule;
+          count += g != last;
+          last = g;
+        }
+        slot_offsets_[r + 1] = slot_offsets_[r] + count;
+      }
+    }
     reset();
   }
 
   void reset() {
     for (index_t r = 0; r < A_.rows; ++r) {
       cursor_[r] = A_.indptr[r];
-      granule_[r] = 0;
+      // with slots, -1 = no granule yet: a row's first slot is its first non-empty granule
+      granule_[r] = slots_ ? -1 : 0;
       sum_[r] = 0;
       partial_[r] = 0;
+      if (slots_) slot_cursor_[r] = slot_offsets_[r];
     }
   }
 
@@ -113,7 +162,10 @@ class RowAccumulator {
         if (i >= b1) break;
         const std::int64_t gi = i / kReductionGranule;
         if (gi != g) {
-          s += part;
+          if (!slots_)
+            s += part;
+          else if (g >= 0)
+            slots_[slot_cursor_[r]++] = part;
           part = 0;
           g = gi;
         }
@@ -126,14 +178,29 @@ class RowAccumulator {
     }
   }
 
-  void finish(double* S) const {
-    for (index_t r = 0; r < A_.rows; ++r) S[r] = sum_[r] + partial_[r];
+  // One process: S = the ordered sum of the granules. Distributed (collective: every rank calls
+  // it at the same point): every rank's slots folded in rank order, the same S on every rank.
+  void finish(double* S, Communicator* comm = nullptr) {
+    if (!slots_) {
+      for (index_t r = 0; r < A_.rows; ++r) S[r] = sum_[r] + partial_[r];
+      return;
+    }
+    for (index_t r = 0; r < A_.rows; ++r)
+      if (granule_[r] >= 0) slots_[slot_cursor_[r]++] = partial_[r];  // the last granule
+    std::vector<double> running(static_cast<std::size_t>(A_.rows), 0.0);
+    detail::ordered_fold(*comm, running, [&](std::vector<double>& acc) {
+      for (index_t r = 0; r < A_.rows; ++r)
+        for (std::int64_t q = slot_offsets_[r]; q < slot_cursor_[r]; ++q) acc[static_cast<std::size_t>(r)] += slots_[q];
+    });
+    std::copy(running.begin(), running.end(), S);
   }
 
  private:
   CsrView A_;
   std::int64_t *cursor_, *granule_;
   double *sum_, *partial_;
+  std::int64_t *slot_offsets_ = nullptr, *slot_cursor_ = nullptr;
+  double* slots_ = nullptr;
 };
 
 // out[i - b0] = Σ_j At_ij c_j for records i in [b0, b1); At is the n x k transpose.

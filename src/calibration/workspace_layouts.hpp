@@ -68,7 +68,10 @@ inline index_t active_row_count(const CsrMatrix& A) {
 }
 
 // σ² is per record whenever options.variance is given (as n values or as x_iᵀ v, §4.1).
-inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& o) {
+// `ka` is the number of active rows when the caller knows it (distributed: rows active on some
+// rank, from all-reduced supports); by default the rows of A that hold an entry.
+inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys, const ExactOptions& o,
+                                index_t ka = -1) {
   const CsrMatrix& A = sys.A;
   const auto n = static_cast<std::size_t>(A.cols);
   const bool has_sigma2 = !o.variance.empty();
@@ -76,7 +79,7 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
   l.decl.operation = "calibrate_exact";
   l.decl.resident_bytes = ctx.limiter().allocated_bytes();
   l.on_device = ctx.kind() == DeviceKind::cuda;
-  l.ka = active_row_count(A);
+  l.ka = ka >= 0 ? ka : active_row_count(A);
   if (l.on_device) {
     l.device = declare_cuda_exact_workspace(l.decl, A, l.ka, has_sigma2);
     return l;
@@ -85,7 +88,7 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
   c.At = declare_csr(l.decl, "At", A.cols, A.rows, A.nnz());
   static_cast<ExactRecordIds&>(c) = declare_exact_records(l.decl, A.cols, l.ka, has_sigma2);
   c.tmp = l.decl.add<double>("At_eta", n);
-  c.acc = declare_accumulator(l.decl, A.rows);
+  c.acc = declare_accumulator(l.decl, A.rows, ctx.distributed() ? &A : nullptr);
   return l;
 }
 
@@ -126,10 +129,11 @@ struct EvaluationIds {
   BufferId<double> batch_weights, batch_gradient;
 };
 
-inline EvaluationIds declare_evaluation(WorkspaceDecl& d, const CsrMatrix& A) {
+// `distributed`: the accumulator keeps its granule partials for the rank-order fold.
+inline EvaluationIds declare_evaluation(WorkspaceDecl& d, const CsrMatrix& A, bool distributed = false) {
   EvaluationIds e;
   e.At = declare_csr(d, "At", A.cols, A.rows, A.nnz());
-  e.acc = declare_accumulator(d, A.rows);
+  e.acc = declare_accumulator(d, A.rows, distributed ? &A : nullptr);
   e.batch_weights = d.add<double>("batch_weights", 0, 1);
   e.batch_gradient = d.add<double>("batch_At_c", 0, 1);
   return e;
@@ -153,7 +157,7 @@ inline GradientLayout gradient_layout(const Context& ctx, const ConstraintSystem
     l.device = declare_cuda_gradient_workspace(l.decl, A, o.regularize_with_l0);
     return l;
   }
-  l.eval = declare_evaluation(l.decl, A);
+  l.eval = declare_evaluation(l.decl, A, ctx.distributed());
   static_cast<GradientStateIds&>(l) = declare_gradient_state(l.decl, A.cols, o.regularize_with_l0);
   return l;
 }
@@ -168,7 +172,7 @@ inline LossLayout gradient_loss_layout(const Context& ctx, const ConstraintSyste
   LossLayout l;
   l.decl.operation = "gradient_loss";
   l.decl.resident_bytes = ctx.limiter().allocated_bytes();
-  l.eval = declare_evaluation(l.decl, sys.A);
+  l.eval = declare_evaluation(l.decl, sys.A, ctx.distributed());
   return l;
 }
 
