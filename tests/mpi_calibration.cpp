@@ -46,7 +46,7 @@ double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) 
 }
 
 // A whole survey and this rank's slice of it, built both ways. n is not a multiple of 256 x P,
-// so shards are uneven and the last one ragged (with 4 ranks and n < 1024, one owns nothing).
+// so shards are uneven and the last one ragged; with 4 ranks and n <= 768 the last owns nothing.
 struct Built {
   SyntheticSurvey survey;
   Shard shard;
@@ -69,7 +69,11 @@ Built build_both(const Context& dctx, index_t n, std::uint64_t seed, bool with_l
   return b;
 }
 
-index_t random_n(std::uint64_t seed) { return 1000 + static_cast<index_t>(seed % 2000); }
+// 1000..2999 records, or 520..768 (three granules at most: with 4 ranks the last owns no record,
+// which must still take part in every collective).
+index_t random_n(std::uint64_t seed, bool leave_a_rank_empty = false) {
+  return leave_a_rank_empty ? 520 + static_cast<index_t>(seed % 249) : 1000 + static_cast<index_t>(seed % 2000);
+}
 
 TEST(ShardedCalibration, BuilderSlicesAndWarningsEqualOneProcess) {
   const std::uint64_t seed = testsupport::shared_seed();
@@ -101,6 +105,7 @@ struct GradientCase {
   double dropout;
   bool l0;
   bool excluded_log_initial;
+  bool few_records = false;  // random_n's empty-rank range
 };
 
 class ShardedGradient : public ::testing::TestWithParam<GradientCase> {};
@@ -110,7 +115,7 @@ TEST_P(ShardedGradient, EqualsOneProcessBitwise) {
   const std::uint64_t seed = testsupport::shared_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Context dctx = distributed_cpu();
-  const index_t n = random_n(seed);
+  const index_t n = random_n(seed, c.few_records);
   const Built b = build_both(dctx, n, seed, true);
   GradientOptions o;
   o.epochs = c.l0 ? 12 : 40;
@@ -160,6 +165,7 @@ TEST_P(ShardedGradient, EqualsOneProcessBitwise) {
 
 INSTANTIATE_TEST_SUITE_P(Shards, ShardedGradient,
                          ::testing::Values(GradientCase{"dense", 0.0, false, false},
+                                           GradientCase{"dense_few_records", 0.0, false, false, true},
                                            GradientCase{"dropout", 0.1, false, true},
                                            GradientCase{"dropout_l0", 0.05, true, false}),
                          [](const auto& info) { return std::string(info.param.name); });

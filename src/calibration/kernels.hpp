@@ -117,8 +117,8 @@ class RowAccumulator {
  public:
   RowAccumulator(const CsrView& A, const detail::Workspace& ws, const AccumulatorIds& ids)
       : A_(A), cursor_(ws.get(ids.cursor)), granule_(ws.get(ids.granule)), sum_(ws.get(ids.sum)),
-        partial_(ws.get(ids.partial)) {
-    if (ids.keeps_slots) {
+        partial_(ws.get(ids.partial)), keeps_slots_(ids.keeps_slots) {
+    if (keeps_slots_) {
       slot_offsets_ = ws.get(ids.slot_offsets);
       slot_cursor_ = ws.get(ids.slot_cursor);
       slots_ = ws.get(ids.slots);
@@ -140,10 +140,10 @@ class RowAccumulator {
     for (index_t r = 0; r < A_.rows; ++r) {
       cursor_[r] = A_.indptr[r];
       // with slots, -1 = no granule yet: a row's first slot is its first non-empty granule
-      granule_[r] = slots_ ? -1 : 0;
+      granule_[r] = keeps_slots_ ? -1 : 0;
       sum_[r] = 0;
       partial_[r] = 0;
-      if (slots_) slot_cursor_[r] = slot_offsets_[r];
+      if (keeps_slots_) slot_cursor_[r] = slot_offsets_[r];
     }
   }
 
@@ -162,7 +162,7 @@ class RowAccumulator {
         if (i >= b1) break;
         const std::int64_t gi = i / kReductionGranule;
         if (gi != g) {
-          if (!slots_)
+          if (!keeps_slots_)
             s += part;
           else if (g >= 0)
             slots_[slot_cursor_[r]++] = part;
@@ -181,7 +181,7 @@ class RowAccumulator {
   // One process: S = the ordered sum of the granules. Distributed (collective: every rank calls
   // it at the same point): every rank's slots folded in rank order, the same S on every rank.
   void finish(double* S, Communicator* comm = nullptr) {
-    if (!slots_) {
+    if (!keeps_slots_) {
       for (index_t r = 0; r < A_.rows; ++r) S[r] = sum_[r] + partial_[r];
       return;
     }
@@ -201,6 +201,9 @@ class RowAccumulator {
   double *sum_, *partial_;
   std::int64_t *slot_offsets_ = nullptr, *slot_cursor_ = nullptr;
   double* slots_ = nullptr;
+  // Not `slots_ != nullptr`: a rank that owns no records keeps no slots (a null buffer) but must
+  // still join the fold, or the other ranks wait for it forever.
+  bool keeps_slots_ = false;
 };
 
 // out[i - b0] = Σ_j At_ij c_j for records i in [b0, b1); At is the n x k transpose.
