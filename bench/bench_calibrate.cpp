@@ -4,9 +4,14 @@
 // The constraint system (targets x records CSR, O(nnz)) is built once, untimed except for its own
 // build_time_s; the timed region is the calibrator. Throughput is nnz x iterations per second:
 // every Newton iteration or gradient epoch streams the whole CSR at least once.
+//
+// Under mpirun (docs/calibration.md §8) every rank generates the same survey from --seed and
+// calibrates its shard of the records; rank 0 prints the record (its own timing and sizes) with
+// every rank's record count and peak under "distributed".
 #include <algorithm>
 #include <chrono>
 
+#include "cli/processes.hpp"
 #include "common.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
@@ -45,7 +50,12 @@ int main(int argc, char** argv) {
     Context ctx = bench::make_context(common, warnings);
     bench::DeviceMemorySampler sampler(ctx);
 
-    const SyntheticSurvey survey = make_synthetic_survey(records, margin_columns, categories, continuous, common.seed);
+    // The whole survey on every rank (identical: it depends on the seed alone), then this rank's
+    // records only; the whole table is freed before the build.
+    SyntheticSurvey survey = make_synthetic_survey(records, margin_columns, categories, continuous, common.seed);
+    const Shard shard = record_shard(ctx, records);
+    if (shard.size() != records)
+      survey = SyntheticSurvey{slice_records(survey.table, shard), slice_spec(survey.spec, shard)};
     const auto b0 = std::chrono::steady_clock::now();
     const ConstraintSystem sys = build_constraints(ctx, survey.table, survey.spec);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - b0).count();
@@ -82,7 +92,10 @@ int main(int argc, char** argv) {
     const bench::Timing t = bench::time_repeats(common.warmup, common.repeats, run);
     const auto delta = sampler.stop();
 
-    const auto nnz = static_cast<double>(sys.A.nnz());
+    // Work over all records: every rank streams its shard's non-zeros (one process: all of them).
+    std::uint64_t nnz_all = static_cast<std::uint64_t>(sys.A.nnz());
+    ctx.communicator().all_sum(&nnz_all, 1);
+    const auto nnz = static_cast<double>(nnz_all);
     bench::Record r;
     r.bench = "calibrate";
     r.n = records;
@@ -104,19 +117,24 @@ int main(int argc, char** argv) {
     r.extra["method"] = method;
     r.extra["targets"] = sys.n_constraints();
     r.extra["records"] = records;
-    r.extra["nnz"] = sys.A.nnz();
+    r.extra["nnz"] = nnz_all;
     r.extra["build_time_s"] = build_s;
     r.extra["build_planned_peak_bytes"] = sys.planned_peak_bytes;
     r.extra["calibrate_planned_peak_bytes"] = last.plan.planned_peak;
     r.extra["converged"] = last.converged;
     r.extra["max_ratio"] = last.max_ratio;
-    r.extra["nnz_per_s_build"] = build_s > 0 ? nnz / build_s : 0.0;
+    r.extra["nnz_per_s_build"] = build_s > 0 ? static_cast<double>(sys.A.nnz()) / build_s : 0.0;  // this rank's
     r.extra["epsilon"] = epsilon;
     r.extra["data_bytes"] = data_bytes;
     r.extra["csr_bytes"] = csr_bytes;
     r.extra["host_peak_rss_after_build_bytes"] = rss_after_build;
     r.extra["host_peak_after_build_over_data_plus_csr"] =
         static_cast<double>(rss_after_build) / static_cast<double>(data_bytes + csr_bytes);
+    // Several ranks: rank 0's timing and sizes (data and CSR bytes, output and build rate are its shard's), and
+    // every rank's records and peak (the larger of the build's and the calibrator's). Collective.
+    r.extra["distributed"] = cli::ranks_json(std::max(sys.memory.peak_bytes, last.memory.peak_bytes));
+    r.extra["distributed"]["records_per_rank"] =
+        ctx.communicator().all_gather_word(static_cast<std::uint64_t>(sys.n_records()));
     bench::print_record(bench::to_json(r, common, ctx, warnings));
     return 0;
   });
