@@ -97,13 +97,15 @@ SolveLayout<T> solve_layout(Problem::Impl& p, detail::StatsNeeds needs) {
   return l;
 }
 
-// `pending`: the clouds of a problem prepared but not uploaded yet (a one-call overload): the solve
-// is planned first, so BudgetTooSmall names the minimum of the whole call, then they are uploaded.
+// The rows every rank owns of an axis of n, in rank order.
 std::vector<index_t> shard_counts(index_t n, int ranks) {
   std::vector<index_t> counts(static_cast<std::size_t>(ranks));
   for (int r = 0; r < ranks; ++r) counts[static_cast<std::size_t>(r)] = shard_rows(n, r, ranks).size();
   return counts;
 }
+
+// `pending`: the clouds of a problem prepared but not uploaded yet (a one-call overload): the solve
+// is planned first, so BudgetTooSmall names the minimum of the whole call, then they are uploaded.
 
 template <class T>
 SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointCloud* pending) {
@@ -147,8 +149,9 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   res.plan = detail::agreed(comm, [&] { return plan_batch(rows_max, layout.decl, ctx.memory_budget(), o.batch_size); });
   res.batch_size = res.plan.rows;
   if (res.plan.clamped)
-    warn("batch_size " + std::to_string(*o.batch_size) + " exceeds the largest cloud (" + std::to_string(rows_max) +
-         " points) and was clamped");
+    warn("batch_size " + std::to_string(*o.batch_size) +
+         (comm.size() > 1 ? " exceeds the rows this rank owns (" : " exceeds the largest cloud (") +
+         std::to_string(rows_max) + " points) and was clamped");
   if (pending) detail::upload_now(p, *pending);
 
   detail::OperationScope scope(ctx);
