@@ -3,7 +3,7 @@
 
 Runs otcal-bench-sinkhorn under mpirun with 1 and 2 ranks of one thread each, beside one rank with
 two threads (the shared-memory baseline), on the same seeded clouds. The configurations are
-interleaved round by round, so drift on a shared machine hits all of them alike; per configuration
+interleaved round by round (mpirun --bind-to none, so a rank's OpenMP threads may use every core), so drift on a shared machine hits all of them alike; per configuration
 the median over rounds of each run's median time is reported, with the time rank 0 spent in
 collectives (waiting for the other rank included) and every rank's peak.
 
@@ -41,7 +41,10 @@ def cpu_model():
 
 
 def run(bench, mpiexec, ranks, threads, args):
-    cmd = [mpiexec, "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), bench, "--device", "cpu",
+    # --bind-to none: OpenMPI binds each rank to one core by default with up to two ranks, which
+    # would put a rank's two OpenMP threads on one core.
+    cmd = [mpiexec, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks), bench,
+           "--device", "cpu",
            "--threads", str(threads)] + args
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="passive")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
