@@ -19,20 +19,11 @@ namespace {
 
 using namespace otcal;
 using testsupport::bitwise_equal;
+using testsupport::distributed_cpu;
+using testsupport::one_process_cpu;
 using testsupport::world;
 
-Context distributed_cpu() {
-  ContextOptions o;
-  o.threads = 1;
-  o.communicator = world();
-  return Context::distributed(world(), "cpu", o);
-}
 
-Context one_process_cpu() {
-  ContextOptions o;
-  o.threads = 1;
-  return Context::cpu(o);
-}
 
 std::vector<double> slice(const std::vector<double>& v, Shard s) {
   return {v.begin() + s.begin, v.begin() + s.end};

@@ -16,6 +16,8 @@ namespace {
 
 using namespace otcal;
 using testsupport::bitwise_equal;
+using testsupport::distributed_cpu;
+using testsupport::one_process_cpu;
 using testsupport::world;
 
 struct Case {
@@ -27,22 +29,7 @@ struct Case {
   bool parallel = false;
 };
 
-Context distributed_cpu(std::size_t budget = 0) {
-  ContextOptions o;
-  o.memory_budget = budget;
-  o.threads = 1;
-  o.on_warning = [](const std::string&) {};  // non-convergence of the capped runs is expected
-  o.communicator = world();
-  return Context::distributed(world(), "cpu", o);
-}
 
-Context one_process_cpu(std::size_t budget = 0) {
-  ContextOptions o;
-  o.memory_budget = budget;
-  o.threads = 1;
-  o.on_warning = [](const std::string&) {};
-  return Context::cpu(o);
-}
 
 class ShardedSinkhorn : public ::testing::TestWithParam<Case> {};
 
@@ -79,7 +66,7 @@ TEST_P(ShardedSinkhorn, EqualsOneProcessBitwise) {
                                         return p;
                                       }());
   EXPECT_EQ(d.ranks, world()->size());
-  EXPECT_GT(one.n_iters, 10);
+  EXPECT_GE(one.n_iters, 10);  // at least one block of iterations, each one gathered
   EXPECT_EQ(d.n_iters, one.n_iters);
   EXPECT_EQ(d.converged, one.converged);
   EXPECT_TRUE(bitwise_equal(d.f, one.f)) << "f differs from the one-process solve";

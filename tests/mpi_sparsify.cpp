@@ -19,21 +19,11 @@
 namespace {
 
 using namespace otcal;
+using testsupport::distributed_cpu;
+using testsupport::one_process_cpu;
 using testsupport::world;
 
-Context distributed_cpu(std::size_t budget = 0) {
-  ContextOptions o;
-  o.memory_budget = budget;
-  o.threads = 1;
-  o.communicator = world();
-  return Context::distributed(world(), "cpu", o);
-}
 
-Context one_process_cpu() {
-  ContextOptions o;
-  o.threads = 1;
-  return Context::cpu(o);
-}
 
 // Random clouds and potentials (a few rows massless: f = -inf).
 struct Inputs {

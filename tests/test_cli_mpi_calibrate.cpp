@@ -22,24 +22,10 @@
 namespace {
 
 using otcal::index_t;
+using testsupport::error_lines;
 using testsupport::RunResult;
+using testsupport::run_ranks;
 using testsupport::TempDir;
-
-std::string mpiexec() {
-  const char* m = std::getenv("OTCAL_MPIEXEC");
-  return m != nullptr ? m : "";
-}
-
-#define SKIP_WITHOUT_MPI()                                                                       \
-  do {                                                                                           \
-    if (!otcal::built_with_mpi() || mpiexec().empty() || testsupport::cli().empty())             \
-      GTEST_SKIP() << "needs an MPI build, mpirun (OTCAL_MPIEXEC) and the otcal binary";         \
-  } while (0)
-
-RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args) {
-  return testsupport::run_in(dir, "OMP_NUM_THREADS=1 " + mpiexec() + " --allow-run-as-root --oversubscribe -np " +
-                                      std::to_string(ranks) + " " + testsupport::cli() + " " + args);
-}
 
 // A survey of n records: a quoted string margin, an integer margin, a continuous column, design
 // weights and a linear constraint from an .npy. Targets are the totals under design weights
@@ -83,15 +69,6 @@ nlohmann::json read_json(const std::filesystem::path& p) {
   return nlohmann::json::parse(in);
 }
 
-// The "otcal: error: ..." lines of a run's stderr.
-std::vector<std::string> error_lines(const std::string& err) {
-  std::vector<std::string> out;
-  std::istringstream in(err);
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("otcal: error: ", 0) == 0) out.push_back(line);
-  return out;
-}
-
 // Runs `args` on one process and on 2, 3 and 4 ranks and checks what every run must share with the
 // one-process run; `compare_weights` checks the weight files.
 template <class Compare>
@@ -131,7 +108,7 @@ index_t small_n(std::uint64_t seed) { return 520 + static_cast<index_t>(seed % 2
 index_t large_n(std::uint64_t seed) { return 1100 + static_cast<index_t>((seed >> 8) % 2000); }
 
 TEST(CliMpiCalibrate, GradientWeightsAreTheOneProcessBytes) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   // Dropout and the initial noise are drawn per record: each rank must draw its records' ones.
@@ -154,7 +131,7 @@ TEST(CliMpiCalibrate, GradientWeightsAreTheOneProcessBytes) {
 }
 
 TEST(CliMpiCalibrate, ExactWeightsMatchOneProcessTo1e12) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const std::string args = "calibrate --data data.csv --spec spec.json --method logit --lower 0.5 --upper 2 -q";
@@ -187,7 +164,7 @@ TEST(CliMpiCalibrate, ExactWeightsMatchOneProcessTo1e12) {
 }
 
 TEST(CliMpiCalibrate, BadWeightInTheLastRanksRecordsStopsEveryRank) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const int ranks = 3;

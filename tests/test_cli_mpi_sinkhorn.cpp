@@ -19,41 +19,18 @@
 namespace {
 
 using otcal::index_t;
+using testsupport::error_lines;
 using testsupport::RunResult;
+using testsupport::run_ranks;
 using testsupport::TempDir;
-
-std::string mpiexec() {
-  const char* m = std::getenv("OTCAL_MPIEXEC");
-  return m != nullptr ? m : "";
-}
-
-#define SKIP_WITHOUT_MPI()                                                                       \
-  do {                                                                                           \
-    if (!otcal::built_with_mpi() || mpiexec().empty() || testsupport::cli().empty())             \
-      GTEST_SKIP() << "needs an MPI build, mpirun (OTCAL_MPIEXEC) and the otcal binary";         \
-  } while (0)
-
-RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args) {
-  return testsupport::run_in(dir, "OMP_NUM_THREADS=1 " + mpiexec() + " --allow-run-as-root --oversubscribe -np " +
-                                      std::to_string(ranks) + " " + testsupport::cli() + " " + args);
-}
 
 void save_clouds(const TempDir& dir, const ref::Clouds& c) {
   otcal::io::write_npy(dir.file("x.npy"), c.x.data(), {c.n, c.d}, otcal::DType::float64);
   otcal::io::write_npy(dir.file("y.npy"), c.y.data(), {c.m, c.d}, otcal::DType::float64);
 }
 
-// The "otcal: error: ..." lines of a run's stderr.
-std::vector<std::string> error_lines(const std::string& err) {
-  std::vector<std::string> out;
-  std::istringstream in(err);
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("otcal: error: ", 0) == 0) out.push_back(line);
-  return out;
-}
-
 TEST(CliMpiSinkhorn, PotentialsAreTheOneProcessBytes) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir;
@@ -84,7 +61,7 @@ TEST(CliMpiSinkhorn, PotentialsAreTheOneProcessBytes) {
 }
 
 TEST(CliMpiSinkhorn, NanInTheLastRanksRowsStopsEveryRank) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   const int ranks = 3;

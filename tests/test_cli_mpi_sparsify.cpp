@@ -21,47 +21,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using otcal::index_t;
+using testsupport::error_lines;
 using testsupport::RunResult;
+using testsupport::run_ranks;
 using testsupport::TempDir;
-
-std::string mpiexec() {
-  const char* m = std::getenv("OTCAL_MPIEXEC");
-  return m != nullptr ? m : "";
-}
-
-#define SKIP_WITHOUT_MPI()                                                               \
-  do {                                                                                   \
-    if (!otcal::built_with_mpi() || mpiexec().empty() || testsupport::cli().empty())     \
-      GTEST_SKIP() << "needs an MPI build, mpirun (OTCAL_MPIEXEC) and the otcal binary"; \
-  } while (0)
-
-RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args) {
-  return testsupport::run_in(dir, "OMP_NUM_THREADS=1 " + mpiexec() + " --allow-run-as-root --oversubscribe -np " +
-                                      std::to_string(ranks) + " " + testsupport::cli() + " " + args);
-}
-
-// The messages after each "otcal: error: " in a run's stderr. The ranks write stderr at the same
-// moment, so their lines may interleave ("otcal: error: otcal: error: m\nm\n"): a message is
-// the text up to the end of its line, or an empty prefix when another rank's prefix follows.
-std::vector<std::string> error_messages(const std::string& err) {
-  const std::string tag = "otcal: error: ";
-  std::vector<std::string> lines, out;
-  std::istringstream in(err);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  std::size_t prefixes = 0;
-  std::vector<std::string> texts;
-  for (const std::string& line : lines) {
-    std::size_t at = 0, count = 0;
-    while (line.compare(at, tag.size(), tag) == 0) {
-      at += tag.size();
-      ++count;
-    }
-    prefixes += count;
-    if (line.size() > at && (count > 0 || prefixes > texts.size())) texts.push_back(line.substr(at));
-  }
-  if (prefixes != texts.size()) return {};
-  return texts;
-}
 
 // Clouds (n rows that split unevenly) and a short one-process solve whose potentials the
 // sparsify runs read.
@@ -77,7 +40,7 @@ void prepare(const TempDir& dir, std::uint64_t seed, index_t n, index_t m) {
 nlohmann::json parse(const std::string& text) { return nlohmann::json::parse(text); }
 
 TEST(CliMpiSparsify, PlanAndMergedPiecesAreTheOneProcessBytes) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir;
@@ -120,7 +83,7 @@ TEST(CliMpiSparsify, PlanAndMergedPiecesAreTheOneProcessBytes) {
 }
 
 TEST(CliMpiSparsify, SolveWritesTheOneProcessPlan) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir;
@@ -152,7 +115,7 @@ TEST(CliMpiSparsify, SolveWritesTheOneProcessPlan) {
 // A NaN in f on rows only the last rank owns, and a missing input: every rank exits non-zero with
 // the same error line, and neither --out nor a temporary is left.
 TEST(CliMpiSparsify, FailureOnOneRankStopsEveryRankAndLeavesNoOutput) {
-  SKIP_WITHOUT_MPI();
+  if (const std::string why = testsupport::why_no_ranks(); !why.empty()) GTEST_SKIP() << why;
   const std::uint64_t seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir;
@@ -173,7 +136,7 @@ TEST(CliMpiSparsify, FailureOnOneRankStopsEveryRankAndLeavesNoOutput) {
     SCOPED_TRACE(args);
     const RunResult r = run_ranks(dir, ranks, "sparsify --x x.npy --y y.npy --device cpu --mode min_row " + args);
     EXPECT_NE(r.exit_code, 0);
-    const std::vector<std::string> errors = error_messages(r.err);
+    const std::vector<std::string> errors = error_lines(r.err);
     ASSERT_EQ(errors.size(), static_cast<std::size_t>(ranks)) << r.err;
     for (const std::string& e : errors) EXPECT_EQ(e, errors[0]);
     if (args.find("missing") == std::string::npos)

@@ -23,6 +23,22 @@ std::shared_ptr<otcal::Communicator> world() {
 
 void release_world() { world_slot().reset(); }
 
+namespace {
+otcal::ContextOptions test_options(std::size_t budget) {
+  otcal::ContextOptions o;
+  o.memory_budget = budget;
+  o.threads = 1;
+  o.on_warning = [](const std::string&) {};
+  return o;
+}
+}  // namespace
+
+otcal::Context distributed_cpu(std::size_t budget) {
+  return otcal::Context::distributed(world(), "cpu", test_options(budget));
+}
+
+otcal::Context one_process_cpu(std::size_t budget) { return otcal::Context::cpu(test_options(budget)); }
+
 std::uint64_t shared_seed() {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

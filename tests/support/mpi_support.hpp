@@ -10,12 +10,18 @@
 #include <vector>
 
 #include "otcal/communicator.hpp"
+#include "otcal/context.hpp"
 
 namespace testsupport {
 
 // otcal's communicator over MPI_COMM_WORLD (made on first use, released before MPI_Finalize).
 std::shared_ptr<otcal::Communicator> world();
 void release_world();
+
+// One-thread CPU contexts with warnings silenced (capped test runs warn by design): a rank of the
+// world, and this process alone (the reference every rank computes for itself).
+otcal::Context distributed_cpu(std::size_t budget = 0);
+otcal::Context one_process_cpu(std::size_t budget = 0);
 
 // fresh_seed() drawn on rank 0 (OTCAL_TEST_SEED honoured) and broadcast: every rank draws the
 // same inputs.

@@ -7,8 +7,11 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <system_error>
+
+#include "otcal/communicator.hpp"
 
 namespace fs = std::filesystem;
 
@@ -69,6 +72,31 @@ std::uint64_t fresh_seed() {
     return static_cast<std::uint64_t>(value);
   }
   return (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
+}
+
+std::string mpiexec() {
+  const char* m = std::getenv("OTCAL_MPIEXEC");
+  return m != nullptr ? m : "";
+}
+
+std::string why_no_ranks() {
+  if (!otcal::built_with_mpi()) return "this build has no MPI";
+  if (mpiexec().empty()) return "no MPI launcher (OTCAL_MPIEXEC)";
+  if (cli().empty()) return "no otcal binary (OTCAL_CLI)";
+  return "";
+}
+
+RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args) {
+  return run_in(dir, "OMP_NUM_THREADS=1 " + mpiexec() + " --allow-run-as-root --oversubscribe -np " +
+                         std::to_string(ranks) + " " + cli() + " " + args);
+}
+
+std::vector<std::string> error_lines(const std::string& err) {
+  std::vector<std::string> out;
+  std::istringstream in(err);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("otcal: error: ", 0) == 0) out.push_back(line);
+  return out;
 }
 
 }  // namespace testsupport

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace testsupport {
 
@@ -38,6 +39,17 @@ struct RunResult {
 RunResult run_in(const TempDir& dir, const std::string& cmdline);
 // run_in with the otcal binary: "<cli()> <args>".
 RunResult run_cli(const TempDir& dir, const std::string& args);
+
+// The tool under mpirun (the test_cli_mpi_* tests). mpiexec(): the launcher ctest passes in
+// OTCAL_MPIEXEC ("" when unset); why_no_ranks(): why such a test must skip here ("" when it can
+// run: an MPI build, a launcher and the otcal binary); run_ranks: run_in with
+// "<mpiexec> --allow-run-as-root --oversubscribe -np <ranks> <cli()> <args>", one OpenMP thread
+// per rank; error_lines: the "otcal: error: ..." lines of a run's stderr (the tool writes each in
+// one call, so the ranks' lines never interleave).
+std::string mpiexec();
+std::string why_no_ranks();
+RunResult run_ranks(const TempDir& dir, int ranks, const std::string& args);
+std::vector<std::string> error_lines(const std::string& err);
 
 // The seed of a randomised test: 64 bits from std::random_device, or the value of the environment
 // variable OTCAL_TEST_SEED when it is set (a decimal unsigned integer; anything else throws
