@@ -138,10 +138,10 @@ class CpuExactPasses final : public calib::ExactPasses {
 };
 
 // trim_g over the ranks' records (§4.5, §8): the trimmed mass and the untrimmed design total are
-// sums in record order, chained through the ranks, so the shift equals the one-process one.
+// sums in record order, chained through the ranks, so the shift equals the one-process one (one
+// process: the same loop, folded locally).
 TrimResult trim_g_over(Communicator& comm, const std::vector<double>& g, const std::vector<double>& d, double a,
                        double b) {
-  if (comm.size() == 1) return trim_g(g, d, a, b);
   TrimResult r;
   r.values.resize(g.size());
   std::vector<char> out(g.size());
@@ -446,28 +446,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
 TrimResult trim_g(const std::vector<double>& g, const std::vector<double>& d, double a, double b) {
   if (g.size() != d.size()) throw InvalidArgument("trim: g and design weights differ in length");
   if (!(a <= b)) throw InvalidArgument("trim: lower " + fmt(a) + " must be <= upper " + fmt(b));
-  TrimResult r;
-  r.values.resize(g.size());
-  double mass = 0, d_in = 0;
-  std::vector<char> out(g.size());
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    r.values[i] = std::clamp(g[i], a, b);
-    out[i] = g[i] < a || g[i] > b;
-    r.n_trimmed += out[i];
-    mass += (g[i] - r.values[i]) * d[i];
-    if (!out[i]) d_in += d[i];
-  }
-  if (r.n_trimmed > 0) {
-    if (d_in > 0) {
-      const double delta = mass / d_in;
-      for (std::size_t i = 0; i < g.size(); ++i)
-        if (!out[i]) r.values[i] += delta;
-    } else {
-      r.warnings.push_back("trimming failed: every unit was trimmed, so the trimmed mass could not be spread");
-    }
-    r.warnings.push_back(std::to_string(r.n_trimmed) + " weights were trimmed");
-  }
-  return r;
+  return trim_g_over(*single_process(), g, d, a, b);
 }
 
 TrimResult trim_weights(const std::vector<double>& w, double lower, double upper, bool strict) {
