@@ -74,6 +74,21 @@ TEST_P(ShardedSinkhorn, EqualsOneProcessBitwise) {
   EXPECT_TRUE(bitwise_equal(d.errors, one.errors)) << "marginal errors differ";
   EXPECT_EQ(std::memcmp(&d.reg_ot_cost, &one.reg_ot_cost, sizeof(double)), 0)
       << d.reg_ot_cost << " vs " << one.reg_ot_cost;
+  // apply and marginals of the distributed problem: each rank computes its rows, then every rank
+  // holds all of them, equal to one process's.
+  const Problem op = Problem::upload(one_process_cpu(), geom, ConstVector::of(a.data(), c.n),
+                                     ConstVector::of(b.data(), c.m), c.precision);
+  std::mt19937_64 rng(seed + 3);
+  std::normal_distribution<double> z;
+  for (int axis : {0, 1}) {
+    const index_t cols = axis == 1 ? c.m : c.n;
+    std::vector<double> v(static_cast<std::size_t>(cols * 2));
+    for (double& e : v) e = z(rng);
+    const ConstMatrix vm = ConstMatrix::of(v.data(), cols, 2);
+    EXPECT_TRUE(bitwise_equal(apply_transport(dp, d, vm, axis, 53), apply_transport(op, one, vm, axis)))
+        << "apply, axis " << axis;
+    EXPECT_TRUE(bitwise_equal(marginal(dp, d, axis, 53), marginal(op, one, axis))) << "marginal, axis " << axis;
+  }
   // Measured peak <= planned <= budget on this rank.
   EXPECT_LE(d.memory.peak_bytes, d.memory.planned_peak_bytes);
   EXPECT_LE(d.memory.planned_peak_bytes, d.memory.budget_bytes);

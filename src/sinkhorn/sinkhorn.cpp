@@ -104,6 +104,14 @@ std::vector<index_t> shard_counts(index_t n, int ranks) {
   return counts;
 }
 
+// Host rows [rows_n, k] of which each rank filled the ones it owns: every rank's, on every rank.
+void gather_rows(Communicator& comm, std::vector<double>& rows, index_t rows_n, index_t k) {
+  if (comm.size() == 1) return;
+  std::vector<index_t> counts = shard_counts(rows_n, comm.size());
+  for (index_t& c : counts) c *= k;
+  comm.all_gather_in_place(rows.data(), DType::float64, counts, BufferPlace::host, nullptr);
+}
+
 // `pending`: the clouds of a problem prepared but not uploaded yet (a one-call overload): the solve
 // is planned first, so BudgetTooSmall names the minimum of the whole call, then they are uploaded.
 
@@ -386,6 +394,9 @@ std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstM
   if (v.location != Location::host) throw InvalidArgument("v must be a host array");
   const index_t k = v.cols;
   Backend<T>& be = p.backend<T>();
+  // Distributed: each rank computes the output rows it owns, then they are all-gathered.
+  Communicator& comm = p.ctx.communicator();
+  const Shard own = axis == 1 ? p.shards.x : p.shards.y;
   WorkspaceDecl decl;
   decl.operation = "apply_transport";
   decl.resident_bytes = p.budget_in_use();
@@ -394,7 +405,8 @@ std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstM
   const auto v_id = decl.add<T>("v", static_cast<std::size_t>(cols_n * k));
   const auto out_id = decl.add<T>("out", static_cast<std::size_t>(rows_n * k));
   const auto acc_id = decl.add<double>("acc", 0, static_cast<std::size_t>(k));
-  const TilePlan plan = plan_batch(rows_n, decl, p.ctx.memory_budget(), batch);
+  const TilePlan plan = detail::agreed(
+      comm, [&] { return plan_batch(std::max<index_t>(own.size(), 1), decl, p.ctx.memory_budget(), batch); });
   if (plan_out) *plan_out = plan;
   if (pending) detail::upload_now(p, *pending);
 
@@ -408,22 +420,23 @@ std::vector<double> apply_on(Problem::Impl& p, const Potentials& r, const ConstM
   be.upload(vh.data(), ws.get(v_id), cols_n * k);
   const detail::ResidentClouds<T>& rc = p.resident<T>().clouds;
   detail::RowApplyArgs<T> args;
-  args.rows = axis == 1 ? rc.cx : rc.cy;
+  args.rows = axis == 1 ? rc.cx_own : rc.cy_own;
   args.cols = axis == 1 ? rc.cy : rc.cx;
   args.cost = rc.cost;
   args.inv_scale = 1.0 / r.scale;
   args.eps = r.epsilon;
-  args.row_potential = axis == 1 ? ws.get(f_id) : ws.get(g_id);
+  args.row_potential = (axis == 1 ? ws.get(f_id) : ws.get(g_id)) + own.begin;
   args.col_potential = axis == 1 ? ws.get(g_id) : ws.get(f_id);
   args.v = ws.get(v_id);
   args.k = k;
-  args.out = ws.get(out_id);
+  args.out = ws.get(out_id) + own.begin * k;
   args.acc = ws.get(acc_id);
   args.tile_rows = plan.rows;
   be.row_apply(args);
   std::vector<double> result(static_cast<std::size_t>(rows_n * k));
-  be.download(ws.get(out_id), result.data(), rows_n * k);
+  be.download(ws.get(out_id) + own.begin * k, result.data() + own.begin * k, own.size() * k);
   scope.finish();
+  gather_rows(comm, result, rows_n, k);
   return result;
 }
 
@@ -436,6 +449,9 @@ std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis,
   Backend<T>& be = p.backend<T>();
   const index_t rows_n = axis == 1 ? s.n : s.m;
   const index_t parts = be.lse_partials_per_row(axis == 1 ? s.m : s.n);
+  // Distributed: each rank reduces the rows it owns, then they are all-gathered.
+  Communicator& comm = p.ctx.communicator();
+  const Shard own = axis == 1 ? p.shards.x : p.shards.y;
   WorkspaceDecl decl;
   decl.operation = "marginal";
   decl.resident_bytes = p.budget_in_use();
@@ -443,7 +459,8 @@ std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis,
   const auto g_id = decl.add<T>("g", static_cast<std::size_t>(s.m));
   const auto lse_id = decl.add<T>("lse", static_cast<std::size_t>(rows_n));
   const auto state_id = decl.add<double>("tile_state", 0, 2 * static_cast<std::size_t>(parts));
-  const TilePlan plan = plan_batch(rows_n, decl, p.ctx.memory_budget(), batch);
+  const TilePlan plan = detail::agreed(
+      comm, [&] { return plan_batch(std::max<index_t>(own.size(), 1), decl, p.ctx.memory_budget(), batch); });
   if (plan_out) *plan_out = plan;
   if (pending) detail::upload_now(p, *pending);
 
@@ -453,13 +470,15 @@ std::vector<double> marginal_on(Problem::Impl& p, const Potentials& r, int axis,
   be.upload(r.g.data(), ws.get(g_id), s.m);
   const detail::ResidentClouds<T>& rc = p.resident<T>().clouds;
   const double inv_scale = 1.0 / r.scale;
+  T* const lse = ws.get(lse_id) + own.begin;
   if (axis == 1)
-    be.row_lse({rc.cx, rc.cy, rc.cost, inv_scale, r.epsilon, ws.get(g_id), ws.get(lse_id), ws.get(state_id), plan.rows});
+    be.row_lse({rc.cx_own, rc.cy, rc.cost, inv_scale, r.epsilon, ws.get(g_id), lse, ws.get(state_id), plan.rows});
   else
-    be.row_lse({rc.cy, rc.cx, rc.cost, inv_scale, r.epsilon, ws.get(f_id), ws.get(lse_id), ws.get(state_id), plan.rows});
+    be.row_lse({rc.cy_own, rc.cx, rc.cost, inv_scale, r.epsilon, ws.get(f_id), lse, ws.get(state_id), plan.rows});
   std::vector<double> l(static_cast<std::size_t>(rows_n));
-  be.download(ws.get(lse_id), l.data(), rows_n);
+  be.download(lse, l.data() + own.begin, own.size());
   scope.finish();
+  gather_rows(comm, l, rows_n, 1);
   const std::vector<double>& pot = axis == 1 ? r.f : r.g;
   for (std::size_t i = 0; i < l.size(); ++i) l[i] = detail::marginal_from_lse(pot[i], l[i], r.epsilon);
   return l;
