@@ -123,6 +123,42 @@ TEST(ShardedSinkhornSelf, SameCloudsEqualOneProcess) {
   EXPECT_TRUE(bitwise_equal(d.g, one.g));
 }
 
+// The one-off passes over all n*m costs are sharded as well: moments folded in rank order, the
+// exact quantile's histograms all-summed. Statistics, quantiles and a median-scaled solve equal
+// one process bit for bit.
+TEST(ShardedCostStatistics, MomentsQuantilesAndMedianScaleEqualOneProcess) {
+  const std::uint64_t seed = testsupport::shared_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const ref::Clouds cl = ref::random_clouds(800, 550, 4, seed);
+  for (DType precision : {DType::float32, DType::float64}) {
+    SCOPED_TRACE(dtype_name(precision));
+    PointCloud geom;
+    geom.x = ConstMatrix::of(cl.x.data(), 800, 4);
+    geom.y = ConstMatrix::of(cl.y.data(), 550, 4);
+    geom.options.cost = Cost::parse("pnorm:1.5");
+    const Problem dp = Problem::upload(distributed_cpu(), geom, {}, {}, precision);
+    const Problem op = Problem::upload(one_process_cpu(), geom, {}, {}, precision);
+    const CostStatistics ds = cost_statistics(dp), os = cost_statistics(op);
+    EXPECT_EQ(std::memcmp(&ds, &os, sizeof(CostStatistics)), 0)
+        << ds.mean << " " << os.mean << " / " << ds.std << " " << os.std << " / " << ds.max_abs << " " << os.max_abs;
+    const double q = static_cast<double>(seed % 1000) / 10.0;
+    const double dq = exact_cost_quantile(dp, q), oq = exact_cost_quantile(op, q);
+    EXPECT_EQ(std::memcmp(&dq, &oq, sizeof(double)), 0) << "q " << q << ": " << dq << " vs " << oq;
+    geom.options.scale.kind = ScaleCost::Kind::median;
+    SinkhornOptions o;
+    o.relative_epsilon = RelativeEpsilon::mean;
+    o.epsilon = 0.05;
+    o.max_iterations = 60;
+    o.precision = precision;
+    const SinkhornResult d = sinkhorn(distributed_cpu(), geom, {}, {}, o);
+    const SinkhornResult one = sinkhorn(one_process_cpu(), geom, {}, {}, o);
+    EXPECT_EQ(std::memcmp(&d.scale, &one.scale, sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(&d.epsilon, &one.epsilon, sizeof(double)), 0);
+    EXPECT_TRUE(bitwise_equal(d.f, one.f));
+    EXPECT_TRUE(bitwise_equal(d.g, one.g));
+  }
+}
+
 // A NaN in rows that only the last rank owns: every rank raises the same error, naming that rank
 // and the row, before any iteration (the owned-rows check at upload).
 TEST(ShardedSinkhornValidity, NanInOneShardStopsEveryRank) {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/block_backend.hpp"
+#include "core/collective.hpp"
 #include "core/operation.hpp"
 #include "core/radix_select.hpp"
 #include "geometry/resolve.hpp"
@@ -27,14 +28,17 @@ PercentileScratch<T> declare_percentile_scratch(WorkspaceDecl& decl, const Shape
 }
 
 template <class T>
-double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q, T* block,
-                       std::uint64_t* bins) {
+double cost_percentile(Communicator& comm, Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q,
+                       T* block, std::uint64_t* bins) {
   if (!(q >= 0 && q <= 100)) {
     std::ostringstream os;
     os << "cost percentile q = " << q << " must be in [0, 100]";
     throw InvalidArgument(os.str());
   }
-  Cloud<T> cx = rc.cx, cy = rc.cy;
+  // This rank's rows against all columns; the histograms of every rank are summed (integers: the
+  // one-process counts exactly).
+  Cloud<T> cx = rc.cx_own, cy = rc.cy;
+  const index_t rows_n = rc.cx_own.n;
   std::vector<T> hx, hy, nx, ny, host_block;
   std::vector<std::uint64_t> host_bins;
   if (block == nullptr) {
@@ -44,15 +48,15 @@ double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape&
       be.download(src, tmp.data(), count);
       return std::vector<T>(tmp.begin(), tmp.end());
     };
-    const bool same = rc.cy.x == rc.cx.x;
-    hx = host_copy(rc.cx.x, s.n * s.d);
+    const bool same = rc.cy.x == rc.cx_own.x;
+    hx = host_copy(rc.cx_own.x, rows_n * s.d);
     if (!same) hy = host_copy(rc.cy.x, s.m * s.d);
-    cx = {hx.data(), nullptr, s.n, static_cast<int>(s.d)};
+    cx = {hx.data(), nullptr, rows_n, static_cast<int>(s.d)};
     cy = {same ? hx.data() : hy.data(), nullptr, s.m, static_cast<int>(s.d)};
-    if (rc.cx.norms) {
-      nx = host_copy(rc.cx.norms, s.n);
+    if (rc.cx_own.norms) {
+      nx = host_copy(rc.cx_own.norms, rows_n);
       cx.norms = nx.data();
-      if (rc.cy.norms == rc.cx.norms) {
+      if (rc.cy.norms == rc.cx_own.norms) {
         cy.norms = nx.data();
       } else {
         ny = host_copy(rc.cy.norms, s.m);
@@ -68,21 +72,22 @@ double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape&
   auto src = blocks->cloud_cost_source(cx, cy, rc.cost);
   const index_t bs = cost_percentile_block_rows(s, sizeof(T));
   const HistogramSweep hs = [&](const KeyHistogramQuery& query, std::uint64_t* b) {
-    for (index_t r0 = 0; r0 < s.n; r0 += bs) {
-      const index_t rows = std::min(bs, s.n - r0);
+    for (index_t r0 = 0; r0 < rows_n; r0 += bs) {
+      const index_t rows = std::min(bs, rows_n - r0);
       src->build(r0, rows, nullptr, block);
       blocks->key_histogram(block, rows, s.m, nullptr, query, b);
     }
+    if (comm.size() > 1) comm.all_sum(b, 2 * kHistogramBins);
   };
   return exact_percentile<T>(q, bins, hs);
 }
 
 template PercentileScratch<float> declare_percentile_scratch<float>(WorkspaceDecl&, const Shape&, bool);
 template PercentileScratch<double> declare_percentile_scratch<double>(WorkspaceDecl&, const Shape&, bool);
-template double cost_percentile<float>(Backend<float>&, const ResidentClouds<float>&, const Shape&, double, float*,
-                                       std::uint64_t*);
-template double cost_percentile<double>(Backend<double>&, const ResidentClouds<double>&, const Shape&, double,
-                                        double*, std::uint64_t*);
+template double cost_percentile<float>(Communicator&, Backend<float>&, const ResidentClouds<float>&, const Shape&,
+                                       double, float*, std::uint64_t*);
+template double cost_percentile<double>(Communicator&, Backend<double>&, const ResidentClouds<double>&,
+                                        const Shape&, double, double*, std::uint64_t*);
 
 }  // namespace otcal::detail
 
@@ -97,11 +102,11 @@ double quantile_on(Problem::Impl& p, double q, const PointCloud* pending) {
   decl.resident_bytes = p.budget_in_use();
   const bool host = p.ctx.kind() == DeviceKind::cpu;
   const auto scratch = detail::declare_percentile_scratch<T>(decl, p.shape, host);
-  plan_tiles(0, decl, p.ctx.memory_budget());
+  detail::agreed(p.ctx.communicator(), [&] { return plan_tiles(0, decl, p.ctx.memory_budget()); });
   if (pending) detail::upload_now(p, *pending);
   detail::OperationScope scope(p.ctx);
   const detail::Workspace ws(p.ctx.workspace(), decl, 0, p.ctx.compute_stream());
-  const double v = detail::cost_percentile<T>(p.backend<T>(), p.resident<T>().clouds, p.shape, q,
+  const double v = detail::cost_percentile<T>(p.ctx.communicator(), p.backend<T>(), p.resident<T>().clouds, p.shape, q,
                                               host ? ws.get(scratch.block) : nullptr,
                                               host ? ws.get(scratch.bins) : nullptr);
   scope.finish();

@@ -25,8 +25,9 @@ struct PercentileScratch {
 template <class T>
 PercentileScratch<T> declare_percentile_scratch(WorkspaceDecl& decl, const Shape& s, bool host_backend);
 
+// Distributed: each rank sweeps the rows it owns and the histograms are all-summed per pass.
 template <class T>
-double cost_percentile(Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q, T* block,
-                       std::uint64_t* bins);
+double cost_percentile(Communicator& comm, Backend<T>& be, const ResidentClouds<T>& rc, const Shape& s, double q,
+                       T* block, std::uint64_t* bins);
 
 }  // namespace otcal::detail

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "core/collective.hpp"
 #include "otcal/errors.hpp"
 
 namespace otcal::detail {
@@ -51,8 +52,32 @@ CostMoments cost_moments(Problem::Impl& p, const Workspace& ws, const StatsScrat
     std::lock_guard<std::mutex> lock(p.cache_mutex);
     if (p.moments) return *p.moments;
   }
+  // Each rank sweeps the rows it owns. The CPU backend leaves one (sum, sum of squares, max) per
+  // row in the host workspace and sums them in row order: folding every rank's rows through the
+  // rank chain continues that sum, so the moments are the one-process bits. A device rank folds
+  // its own total (deterministic, the same on every rank).
   const ResidentClouds<T>& rc = p.resident<T>().clouds;
-  const CostMoments m = p.backend<T>().cost_moments(rc.cx, rc.cy, rc.cost, tile_rows, ws.get(scratch.partials));
+  double* const partials = ws.get(scratch.partials);
+  CostMoments m = p.backend<T>().cost_moments(rc.cx_own, rc.cy, rc.cost, tile_rows, partials);
+  Communicator& comm = p.ctx.communicator();
+  if (comm.size() > 1) {
+    const bool per_row = p.ctx.kind() == DeviceKind::cpu;
+    std::vector<double> running{0.0, 0.0};
+    ordered_fold(comm, running, [&](std::vector<double>& acc) {
+      if (!per_row) {
+        acc[0] += m.sum;
+        acc[1] += m.sum_sq;
+        return;
+      }
+      for (index_t i = 0; i < rc.cx_own.n; ++i) {
+        acc[0] += partials[3 * i];
+        acc[1] += partials[3 * i + 1];
+      }
+    });
+    m.sum = running[0];
+    m.sum_sq = running[1];
+    m.max_abs = comm.all_max(m.max_abs);
+  }
   std::lock_guard<std::mutex> lock(p.cache_mutex);
   p.moments = m;
   return m;
@@ -94,7 +119,7 @@ ResolvedGeometry resolve(Problem::Impl& p, const EpsilonSpec& e, StatsNeeds need
     case ScaleCost::Kind::median: {  // exact numpy median of all n*m unscaled costs (docs/sparsify.md §7.1)
       if (needs.median) {
         const bool host = p.ctx.kind() == DeviceKind::cpu;
-        const double med = cost_percentile<T>(p.backend<T>(), p.resident<T>().clouds, s, 50.0,
+        const double med = cost_percentile<T>(p.ctx.communicator(), p.backend<T>(), p.resident<T>().clouds, s, 50.0,
                                               host ? ws.get(scratch.percentile.block) : nullptr,
                                               host ? ws.get(scratch.percentile.bins) : nullptr);
         std::lock_guard<std::mutex> lock(p.cache_mutex);
