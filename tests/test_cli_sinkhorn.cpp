@@ -284,6 +284,24 @@ TEST_F(CliSinkhorn, InfoAndHelpWork) {
                            "--inner-iterations", "--min-iterations", "--max-iterations", "--parallel-dual-updates",
                            "--batch-size", "--memory-budget", "--device", "--precision", "--quiet"})
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+  for (const char* key : {"built_with_mpi", "built_with_nccl", "ranks", "communicator"})
+    EXPECT_TRUE(nlohmann::json::parse(run_cli(dir_, "info --json").out).contains(key)) << key;
+}
+
+// An unknown command is named (CLI11 alone says only "A subcommand is required"); strict sizes
+// and device ids name the flag and the text (no silent "0.5 bytes = the default budget").
+TEST_F(CliSinkhorn, UnknownCommandsSizesAndDeviceIdsAreNamed) {
+  RunResult r = run_cli(dir_, "frobnicate --x x.npy");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown command 'frobnicate': the commands are sinkhorn"), std::string::npos) << r.err;
+  for (const char* budget : {"0.5", "0.9B", "1e-300", "1e99", "18446744073709551616"}) {
+    r = run_cli(dir_, std::string("demo --n 50 --memory-budget ") + budget);
+    EXPECT_NE(r.exit_code, 0) << budget;
+    EXPECT_NE(r.err.find(std::string("--memory-budget '") + budget + "'"), std::string::npos) << r.err;
+  }
+  r = run_cli(dir_, "demo --n 50 --device cuda:99999999999999999999");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("cuda:99999999999999999999': the id is too large"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Host layer: memory adaptors (limit, statistics, scopes), the tile planner, byte parsing, Context.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
@@ -203,6 +204,21 @@ TEST(ParseBytes, UnitsAndErrors) {
   EXPECT_THROW(otcal::parse_bytes("lots"), otcal::InvalidArgument);
   EXPECT_THROW(otcal::parse_bytes("12XB"), otcal::InvalidArgument);
   EXPECT_THROW(otcal::parse_bytes("-5MiB"), otcal::InvalidArgument);
+  // Strict: no silent rounding to 0 (which meant "the default budget"), no undefined conversions.
+  EXPECT_EQ(otcal::parse_bytes("18446744073709551615"), std::numeric_limits<std::size_t>::max());
+  EXPECT_EQ(otcal::parse_bytes("9007199254740993"), std::size_t{9007199254740993u});  // > 2^53, exact
+  EXPECT_EQ(otcal::parse_bytes("1e3"), 1000u);
+  EXPECT_EQ(otcal::parse_bytes("0.5KiB"), 512u);
+  for (const char* bad : {"0.5", "0.9B", "1e-300", "0", "0B", "1e99", "18446744073709551616", "16EiB", "nan",
+                          "inf", "0x10", "+5", " 5", "1.2.3", ".", "e5", "1.5"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_THROW(otcal::parse_bytes(bad, "--memory-budget"), otcal::InvalidArgument);
+  }
+  try {
+    (void)otcal::parse_bytes("0.5", "--memory-budget");
+  } catch (const otcal::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("--memory-budget '0.5' is less than 1 byte"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Context, CpuBudgetStackAndAutomatic) {
@@ -222,6 +238,14 @@ TEST(Context, CpuBudgetStackAndAutomatic) {
     EXPECT_NE(a.selection_note().find("cpu"), std::string::npos);
   }
   EXPECT_THROW(otcal::Context::from_string("tpu"), otcal::InvalidArgument);
+  // A device id beyond int names the input instead of surfacing std::stoi's "stoi".
+  try {
+    (void)otcal::Context::from_string("cuda:99999999999999999999");
+    ADD_FAILURE() << "no error";
+  } catch (const otcal::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("device 'cuda:99999999999999999999': the id is too large"), std::string::npos)
+        << e.what();
+  }
   EXPECT_GT(a.memory_budget(), 0u);
 }
 

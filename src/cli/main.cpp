@@ -45,6 +45,14 @@ int run(int argc, char** argv) {
   std::sort(commands.begin(), commands.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
   std::map<std::string, CommandRun> runs;
   for (auto& c : commands) runs[c.name] = c.setup(app);
+  // CLI11 answers an unknown first word with "A subcommand is required": name the word instead.
+  if (argc > 1 && argv[1][0] != '-' && runs.count(argv[1]) == 0) {
+    std::string names;
+    for (const auto& c : commands) names += (names.empty() ? "" : ", ") + c.name;
+    print_error(std::string("unknown command '") + argv[1] + "': the commands are " + names +
+                " (otcal --help describes them)");
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

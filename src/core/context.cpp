@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <atomic>
 #include <type_traits>
 #include <iostream>
@@ -155,7 +156,14 @@ Context Context::from_string(const std::string& device, ContextOptions o) {
   if (device == "cuda") return cuda(0, o);
   if (device.rfind("cuda:", 0) == 0) {
     const std::string id = device.substr(5);
-    if (!id.empty() && id.find_first_not_of("0123456789") == std::string::npos) return cuda(std::stoi(id), o);
+    if (!id.empty() && id.find_first_not_of("0123456789") == std::string::npos) {
+      int n = 0;
+      const auto [end, ec] = std::from_chars(id.data(), id.data() + id.size(), n);
+      if (ec != std::errc() || end != id.data() + id.size())
+        throw InvalidArgument("device '" + device + "': the id is too large to be a CUDA device; use cuda:N with N " +
+                              "from 0 to the number of devices - 1 (otcal info lists them)");
+      return cuda(n, o);
+    }
   }
   throw InvalidArgument("device '" + device + "' is not one of auto, cpu, cuda, cuda:N");
 }

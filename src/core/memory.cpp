@@ -1,7 +1,12 @@
 #include "otcal/memory.hpp"
 
+#include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <sstream>
 #include <string>
@@ -104,13 +109,21 @@ void StatisticsAdaptor::reset() {
 }
 
 std::size_t parse_bytes(const std::string& text, const std::string& what) {
+  const std::string hint = ": write bytes or a number with a unit, e.g. 512MiB or 8GiB";
+  // Digits and one '.', optionally an exponent: no sign, hex, inf or nan that std::stod would take.
   std::size_t pos = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &pos);
-  } catch (...) {
-    throw InvalidArgument(what + " '" + text + "' is not a size: write bytes or a number with a unit, e.g. 512MiB or 8GiB");
+  while (pos < text.size() && (std::isdigit(static_cast<unsigned char>(text[pos])) || text[pos] == '.')) ++pos;
+  if (pos < text.size() && (text[pos] == 'e' || text[pos] == 'E') && pos > 0) {
+    std::size_t e = pos + 1;
+    if (e < text.size() && (text[e] == '+' || text[e] == '-')) ++e;
+    const std::size_t digits = e;
+    while (e < text.size() && std::isdigit(static_cast<unsigned char>(text[e]))) ++e;
+    if (e > digits) pos = e;
   }
+  const std::string number = text.substr(0, pos);
+  if (number.empty() || number.find_first_of("0123456789") == std::string::npos ||
+      std::count(number.begin(), number.end(), '.') > 1)
+    throw InvalidArgument(what + " '" + text + "' is not a size" + hint);
   std::string unit = text.substr(pos);
   while (!unit.empty() && unit.front() == ' ') unit.erase(unit.begin());
   double mult = 1;
@@ -126,9 +139,25 @@ std::size_t parse_bytes(const std::string& text, const std::string& what) {
   else
     throw InvalidArgument(what + " '" + text + "' has an unknown unit '" + unit +
                           "': use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB");
-  const double bytes = value * mult;
-  if (!(bytes > 0) || !std::isfinite(bytes))
-    throw InvalidArgument(what + " '" + text + "' must be a positive size");
+  // A plain integer of bytes is read exactly (doubles stop being exact above 2^53).
+  if (mult == 1 && number.find_first_not_of("0123456789") == std::string::npos) {
+    std::uint64_t v = 0;
+    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
+    if (ec == std::errc::result_out_of_range || v > std::numeric_limits<std::size_t>::max())
+      throw InvalidArgument(what + " '" + text + "' does not fit in 64 bits of bytes");
+    if (ec != std::errc() || end != number.data() + number.size())
+      throw InvalidArgument(what + " '" + text + "' is not a size" + hint);
+    if (v == 0) throw InvalidArgument(what + " '" + text + "' must be at least 1 byte");
+    return static_cast<std::size_t>(v);
+  }
+  const double bytes = std::strtod(number.c_str(), nullptr) * mult;
+  // 2^64 is the first double a 64-bit size cannot hold; converting it or more is undefined.
+  if (!std::isfinite(bytes) || bytes >= 18446744073709551616.0)
+    throw InvalidArgument(what + " '" + text + "' does not fit in 64 bits of bytes");
+  if (bytes < 1) throw InvalidArgument(what + " '" + text + "' is less than 1 byte" + hint);
+  if (bytes != std::floor(bytes))
+    throw InvalidArgument(what + " '" + text + "' is " + std::to_string(bytes) +
+                          " bytes, not a whole number: give whole bytes or a unit that makes them whole");
   return static_cast<std::size_t>(bytes);
 }
 
