@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -265,6 +266,45 @@ otcal::ConstraintSystem income_by_age(std::mt19937_64& rng, double scale) {
   s.continuous = {{"income", inc * scale}};
   auto ctx = quiet_ctx();
   return otcal::build_constraints(ctx, t, s);
+}
+
+// Options that make Adam climb the loss or reward keeping records, and design weights the log
+// transform cannot take, are refused with the option's name instead of "converging" at 1e19.
+TEST(CalibrationGradient, RefusesStepsPenaltiesAndWeightsItCannotUse) {
+  const auto seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  auto ctx = quiet_ctx();
+  const auto sys = synthetic_system(300, seed);
+  auto refused = [&](const otcal::GradientOptions& o, const otcal::ConstraintSystem& s, const std::string& what) {
+    try {
+      (void)otcal::calibrate_gradient(ctx, s, o);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const otcal::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  otcal::GradientOptions o;
+  o.epochs = 5;
+  o.seed = seed;
+  for (double lr : {-1.0, 0.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    auto b = o;
+    b.learning_rate = lr;
+    refused(b, sys, "learning_rate must be a finite number > 0");
+  }
+  auto l0 = o;
+  l0.regularize_with_l0 = true;
+  l0.l0_lambda = -1e-6;
+  refused(l0, sys, "l0_lambda must be a finite number >= 0");
+  l0.l0_lambda = 5e-6;
+  l0.sparse_learning_rate = -0.2;
+  refused(l0, sys, "sparse_learning_rate must be a finite number > 0");
+  auto noisy = o;
+  noisy.noise_level = -1;
+  refused(noisy, sys, "noise_level must be a finite number >= 0");
+  auto negative = sys;
+  const std::size_t bad = static_cast<std::size_t>(seed % negative.design_weights.size());
+  negative.design_weights[bad] = -2.5;
+  refused(o, negative, "initial weight of record " + std::to_string(bad) + " is -2.5");
 }
 
 TEST(CalibrationGradient, MeetsTargetsWithinOnePercent) {

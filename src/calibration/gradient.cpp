@@ -47,6 +47,23 @@ class GradientEngine {
     if (!(o.dropout_rate >= 0 && o.dropout_rate <= 1))
       throw InvalidArgument("dropout_rate must lie in [0, 1], got " + std::to_string(o.dropout_rate));
     if (o.epochs < 0) throw InvalidArgument("epochs must be >= 0");
+    // Adam with a step <= 0 climbs the loss (learning_rate -1 "converged" at 1e19), and a negative
+    // L0 penalty rewards keeping records: refuse them instead of running.
+    auto positive = [](double v, const char* name) {
+      if (!(v > 0 && std::isfinite(v)))
+        throw InvalidArgument(std::string(name) + " must be a finite number > 0, got " + std::to_string(v));
+    };
+    positive(o.learning_rate, "learning_rate");
+    if (!(o.noise_level >= 0 && std::isfinite(o.noise_level)))
+      throw InvalidArgument("noise_level must be a finite number >= 0, got " + std::to_string(o.noise_level));
+    if (o.regularize_with_l0) {
+      positive(o.sparse_learning_rate, "sparse_learning_rate");
+      positive(o.temperature, "temperature");
+      if (!(o.l0_lambda >= 0 && std::isfinite(o.l0_lambda)))
+        throw InvalidArgument("l0_lambda must be a finite number >= 0, got " + std::to_string(o.l0_lambda));
+      if (!(o.init_mean > 0 && o.init_mean < 1))
+        throw InvalidArgument("init_mean must lie in (0, 1), got " + std::to_string(o.init_mean));
+    }
     if (!o.normalization_factor.empty() && static_cast<index_t>(o.normalization_factor.size()) != k_)
       throw InvalidArgument("normalization_factor has " + std::to_string(o.normalization_factor.size()) +
                             " values, expected one per target (" + std::to_string(k_) + ")");
@@ -67,8 +84,10 @@ class GradientEngine {
     if (static_cast<index_t>(w0.size()) != n_)
       throw InvalidArgument("gradient calibration: design_weights must have one value per record");
     for (index_t i = 0; i < n_; ++i)
-      if (!std::isfinite(w0[i]))
-        throw InvalidArgument("initial weight of record " + std::to_string(rl_.offset + i) + " is not finite");
+      if (!std::isfinite(w0[i]) || w0[i] < 0)
+        throw InvalidArgument("initial weight of record " + std::to_string(rl_.offset + i) + " is " +
+                              std::to_string(w0[i]) + ": the gradient calibrator works on log weights, so design "
+                              "weights must be finite and >= 0");
   }
 
   // The CPU evaluation's buffers, bound once per operation to its workspace (the batch is the
