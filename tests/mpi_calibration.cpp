@@ -258,7 +258,7 @@ TEST(ShardedCalibrationErrors, BadRecordOnOneRankRaisedEverywhere) {
     o.epochs = 3;
     calibrate_gradient(dctx, broken, o);
   });
-  EXPECT_NE(gradient_error.find("must be finite and >= 0"), std::string::npos) << gradient_error;
+  EXPECT_NE(gradient_error.find("is not finite"), std::string::npos) << gradient_error;
   EXPECT_TRUE(testsupport::same_on_every_rank(gradient_error)) << gradient_error;
 
   if (is_bad) broken.design_weights.pop_back();

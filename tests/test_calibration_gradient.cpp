@@ -268,9 +268,10 @@ otcal::ConstraintSystem income_by_age(std::mt19937_64& rng, double scale) {
   return otcal::build_constraints(ctx, t, s);
 }
 
-// Options that make Adam climb the loss or reward keeping records, and design weights the log
-// transform cannot take, are refused with the option's name instead of "converging" at 1e19.
-TEST(CalibrationGradient, RefusesStepsPenaltiesAndWeightsItCannotUse) {
+// Options that make Adam climb the loss or reward keeping records are refused with the option's
+// name instead of "converging" at 1e19. (Weights <= 0 after the noise are floored with a warning,
+// as microcalibrate does: docs/calibration.md.)
+TEST(CalibrationGradient, RefusesStepsAndPenaltiesItCannotUse) {
   const auto seed = testsupport::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   auto ctx = quiet_ctx();
@@ -301,10 +302,10 @@ TEST(CalibrationGradient, RefusesStepsPenaltiesAndWeightsItCannotUse) {
   auto noisy = o;
   noisy.noise_level = -1;
   refused(noisy, sys, "noise_level must be a finite number >= 0");
-  auto negative = sys;
-  const std::size_t bad = static_cast<std::size_t>(seed % negative.design_weights.size());
-  negative.design_weights[bad] = -2.5;
-  refused(o, negative, "initial weight of record " + std::to_string(bad) + " is -2.5");
+  auto nan_weight = sys;
+  const std::size_t bad = static_cast<std::size_t>(seed % nan_weight.design_weights.size());
+  nan_weight.design_weights[bad] = std::nan("");
+  refused(o, nan_weight, "initial weight of record " + std::to_string(bad) + " is not finite");
 }
 
 TEST(CalibrationGradient, MeetsTargetsWithinOnePercent) {

@@ -84,10 +84,8 @@ class GradientEngine {
     if (static_cast<index_t>(w0.size()) != n_)
       throw InvalidArgument("gradient calibration: design_weights must have one value per record");
     for (index_t i = 0; i < n_; ++i)
-      if (!std::isfinite(w0[i]) || w0[i] < 0)
-        throw InvalidArgument("initial weight of record " + std::to_string(rl_.offset + i) + " is " +
-                              std::to_string(w0[i]) + ": the gradient calibrator works on log weights, so design "
-                              "weights must be finite and >= 0");
+      if (!std::isfinite(w0[i]))
+        throw InvalidArgument("initial weight of record " + std::to_string(rl_.offset + i) + " is not finite");
   }
 
   // The CPU evaluation's buffers, bound once per operation to its workspace (the batch is the
