@@ -1,0 +1,96 @@
+// The calibration spec (`otcal calibrate --spec`), read from JSON into a ConstraintSpec.
+#include "io/spec_json.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "io/npy.hpp"
+#include "otcal/errors.hpp"
+
+namespace otcal::io {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+double json_number(const ojson& v, const std::string& where, const std::string& spec_path) {
+  if (!v.is_number())
+    throw InvalidArgument("--spec '" + spec_path + "': " + where + " must be a number, got " + v.dump());
+  return v.get<double>();
+}
+
+}  // namespace
+
+ConstraintSpec parse_spec_json(const std::string& text, const std::string& path, const RecordTable& table,
+                               const std::string& weights_column) {
+  ojson j;
+  try {
+    j = ojson::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument("--spec '" + path + "' is not valid JSON: " + std::string(e.what()));
+  }
+  if (!j.is_object()) throw InvalidArgument("--spec '" + path + "': the top level must be a JSON object");
+  ConstraintSpec spec;
+  spec.weight_column = weights_column;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    if (key == "total") {
+      spec.total = json_number(it.value(), "\"total\"", path);
+    } else if (key == "marginal") {
+      if (!it.value().is_object()) throw InvalidArgument("--spec '" + path + "': \"marginal\" must be an object {column: {category: target}}");
+      for (auto c = it.value().begin(); c != it.value().end(); ++c) {
+        if (!c.value().is_object())
+          throw InvalidArgument("--spec '" + path + "': marginal \"" + c.key() + "\" must be an object {category: target}");
+        std::vector<std::pair<std::string, double>> cats;
+        for (auto k = c.value().begin(); k != c.value().end(); ++k)
+          cats.emplace_back(k.key(), json_number(k.value(), "marginal." + c.key() + "." + k.key(), path));
+        spec.marginal.emplace_back(c.key(), std::move(cats));
+      }
+    } else if (key == "continuous") {
+      if (!it.value().is_object()) throw InvalidArgument("--spec '" + path + "': \"continuous\" must be an object {column: total}");
+      for (auto c = it.value().begin(); c != it.value().end(); ++c)
+        spec.continuous.emplace_back(c.key(), json_number(c.value(), "continuous." + c.key(), path));
+    } else if (key == "linear") {
+      if (!it.value().is_array()) throw InvalidArgument("--spec '" + path + "': \"linear\" must be a list of constraints");
+      int idx = 0;
+      for (const auto& lc : it.value()) {
+        const std::string where = "linear[" + std::to_string(idx++) + "]";
+        if (!lc.is_object() || !lc.contains("name") || !lc["name"].is_string() || !lc.contains("target"))
+          throw InvalidArgument("--spec '" + path + "': " + where + " needs \"name\" (string), \"target\" and \"column\" or \"coefficients\"");
+        LinearConstraint c;
+        c.name = lc["name"].get<std::string>();
+        c.target = json_number(lc["target"], where + ".target", path);
+        if (lc.contains("column") && lc["column"].is_string()) {
+          const TableColumn* col = table.find(lc["column"].get<std::string>());
+          if (!col || !col->numeric)
+            throw InvalidArgument("--spec '" + path + "': " + where + ".column '" + lc["column"].get<std::string>() +
+                                  "' is not a numeric column of --data");
+          c.coefficients = col->numbers;
+        } else if (lc.contains("coefficients") && lc["coefficients"].is_string()) {
+          std::filesystem::path p = lc["coefficients"].get<std::string>();
+          if (p.is_relative()) p = std::filesystem::path(path).parent_path() / p;
+          const auto arr = io::read_npy(p.string(), "--spec " + where + ".coefficients");
+          if (arr.shape.size() != 1)
+            throw InvalidArgument("--spec " + where + ".coefficients '" + p.string() + "' must be 1-D");
+          c.coefficients = arr.data;
+        } else {
+          throw InvalidArgument("--spec '" + path + "': " + where + " needs \"column\" (a data column) or \"coefficients\" (an .npy path)");
+        }
+        spec.linear.push_back(std::move(c));
+      }
+    } else {
+      throw InvalidArgument("--spec '" + path + "': unknown key \"" + key + "\" (expected total, marginal, continuous, linear)");
+    }
+  }
+  return spec;
+}
+
+ConstraintSpec read_spec_json(const std::string& path, const RecordTable& table, const std::string& weights_column) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InvalidArgument("--spec: cannot open '" + path + "' for reading");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return parse_spec_json(text, path, table, weights_column);
+}
+
+}  // namespace otcal::io
