@@ -145,8 +145,8 @@ TEST(CliMpiCalibrate, ExactWeightsMatchOneProcessTo1e12) {
       ASSERT_EQ(a.shape, std::vector<index_t>{n});
       ASSERT_EQ(b.shape, std::vector<index_t>{n});
       double worst = 0;
-      for (std::size_t i = 0; i < a.data.size(); ++i)
-        worst = std::max(worst, std::fabs(a.data[i] - b.data[i]) / std::fabs(a.data[i]));
+      for (std::size_t i = 0; i < static_cast<std::size_t>(a.size()); ++i)
+        worst = std::max(worst, std::fabs(a.at(i) - b.at(i)) / std::fabs(a.at(i)));
       EXPECT_LE(worst, 1e-12);
       // weights.csv holds the same numbers as weights.npy, in the same (data) order.
       std::istringstream csv(testsupport::slurp(many / "weights.csv"));
@@ -155,10 +155,10 @@ TEST(CliMpiCalibrate, ExactWeightsMatchOneProcessTo1e12) {
       EXPECT_EQ(line, "weight");
       std::size_t i = 0;
       for (; std::getline(csv, line); ++i) {
-        ASSERT_LT(i, b.data.size());
-        EXPECT_EQ(std::strtod(line.c_str(), nullptr), b.data[i]) << "record " << i;
+        ASSERT_LT(i, static_cast<std::size_t>(b.size()));
+        EXPECT_EQ(std::strtod(line.c_str(), nullptr), b.at(i)) << "record " << i;
       }
-      EXPECT_EQ(i, b.data.size());
+      EXPECT_EQ(i, static_cast<std::size_t>(b.size()));
     });
   }
 }

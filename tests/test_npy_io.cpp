@@ -10,6 +10,9 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
+
+#include <unistd.h>
 
 #include "io/npy.hpp"
 #include "io/output.hpp"
@@ -91,10 +94,10 @@ TEST(NpyIo, RoundTripFloat64And32In1DAnd2D) {
       const otcal::io::NpyArray back = otcal::io::read_npy(path, "--a");
       EXPECT_EQ(back.dtype, dt);
       EXPECT_EQ(back.shape, shape);
-      ASSERT_EQ(back.data.size(), count);
+      ASSERT_EQ(static_cast<std::size_t>(back.size()), count);
       for (std::size_t k = 0; k < count; ++k) {
         const double want = dt == DType::float32 ? static_cast<double>(static_cast<float>(v[k])) : v[k];
-        ASSERT_EQ(back.data[k], want) << k;  // bitwise: float32 narrowing is the only change
+        ASSERT_EQ(back.at(k), want) << k;  // bitwise: float32 narrowing is the only change
       }
       // Data starts on a 64-byte boundary (numpy's alignment rule).
       EXPECT_EQ((fs::file_size(path) - count * otcal::dtype_size(dt)) % 64, 0u);
@@ -109,7 +112,7 @@ TEST(NpyIo, ReadsHeaderVersions2And3) {
     write_bytes(path, npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", raw(v), major));
     const auto a = otcal::io::read_npy(path, "--x");
     EXPECT_EQ(a.shape, std::vector<index_t>{3});
-    EXPECT_EQ(a.data, v);
+    EXPECT_EQ(a.values(), v);
   }
 }
 
@@ -144,6 +147,118 @@ TEST(NpyIo, RejectsWhatItCannotRead) {
                   "structured");
   expect_rejected(dir.file("missing.npy"), "cannot be opened");
   expect_rejected(dir.path.string(), "directory");
+}
+
+// A float32 file stays float32: the view is the file's own bytes, mapped, not a widened copy.
+TEST(NpyIo, Float32IsViewedInPlaceInItsOwnDtype) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  TempDir dir;
+  std::uniform_int_distribution<index_t> dim(1, 40);
+  const index_t rows = dim(rng), cols = dim(rng);
+  std::vector<float> v(static_cast<std::size_t>(rows * cols));
+  std::normal_distribution<float> z(0.0f, 10.0f);
+  for (float& x : v) x = z(rng);
+  const std::string path = dir.file("x32.npy");
+  write_bytes(path, otcal::io::detail::npy_header("<f4", {rows, cols}) + raw(v));
+  const otcal::io::NpyArray a = otcal::io::read_npy(path, "--x");
+  ASSERT_EQ(a.dtype, DType::float32);
+  EXPECT_TRUE(a.mapped()) << "a regular file is viewed in a mapping, not copied";
+  ASSERT_EQ(std::memcmp(a.data<float>(), v.data(), v.size() * sizeof(float)), 0) << "not bit-exact";
+  const otcal::ConstMatrix m = a.matrix();
+  EXPECT_EQ(m.dtype, DType::float32);
+  EXPECT_EQ(m.data, static_cast<const void*>(a.data<float>()));
+  EXPECT_EQ(m.rows, rows);
+  EXPECT_EQ(m.cols, cols);
+  EXPECT_THROW(a.data<double>(), otcal::InvalidArgument);
+  // values() widens exactly, for the callers that need doubles.
+  const std::vector<double> wide = a.values();
+  for (std::size_t k = 0; k < v.size(); ++k) ASSERT_EQ(wide[k], static_cast<double>(v[k])) << k;
+}
+
+// A payload that a hand-made header leaves misaligned for its dtype is copied into aligned memory.
+TEST(NpyIo, MisalignedPayloadIsCopiedAligned) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  TempDir dir;
+  const std::vector<double> v = random_values(11, rng);
+  // 10-byte prefix + 75-byte dict: the payload starts at byte 85.
+  std::string dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (11,), }";
+  dict.append(74 - dict.size(), ' ');
+  dict.push_back('\n');
+  std::string f = "\x93NUMPY";
+  f += std::string{'\x01', '\x00', static_cast<char>(dict.size()), '\x00'};
+  const std::string path = dir.file("odd.npy");
+  write_bytes(path, f + dict + raw(v));
+  const otcal::io::NpyArray a = otcal::io::read_npy(path, "--x");
+  EXPECT_FALSE(a.mapped());
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a.data<double>()) % alignof(double), 0u);
+  EXPECT_EQ(a.values(), v);
+}
+
+// The header is read (and its size known) before the payload: a huge sparse file costs nothing.
+TEST(NpyIo, HeaderIsKnownBeforeThePayloadIsRead) {
+  TempDir dir;
+  const std::string path = dir.file("huge.npy");
+  const std::string header = otcal::io::detail::npy_header("<f8", {1000000, 600});
+  write_bytes(path, header);
+  fs::resize_file(path, header.size() + std::uint64_t{1000000} * 600 * 8);  // sparse: no disk blocks
+  const otcal::io::NpyInput in(path, "--x");
+  EXPECT_EQ(in.shape(), (std::vector<index_t>{1000000, 600}));
+  EXPECT_EQ(in.dtype(), DType::float64);
+  EXPECT_EQ(in.payload_bytes(), std::uint64_t{4800000000});
+  EXPECT_FALSE(in.copies());
+}
+
+namespace {
+// Reads `bytes` through a pipe (/dev/fd/N), written by a thread.
+otcal::io::NpyArray read_through_pipe(const std::string& bytes) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  std::thread writer([&] {
+    std::size_t off = 0;
+    while (off < bytes.size()) {
+      const ssize_t w = ::write(fds[1], bytes.data() + off, bytes.size() - off);
+      if (w <= 0) break;
+      off += static_cast<std::size_t>(w);
+    }
+    ::close(fds[1]);
+  });
+  struct Join {
+    std::thread& t;
+    int fd;
+    ~Join() {
+      t.join();
+      ::close(fd);
+    }
+  } join{writer, fds[0]};
+  return otcal::io::read_npy("/dev/fd/" + std::to_string(fds[0]), "--x");
+}
+}  // namespace
+
+TEST(NpyIo, ReadsAPipeAndRefusesATruncatedOne) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  // More than a pipe buffer (64 KiB), so that the reader takes it in several reads.
+  const std::vector<double> v = random_values(3 * 5000, rng);
+  const std::string file = otcal::io::detail::npy_header("<f8", {5000, 3}) + raw(v);
+  const otcal::io::NpyArray a = read_through_pipe(file);
+  EXPECT_EQ(a.shape, (std::vector<index_t>{5000, 3}));
+  EXPECT_FALSE(a.mapped());
+  EXPECT_EQ(a.values(), v);
+  std::uniform_int_distribution<std::size_t> cut(1, v.size() * sizeof(double) - 1);
+  try {
+    read_through_pipe(file.substr(0, file.size() - cut(rng)));
+    FAIL() << "a truncated stream was accepted";
+  } catch (const otcal::InvalidArgument& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("--x"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("120000"), std::string::npos) << "names the bytes the header announced: " << msg;
+  }
 }
 
 TEST(NpyIo, IntegerWriterAndUnicodeScalarHeaders) {
@@ -191,8 +306,8 @@ TEST(NpyIo, AgreesWithNumpy) {
   EXPECT_EQ(a64.shape, (std::vector<index_t>{7, 5}));
   EXPECT_EQ(a32.dtype, DType::float32);
   for (std::size_t k = 0; k < want.size(); ++k) {
-    EXPECT_EQ(a64.data[k], want[k]);
-    EXPECT_EQ(a32.data[k], static_cast<double>(static_cast<float>(want[k])));
+    EXPECT_EQ(a64.at(k), want[k]);
+    EXPECT_EQ(a32.data<float>()[k], static_cast<float>(want[k]));  // numpy's float32, no widened copy
   }
   // otcal -> numpy: numpy loads our file and prints the values as float.hex.
   const std::vector<double> v = random_values(4 * 3, rng);

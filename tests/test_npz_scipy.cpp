@@ -87,15 +87,15 @@ void scipy_roundtrip(const TempDir& dir, const std::string& npz, const CsrMatrix
   const auto indices = otcal::io::read_npy(dir.file("indices.npy"), "indices");
   const auto data = otcal::io::read_npy(dir.file("data.npy"), "data");
   const auto shape = otcal::io::read_npy(dir.file("shape.npy"), "shape");
-  ASSERT_EQ(shape.data, (std::vector<double>{double(m.rows), double(m.cols)}));
-  ASSERT_EQ(indptr.data.size(), m.indptr.size());
-  for (std::size_t r = 0; r < m.indptr.size(); ++r) ASSERT_EQ(indptr.data[r], double(m.indptr[r])) << "indptr " << r;
-  ASSERT_EQ(indices.data.size(), static_cast<std::size_t>(m.nnz()));
-  ASSERT_EQ(data.data.size(), static_cast<std::size_t>(m.nnz()));
+  ASSERT_EQ(shape.values(), (std::vector<double>{double(m.rows), double(m.cols)}));
+  ASSERT_EQ(static_cast<std::size_t>(indptr.size()), m.indptr.size());
+  for (std::size_t r = 0; r < m.indptr.size(); ++r) ASSERT_EQ(indptr.at(r), double(m.indptr[r])) << "indptr " << r;
+  ASSERT_EQ(static_cast<std::size_t>(indices.size()), static_cast<std::size_t>(m.nnz()));
+  ASSERT_EQ(static_cast<std::size_t>(data.size()), static_cast<std::size_t>(m.nnz()));
   for (std::int64_t k = 0; k < m.nnz(); ++k) {
-    ASSERT_EQ(indices.data[k], double(m.index(k))) << "index " << k;
+    ASSERT_EQ(indices.at(k), double(m.index(k))) << "index " << k;
     const double want = m.dtype == DType::float32 ? double(float(m.values[k])) : m.values[k];
-    ASSERT_EQ(data.data[k], want) << "value " << k;
+    ASSERT_EQ(data.at(k), want) << "value " << k;
   }
 }
 

@@ -54,6 +54,11 @@ class Problem {
   const std::vector<double>& b() const;
   bool same_clouds() const;              // y was empty: y = x
   std::size_t resident_bytes() const;    // charged to the context's budget while the problem lives
+  // What resident_bytes() will be for clouds of n and m points in d dimensions (same_clouds: y = x,
+  // m = n) under `cost` in `precision` on `ctx`, known before the clouds exist: a reader checks its
+  // inputs' headers against the budget with it before it reads them.
+  static std::size_t resident_bytes_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
+                                        const Cost& cost, DType precision);
 
   struct Impl;
   Impl& impl() const { return *impl_; }

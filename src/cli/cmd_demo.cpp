@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -49,6 +50,12 @@ std::vector<double> sample_mixture(index_t n, const std::vector<Component>& mix,
 int run_demo(const DemoArgs& args) {
   if (args.n < 1) throw InvalidArgument("--n " + std::to_string(args.n) + " must be >= 1");
   const Context ctx = args.common.make_context();
+  // The generated clouds (float64 [n, 3] each) live on the host beside their resident copy:
+  // refused before they are generated when either does not fit.
+  const std::uint64_t generated =
+      args.n > (index_t{1} << 56) ? std::numeric_limits<std::uint64_t>::max() : std::uint64_t(args.n) * 3 * 8 * 2;
+  check_problem_fits(ctx, args.n, args.n, 3, false, Cost{}, DType::float64, generated,
+                     "--n " + std::to_string(args.n) + " (two clouds of " + std::to_string(args.n) + " 3-D points)");
   std::mt19937_64 rng(args.seed);
   const std::vector<Component> source = {{{0, 0, 0}, 0.6, 0.5}, {{3, 0, 1}, 0.8, 0.3}, {{0, 3, -1}, 0.5, 0.2}};
   const std::vector<Component> target = {{{1, 1, 0}, 0.7, 0.4}, {{4, 2, 1}, 0.5, 0.4}, {{-1, 2, 2}, 0.9, 0.2}};

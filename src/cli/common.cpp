@@ -1,16 +1,20 @@
 #include "cli/common.hpp"
 
 #include <cctype>
+#include <cfloat>
 #include <cmath>
 #include <memory>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
 #include "cli/processes.hpp"
+#include "io/host_memory.hpp"
 #include "core/collective.hpp"
 #include "otcal/memory.hpp"
+#include "otcal/problem.hpp"
 
 namespace otcal::cli {
 
@@ -90,26 +94,48 @@ std::string fmt(double v) {
 }
 }  // namespace
 
-io::NpyArray load_points(const std::string& path, const std::string& flag) {
-  io::NpyArray a = io::read_npy(path, flag);
-  if (a.shape.size() != 2)
-    throw InvalidArgument(flag + " '" + path + "' has " + std::to_string(a.shape.size()) +
+io::NpyInput open_points(const std::string& path, const std::string& flag) {
+  io::NpyInput in(path, flag);
+  const std::vector<index_t>& shape = in.shape();
+  if (shape.size() != 2)
+    throw InvalidArgument(flag + " '" + path + "' has " + std::to_string(shape.size()) +
                           " dimensions; points must be a 2-D array [n_points, n_features]"
                           " (use arr.reshape(-1, 1) for 1-D data)");
-  if (a.shape[0] < 1 || a.shape[1] < 1)
-    throw InvalidArgument(flag + " '" + path + "' has shape (" + std::to_string(a.shape[0]) + ", " +
-                          std::to_string(a.shape[1]) + "); it needs at least one point with at least one feature");
+  if (shape[0] < 1 || shape[1] < 1)
+    throw InvalidArgument(flag + " '" + path + "' has shape (" + std::to_string(shape[0]) + ", " +
+                          std::to_string(shape[1]) + "); it needs at least one point with at least one feature");
+  return in;
+}
+
+namespace {
+// The first non-finite value among elements [begin, end), or -1.
+template <class T>
+std::int64_t first_non_finite(const T* v, std::size_t begin, std::size_t end) {
+  for (std::size_t k = begin; k < end; ++k)
+    if (!std::isfinite(v[k])) return static_cast<std::int64_t>(k);
+  return -1;
+}
+}  // namespace
+
+io::NpyArray read_points(io::NpyInput& input) {
+  io::NpyArray a = input.read();
   const index_t d = a.shape[1];
   // Under mpirun a rank checks the rows it owns; agreed() makes every rank raise what one found.
   const Communicator& ranks = *processes();
   const Shard own = shard_rows(a.shape[0], ranks.rank(), ranks.size());
-  for (auto k = static_cast<std::size_t>(own.begin * d); k < static_cast<std::size_t>(own.end * d); ++k)
-    if (!std::isfinite(a.data[k]))
-      throw InvalidArgument(flag + " '" + path + "' holds " + fmt(a.data[k]) + " at row " +
-                            std::to_string(static_cast<index_t>(k) / d) + ", column " +
-                            std::to_string(static_cast<index_t>(k) % d) +
-                            ": point coordinates must be finite; drop or impute those points");
+  const auto begin = static_cast<std::size_t>(own.begin * d), end = static_cast<std::size_t>(own.end * d);
+  const std::int64_t bad = a.dtype == DType::float32 ? first_non_finite(a.data<float>(), begin, end)
+                                                     : first_non_finite(a.data<double>(), begin, end);
+  if (bad >= 0)
+    throw InvalidArgument(input.what() + " '" + input.path() + "' holds " + fmt(a.at(static_cast<std::size_t>(bad))) +
+                          " at row " + std::to_string(bad / d) + ", column " + std::to_string(bad % d) +
+                          ": point coordinates must be finite; drop or impute those points");
   return a;
+}
+
+io::NpyArray load_points(const std::string& path, const std::string& flag) {
+  io::NpyInput in = open_points(path, flag);
+  return read_points(in);
 }
 
 io::NpyArray load_weights(const std::string& path, const std::string& flag, index_t expected, const std::string& against) {
@@ -121,8 +147,8 @@ io::NpyArray load_weights(const std::string& path, const std::string& flag, inde
     throw InvalidArgument(flag + " '" + path + "' has " + std::to_string(w.shape[0]) + " weights but " + against +
                           ": give one weight per point");
   double total = 0;
-  for (std::size_t k = 0; k < w.data.size(); ++k) {
-    const double v = w.data[k];
+  for (std::size_t k = 0; k < static_cast<std::size_t>(w.size()); ++k) {
+    const double v = w.at(k);
     if (!std::isfinite(v) || v < 0)
       throw InvalidArgument(flag + " '" + path + "' holds " + fmt(v) + " at index " + std::to_string(k) +
                             ": weights must be finite and >= 0");
@@ -130,11 +156,36 @@ io::NpyArray load_weights(const std::string& path, const std::string& flag, inde
   }
   if (!(total > 0))
     throw InvalidArgument(flag + " '" + path + "' sums to 0: at least one weight must be positive");
+  if (!std::isfinite(total))
+    throw InvalidArgument(flag + " '" + path + "' sums to more than the largest double (" + fmt(DBL_MAX) +
+                          "): divide the weights by a common factor");
   return w;
 }
 
-ConstMatrix matrix_view(const io::NpyArray& a) { return ConstMatrix::of(a.data.data(), a.shape.at(0), a.shape.at(1)); }
-ConstVector vector_view(const io::NpyArray& a) { return ConstVector::of(a.data.data(), a.shape.at(0)); }
+ConstMatrix matrix_view(const io::NpyArray& a) { return a.matrix(); }
+ConstVector vector_view(const io::NpyArray& a) { return a.vector(); }
+
+void check_problem_fits(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds, const Cost& cost,
+                        DType precision, std::uint64_t host_inputs, const std::string& inputs) {
+  // Clouds beyond 2^56 values are out of any machine's reach, and their byte counts would overflow.
+  constexpr index_t kMaxValues = index_t{1} << 56;
+  const bool huge = n > kMaxValues / d || m > kMaxValues / d;
+  const std::size_t resident =
+      huge ? std::numeric_limits<std::size_t>::max() : Problem::resident_bytes_for(ctx, n, m, d, same_clouds, cost, precision);
+  const std::size_t in_use = ctx.limiter().allocated_bytes();
+  const std::size_t budget = ctx.memory_budget();
+  const std::string need = huge ? "more than 2^59 bytes" : format_bytes(resident) + " (" + std::to_string(resident) + " bytes)";
+  if (huge || resident > budget - std::min(budget, in_use))
+    throw BudgetTooSmall(inputs + ": the resident problem needs " + need + " in " + dtype_name(precision) +
+                             " but the memory budget (--memory-budget) is " + format_bytes(budget) + " (" +
+                             std::to_string(budget) + " bytes" +
+                             (in_use > 0 ? ", " + std::to_string(in_use) + " of them in use" : std::string()) +
+                             "): raise --memory-budget or use fewer points",
+                         huge ? std::numeric_limits<std::size_t>::max() : resident + in_use);
+  const std::uint64_t on_host = host_inputs + (ctx.kind() == DeviceKind::cpu ? resident : 0);
+  io::check_host_memory(on_host, inputs, ctx.kind() == DeviceKind::cpu ? "(the inputs and their resident copy)"
+                                                                         : "(the inputs)");
+}
 
 DType parse_precision(const std::string& text, const std::string& flag) {
   if (text == "float64" || text == "f8" || text == "double") return DType::float64;

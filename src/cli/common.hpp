@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -54,13 +55,27 @@ auto with_flag(const std::string& flag, F&& f) -> decltype(f()) {
 std::string flagify(const std::string& message, const std::vector<std::pair<std::string, std::string>>& names);
 
 // ---- inputs -------------------------------------------------------------------------------------
-// A 2-D float array [rows, cols] with finite values; errors name `flag`.
+// Inputs keep their dtype (float32 stays float32) and are mapped, not copied, when they are regular
+// files; their headers are checked (open_points, check_problem_fits) before a payload is read.
+// Opens a points file and checks from its header that it is 2-D [rows >= 1, cols >= 1]; errors name `flag`.
+io::NpyInput open_points(const std::string& path, const std::string& flag);
+// Reads an opened points file and checks that its values are finite.
+io::NpyArray read_points(io::NpyInput& input);
+// open_points, then read_points.
 io::NpyArray load_points(const std::string& path, const std::string& flag);
 // A 1-D float array of `expected` finite, non-negative weights with a positive sum; `against`
 // names what fixes the length (e.g. "--x has 100 rows").
 io::NpyArray load_weights(const std::string& path, const std::string& flag, index_t expected, const std::string& against);
-ConstMatrix matrix_view(const io::NpyArray& a);
+ConstMatrix matrix_view(const io::NpyArray& a);  // in the file's dtype
 ConstVector vector_view(const io::NpyArray& a);
+
+// Refuses, before the inputs are read or generated, a problem whose resident copy (clouds of n and
+// m points in d dimensions, Problem::resident_bytes_for) does not fit the context's budget
+// (BudgetTooSmall naming `inputs` and --memory-budget), or whose host memory does not fit what the
+// host has available (InvalidArgument): `host_inputs` bytes the inputs themselves take on the host,
+// plus the resident copy on a CPU context. `inputs` names them, e.g. "--x 'x.npy' [1000, 3] float64".
+void check_problem_fits(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds, const Cost& cost,
+                        DType precision, std::uint64_t host_inputs, const std::string& inputs);
 
 DType parse_precision(const std::string& text, const std::string& flag = "--precision");
 

@@ -1,5 +1,7 @@
 #include "otcal/context.hpp"
 
+#include "core/host_memory.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -62,11 +64,7 @@ std::size_t host_memory_bytes() {
   return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : 0;
 }
 
-std::size_t host_available_bytes() {
-  const long pages = sysconf(_SC_AVPHYS_PAGES);
-  const long page = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page) : 0;
-}
+using detail::host_available_bytes;
 
 int default_threads() {
 #ifdef _OPENMP

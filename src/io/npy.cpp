@@ -1,6 +1,12 @@
 // .npy reading and writing (format spec: numpy/lib/format.py, versions 1.0-3.0).
 #include "io/npy.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cmath>
@@ -10,7 +16,9 @@
 #include <limits>
 #include <memory>
 #include <sstream>
+#include <utility>
 
+#include "io/host_memory.hpp"
 #include "otcal/errors.hpp"
 
 namespace otcal::io {
@@ -246,48 +254,86 @@ NpyStream npy_stream_unicode_scalar(const std::string& ascii) {
 
 }  // namespace detail
 
-NpyArray read_npy(const std::string& path, const std::string& what) {
+// ---- reading -----------------------------------------------------------------------------------
+
+template <class T>
+const T* NpyArray::data() const {
+  if (dtype != dtype_of<T>())
+    throw InvalidArgument(std::string("the array holds ") + dtype_name(dtype) + ", not " + dtype_name(dtype_of<T>()));
+  return static_cast<const T*>(payload_);
+}
+template const float* NpyArray::data<float>() const;
+template const double* NpyArray::data<double>() const;
+
+std::vector<double> NpyArray::values() const {
+  std::vector<double> v(static_cast<std::size_t>(size()));
+  for (std::size_t k = 0; k < v.size(); ++k) v[k] = at(k);
+  return v;
+}
+
+ConstMatrix NpyArray::matrix() const { return {payload_, dtype, shape.at(0), shape.at(1), Location::host}; }
+ConstVector NpyArray::vector() const { return {payload_, dtype, shape.at(0), Location::host}; }
+
+namespace {
+
+// read() until `n` bytes arrived or the stream ended (EINTR retried); returns the count read.
+std::uint64_t read_fully(int fd, char* out, std::uint64_t n) {
+  std::uint64_t got = 0;
+  while (got < n) {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n - got, std::uint64_t{1} << 30));
+    const ssize_t r = ::read(fd, out + got, want);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<std::uint64_t>(r);
+  }
+  return got;
+}
+
+}  // namespace
+
+NpyInput::NpyInput(const std::string& path, const std::string& what) : path_(path), what_(what) {
   errno = 0;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(what, path, "is a directory, not a .npy file", "Check the path");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) {
     const std::string why = errno ? std::strerror(errno) : "cannot open";
     fail(what, path, "cannot be opened (" + why + ")", "Check the path");
   }
-  in.seekg(0, std::ios::end);
-  const auto file_size = static_cast<std::uint64_t>(in.tellg());
-  in.seekg(0);
+  struct stat st {};
+  regular_ = ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode);
+  // A regular file is read from its start whatever the descriptor's offset (e.g. /dev/stdin
+  // redirected from a file); a stream is read from where it is, sequentially.
+  if (regular_) {
+    file_size_ = static_cast<std::uint64_t>(st.st_size);
+    ::lseek(fd_, 0, SEEK_SET);
+  }
   char pre[8];
-  if (file_size < 10 || !in.read(pre, 8) || std::memcmp(pre, kMagic, 6) != 0)
+  std::uint64_t consumed = read_fully(fd_, pre, 8);
+  if (consumed < 8 || std::memcmp(pre, kMagic, 6) != 0 || (regular_ && file_size_ < 10))
     fail(what, path, "is not a NumPy .npy file (no \\x93NUMPY magic)", kSaveAdvice);
   const int major = static_cast<unsigned char>(pre[6]);
   std::uint64_t header_len = 0;
-  std::size_t prefix = 0;
-  if (major == 1) {
-    unsigned char l[2];
-    in.read(reinterpret_cast<char*>(l), 2);
-    header_len = l[0] | (std::uint64_t{l[1]} << 8);
-    prefix = 10;
-  } else if (major == 2 || major == 3) {
-    unsigned char l[4];
-    in.read(reinterpret_cast<char*>(l), 4);
-    for (int k = 0; k < 4; ++k) header_len |= std::uint64_t{l[k]} << (8 * k);
-    prefix = 12;
-  } else {
-    fail(what, path, "has unsupported .npy format version " + std::to_string(major), kSaveAdvice);
-  }
-  if (!in || prefix + header_len > file_size)
+  std::size_t len_bytes = 0;
+  if (major == 1) len_bytes = 2;
+  else if (major == 2 || major == 3) len_bytes = 4;
+  else fail(what, path, "has unsupported .npy format version " + std::to_string(major), kSaveAdvice);
+  unsigned char l[4] = {};
+  if (read_fully(fd_, reinterpret_cast<char*>(l), len_bytes) < len_bytes)
     fail(what, path, "is truncated inside its .npy header", kSaveAdvice);
+  for (std::size_t k = 0; k < len_bytes; ++k) header_len |= std::uint64_t{l[k]} << (8 * k);
+  consumed += len_bytes;
+  if (regular_ && consumed + header_len > file_size_) fail(what, path, "is truncated inside its .npy header", kSaveAdvice);
   std::string header(header_len, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header_len));
+  if (read_fully(fd_, header.data(), header_len) < header_len)
+    fail(what, path, "is truncated inside its .npy header", kSaveAdvice);
+  consumed += header_len;
   HeaderDict dict;
   std::string problem;
   if (!parse_header_dict(header, dict, problem)) fail(what, path, "has an unreadable .npy header: " + problem, kSaveAdvice);
 
-  NpyArray arr;
-  if (dict.descr == "<f8") arr.dtype = DType::float64;
-  else if (dict.descr == "<f4") arr.dtype = DType::float32;
+  if (dict.descr == "<f8") dtype_ = DType::float64;
+  else if (dict.descr == "<f4") dtype_ = DType::float32;
   else if (dict.descr == ">f8" || dict.descr == ">f4")
     fail(what, path, "is big-endian (dtype '" + dict.descr + "'); otcal reads little-endian float32/float64 only",
          "Convert it with arr.astype('<f8')");
@@ -297,35 +343,99 @@ NpyArray read_npy(const std::string& path, const std::string& what) {
   if (dict.fortran_order)
     fail(what, path, "is stored in Fortran (column-major) order; otcal reads C order only",
          "Save numpy.ascontiguousarray(arr) instead");
-  arr.shape = dict.shape;
+  shape_ = dict.shape;
   std::uint64_t count = 1;
-  for (index_t e : arr.shape) {
+  for (index_t e : shape_) {
     if (e != 0 && count > std::numeric_limits<std::uint64_t>::max() / 16 / static_cast<std::uint64_t>(e))
-      fail(what, path, "has an impossible shape " + shape_text(arr.shape), kSaveAdvice);
+      fail(what, path, "has an impossible shape " + shape_text(shape_), kSaveAdvice);
     count *= static_cast<std::uint64_t>(e);
   }
-  const std::size_t elem = dtype_size(arr.dtype);
-  const std::uint64_t data_bytes = count * elem;
-  const std::uint64_t available = file_size - prefix - header_len;
-  if (available < data_bytes)
+  payload_offset_ = consumed;
+  payload_bytes_ = count * dtype_size(dtype_);
+  if (regular_ && file_size_ - payload_offset_ < payload_bytes_)
     fail(what, path,
-         "is truncated: shape " + shape_text(arr.shape) + " needs " + std::to_string(data_bytes) + " data bytes but only " +
-             std::to_string(available) + " are present",
+         "is truncated: shape " + shape_text(shape_) + " needs " + std::to_string(payload_bytes_) +
+             " data bytes but only " + std::to_string(file_size_ - payload_offset_) + " are present",
          "Re-save the array");
-  arr.data.resize(count);
-  if (arr.dtype == DType::float64) {
-    in.read(reinterpret_cast<char*>(arr.data.data()), static_cast<std::streamsize>(data_bytes));
-  } else {
-    std::vector<float> chunk(kChunkElements);
-    for (std::uint64_t off = 0; off < count && in; off += kChunkElements) {
-      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kChunkElements, count - off));
-      in.read(reinterpret_cast<char*>(chunk.data()), static_cast<std::streamsize>(n * sizeof(float)));
-      for (std::size_t k = 0; k < n; ++k) arr.data[off + k] = chunk[k];
+  // numpy.load ignores them; here they mean the header's shape does not describe the data.
+  if (regular_ && file_size_ - payload_offset_ > payload_bytes_)
+    fail(what, path,
+         "has " + std::to_string(file_size_ - payload_offset_ - payload_bytes_) +
+             " bytes after the data its header describes (shape " + shape_text(shape_) + ", " +
+             std::to_string(payload_bytes_) + " bytes): the header does not match the data",
+         kSaveAdvice);
+}
+
+NpyInput::~NpyInput() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+NpyInput::NpyInput(NpyInput&& o) noexcept { *this = std::move(o); }
+
+NpyInput& NpyInput::operator=(NpyInput&& o) noexcept {
+  if (this == &o) return *this;
+  if (fd_ >= 0) ::close(fd_);
+  path_ = std::move(o.path_);
+  what_ = std::move(o.what_);
+  fd_ = std::exchange(o.fd_, -1);
+  regular_ = o.regular_;
+  file_size_ = o.file_size_;
+  payload_offset_ = o.payload_offset_;
+  payload_bytes_ = o.payload_bytes_;
+  dtype_ = o.dtype_;
+  shape_ = std::move(o.shape_);
+  return *this;
+}
+
+NpyArray NpyInput::read() {
+  if (fd_ < 0) throw InvalidArgument(what_ + " '" + path_ + "' was already read");
+  NpyArray arr;
+  arr.dtype = dtype_;
+  arr.shape = shape_;
+  const std::size_t elem = dtype_size(dtype_);
+  const auto bytes = static_cast<std::size_t>(payload_bytes_);
+  // Double-aligned storage for a copied payload (float64 and float32 alike).
+  auto owned = [&](std::size_t n) {
+    check_host_memory(n, what_ + " '" + path_ + "'", regular_ ? "to copy its misaligned payload" : "to read it from a stream");
+    return std::shared_ptr<double[]>(new double[std::max<std::size_t>(1, (n + 7) / 8)]);
+  };
+  if (regular_) {
+    // Mapped read-only and private: pages come from the page cache as they are touched, and the
+    // caller's later changes to the file cannot reach a view (a truncated file would, with SIGBUS;
+    // numpy.load(mmap_mode='r') shares that risk).
+    void* map = ::mmap(nullptr, static_cast<std::size_t>(file_size_), PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (map == MAP_FAILED) fail(what_, path_, std::string("could not be mapped (") + std::strerror(errno) + ")", "Check the file");
+    const std::size_t size = static_cast<std::size_t>(file_size_);
+    std::shared_ptr<const void> mapping(map, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
+    const char* payload = static_cast<const char*>(map) + payload_offset_;
+    if (reinterpret_cast<std::uintptr_t>(payload) % elem == 0) {
+      arr.adopt(std::move(mapping), payload, true);
+    } else {  // numpy pads headers to 64 (older numpy: 16) bytes; a hand-made file may not
+      std::shared_ptr<double[]> buf = owned(bytes);
+      if (bytes > 0) std::memcpy(buf.get(), payload, bytes);
+      arr.adopt(std::shared_ptr<const void>(buf, buf.get()), buf.get(), false);
     }
+  } else {
+    std::shared_ptr<double[]> buf = owned(bytes);
+    const std::uint64_t got = read_fully(fd_, reinterpret_cast<char*>(buf.get()), payload_bytes_);
+    if (got < payload_bytes_)
+      fail(what_, path_,
+           "is truncated: shape " + shape_text(shape_) + " needs " + std::to_string(payload_bytes_) +
+               " data bytes but the stream ended after " + std::to_string(got),
+           "Re-save the array, or check the program writing the stream");
+    char extra = 0;
+    if (read_fully(fd_, &extra, 1) != 0)
+      fail(what_, path_,
+           "continues after the " + std::to_string(payload_bytes_) + " data bytes its header describes (shape " +
+               shape_text(shape_) + "): the header does not match the data",
+           "Re-save the array, or check the program writing the stream");
+    arr.adopt(std::shared_ptr<const void>(buf, buf.get()), buf.get(), false);
   }
-  if (!in) fail(what, path, "could not be read completely", "Check the file");
+  ::close(std::exchange(fd_, -1));
   return arr;
 }
+
+NpyArray read_npy(const std::string& path, const std::string& what) { return NpyInput(path, what).read(); }
 
 void write_npy(const std::string& path, const double* data, const std::vector<index_t>& shape, DType dtype) {
   write_all(path, detail::npy_stream(data, shape, dtype));
