@@ -268,4 +268,36 @@ TEST(CalibrationPhilox, UniformsInUnitInterval) {
   EXPECT_NEAR(mean / N, 0.5, 0.01);
 }
 
+// Issue 11: the exact calibrators and rake() refuse a negative design weight, naming the record
+// (docs/calibration.md §1), instead of a pseudo-inverse step on an indefinite Newton matrix.
+TEST(CalibrationDesignWeights, ExactMethodsRefuseNegativeDesignWeights) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const otcal::Context ctx = otcal::Context::cpu({.on_warning = [](const std::string&) {}});
+  const index_t n = 200;
+  otcal::ConstraintSystem sys =
+      otcal::build_constraints(ctx, otcal::make_synthetic_survey(n, 2, 3, 1, seed).table,
+                               otcal::make_synthetic_survey(n, 2, 3, 1, seed).spec);
+  const index_t bad = static_cast<index_t>(seed % static_cast<std::uint64_t>(n));
+  sys.design_weights[bad] = -0.5;
+  for (const otcal::CalFun f : {otcal::CalFun::linear, otcal::CalFun::raking, otcal::CalFun::logit}) {
+    otcal::ExactOptions o;
+    o.calfun = f;
+    o.lower = 0.2;
+    o.upper = 5;
+    try {
+      otcal::calibrate_exact(ctx, sys, o);
+      ADD_FAILURE() << "a negative design weight was calibrated";
+    } catch (const otcal::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("record " + std::to_string(bad) + " is -0.5"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    otcal::rake(ctx, sys);
+    ADD_FAILURE() << "a negative design weight was raked";
+  } catch (const otcal::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("record " + std::to_string(bad) + " is negative"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

@@ -173,16 +173,39 @@ TrimResult trim_g_over(Communicator& comm, const std::vector<double>& g, const s
   return r;
 }
 
-// Δ = pinv(T) b with eigenvalues below 256·DBL_EPSILON·λmax truncated (T symmetric PSD).
-Eigen::VectorXd pinv_solve(const Eigen::Map<Eigen::MatrixXd>& T, const Eigen::VectorXd& b) {
-  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(T);
-  if (es.info() != Eigen::Success) throw NumericalError("calibration: eigendecomposition of the Newton matrix failed");
-  const Eigen::VectorXd& ev = es.eigenvalues();
+// Δ = pinv(T) b with eigenvalues below 256·DBL_EPSILON·λmax truncated (T symmetric PSD). The
+// eigendecomposition runs in T's own storage (T is rebuilt before every solve): Eigen's
+// SelfAdjointEigenSolver would copy T and keep its ka² eigenvectors outside the workspace, which
+// at a few thousand constraints is as much memory again as the budgeted T. These are the steps of
+// SelfAdjointEigenSolver::compute (scale to [-1, 1], Householder tridiagonalization, implicit QR),
+// bit for bit; only O(ka) vectors are allocated.
+Eigen::VectorXd pinv_solve(Eigen::Map<Eigen::MatrixXd> T, const Eigen::VectorXd& b) {
+  const Eigen::Index n = T.rows();
+  Eigen::VectorXd ev(n);
+  if (n == 1) {
+    ev[0] = T(0, 0);
+    T(0, 0) = 1;  // the eigenvector
+  } else {
+    T.triangularView<Eigen::StrictlyUpper>().setZero();  // only the lower triangle is read
+    double scale = T.cwiseAbs().maxCoeff();
+    if (scale == 0) scale = 1;
+    T.triangularView<Eigen::Lower>() /= scale;
+    Eigen::VectorXd subdiag(n - 1), hcoeffs(n - 1);
+    Eigen::internal::tridiagonalization_inplace(T, hcoeffs);
+    ev = T.diagonal();
+    subdiag = T.diagonal<-1>();
+    Eigen::HouseholderSequence<Eigen::Map<Eigen::MatrixXd>, Eigen::VectorXd> q(T, hcoeffs);
+    q.setLength(n - 1).setShift(1);
+    T = q;  // Q, formed in place over the Householder vectors
+    if (Eigen::internal::computeFromTridiagonal_impl(ev, subdiag, 30, true, T) != Eigen::Success)
+      throw NumericalError("calibration: eigendecomposition of the Newton matrix failed");
+    ev *= scale;
+  }
   const double lmax = ev.cwiseAbs().maxCoeff();
   const double tol = 256 * DBL_EPSILON * lmax;
-  Eigen::VectorXd y = es.eigenvectors().transpose() * b;
+  Eigen::VectorXd y = T.transpose() * b;
   for (Eigen::Index j = 0; j < y.size(); ++j) y[j] = ev[j] > tol ? y[j] / ev[j] : 0.0;
-  return es.eigenvectors() * y;
+  return T * y;
 }
 
 }  // namespace
@@ -204,6 +227,14 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     if (static_cast<index_t>(sys.design_weights.size()) != n)
       throw InvalidArgument("calibrate: design_weights has " + std::to_string(sys.design_weights.size()) +
                             " values, expected one per record (" + std::to_string(n) + ")");
+    // G(w/d) is defined for d >= 0; a negative d makes T indefinite and pinv discards the
+    // negative part, so the "solution" would be silently wrong (docs/calibration.md §1).
+    for (index_t i = 0; i < n; ++i)
+      if (sys.design_weights[i] < 0)
+        throw InvalidArgument("calibrate: the design weight of record " + std::to_string(rl.offset + i) + " is " +
+                              fmt(sys.design_weights[i]) +
+                              "; the exact calibrators need design weights >= 0 (the gradient calibrator floors "
+                              "negative ones)");
     if (!(o.lower <= 1 && 1 <= o.upper))
       throw InvalidArgument("calibrate: bounds on g must satisfy lower <= 1 <= upper (got " + fmt(o.lower) +
                             ", " + fmt(o.upper) + ")");

@@ -24,6 +24,10 @@ CalibrationResult rake(const Context& ctx, const ConstraintSystem& sys, const Ra
   if (sys.margin_offsets.size() < 2) throw InvalidArgument("rake: the constraint system has no marginal targets");
   if (static_cast<index_t>(sys.design_weights.size()) != n)
     throw InvalidArgument("rake: design_weights must have one value per record");
+  for (index_t i = 0; i < n; ++i)  // a ratio of cell totals means nothing with negative weights in them
+    if (sys.design_weights[i] < 0)
+      throw InvalidArgument("rake: the design weight of record " + std::to_string(i) + " is negative (" +
+                            std::to_string(sys.design_weights[i]) + "); raking needs design weights >= 0");
   const calib::RakeLayout layout = calib::rake_layout(ctx, sys);
   CalibrationResult res;
   res.plan = calib::plan_calibration(layout.decl, ctx, n);

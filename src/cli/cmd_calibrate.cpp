@@ -8,6 +8,7 @@
 // Relative .npy paths are resolved against the spec file's folder.
 // Under mpirun the records are sharded by rank and rank 0 writes --out (docs/calibration.md §8).
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -33,12 +34,13 @@ namespace {
 struct CalibrateArgs {
   std::string data, spec, out;
   std::string weights_column = "weight";
+  bool weights_column_given = false;  // named on the command line: then it must exist
   std::string method = "linear";
   double lower = -INFINITY, upper = INFINITY;
   double epsilon = 1e-7;
-  int max_iterations = 50;
+  index_t max_iterations = 50;  // index_t: read strictly, then range-checked against the library's int
   bool force = false;
-  int epochs = 32;
+  index_t epochs = 32;
   double learning_rate = 1e-3, dropout = 0.0, noise_level = 10.0;
   std::uint64_t seed = 42;
   std::optional<index_t> batch_size;
@@ -47,6 +49,12 @@ struct CalibrateArgs {
 };
 
 nlohmann::json num(double v) { return finite_or_null(v); }
+
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
 
 nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, const CalibrationResult& r,
                            const Context& ctx, double seconds) {
@@ -94,6 +102,7 @@ nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, 
             {"batch_size", a.batch_size ? nlohmann::json(*a.batch_size) : nlohmann::json(nullptr)},
             {"l0_lambda", a.l0_lambda ? nlohmann::json(*a.l0_lambda) : nlohmann::json(nullptr)}}},
           {"plan", to_json(r.plan)},
+          {"memory", to_json(r.memory)},  // the calibrator's measured peak against its plan and budget
           {"context", to_json(ctx)},
           {"seconds", seconds}};
 }
@@ -102,12 +111,23 @@ nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, 
 void check_options(const CalibrateArgs& a) {
   if (!(a.method == "linear" || a.method == "raking" || a.method == "logit" || a.method == "gradient"))
     throw InvalidArgument("--method '" + a.method + "' is not one of linear, raking, logit, gradient");
-  if (!(a.epsilon > 0)) throw InvalidArgument("--epsilon must be > 0");
-  if (a.max_iterations < 1) throw InvalidArgument("--max-iterations must be >= 1");
+  if (!(a.epsilon > 0 && std::isfinite(a.epsilon)))
+    throw InvalidArgument("--epsilon must be a finite number > 0, got " + fmt(a.epsilon));
+  if (a.max_iterations < 1 || a.max_iterations > INT_MAX)
+    throw InvalidArgument("--max-iterations " + std::to_string(a.max_iterations) + " must be in [1, " +
+                          std::to_string(INT_MAX) + "]");
   if (!(a.lower <= 1 && 1 <= a.upper)) throw InvalidArgument("--lower/--upper must satisfy lower <= 1 <= upper");
   if (a.batch_size && *a.batch_size < 1) throw InvalidArgument("--batch-size must be a positive number of records");
   if (!(a.dropout >= 0 && a.dropout <= 1)) throw InvalidArgument("--dropout must lie in [0, 1]");
-  if (a.epochs < 0) throw InvalidArgument("--epochs must be >= 0");
+  if (a.epochs < 0 || a.epochs > INT_MAX)
+    throw InvalidArgument("--epochs " + std::to_string(a.epochs) + " must be in [0, " + std::to_string(INT_MAX) + "]");
+  // The gradient calibrator refuses these too, in its option names; here they name the flag.
+  if (!(a.learning_rate > 0 && std::isfinite(a.learning_rate)))
+    throw InvalidArgument("--learning-rate must be a finite number > 0, got " + fmt(a.learning_rate));
+  if (!(a.noise_level >= 0 && std::isfinite(a.noise_level)))
+    throw InvalidArgument("--noise-level must be a finite number >= 0, got " + fmt(a.noise_level));
+  if (a.l0_lambda && !(*a.l0_lambda >= 0 && std::isfinite(*a.l0_lambda)))
+    throw InvalidArgument("--l0-lambda must be a finite number >= 0, got " + fmt(*a.l0_lambda));
 }
 
 // This rank's records of --data and the spec restricted to them (docs/calibration.md §8).
@@ -122,6 +142,12 @@ struct RecordSlice {
 // one process (and the CSV has no row index to seek by). The whole table is freed on return.
 RecordSlice read_slice(const CalibrateArgs& a, const Context& ctx) {
   RecordTable table = io::read_csv(a.data, "--data");
+  if (table.n_records == 0)
+    throw InvalidArgument("--data '" + a.data + "' has a header row but no records: there is nothing to calibrate");
+  // The default column may be absent (design weights 1); a column the user named must exist.
+  if (a.weights_column_given && table.find(a.weights_column) == nullptr)
+    throw InvalidArgument("--weights-column '" + a.weights_column + "' is not a column of --data '" + a.data +
+                          "'; omit the flag for design weights of 1");
   ConstraintSpec spec = io::read_spec_json(a.spec, table, a.weights_column);
   const index_t n = table.n_records;
   // Checked here on the whole: a slice of too long a vector would hide the mismatch.
@@ -135,10 +161,47 @@ RecordSlice read_slice(const CalibrateArgs& a, const Context& ctx) {
   return {slice_records(table, shard), slice_spec(spec, shard), n};
 }
 
+// Negative design weights (docs/calibration.md §1): the exact methods refuse them (the
+// Deville-Sarndal distances are defined for d >= 0; the Newton matrix is then not PSD), naming
+// the first such record; the gradient method floors them as microcalibrate does, and the tool says
+// so: the returned warning (empty when there are none) goes to stderr and report.json. Collective.
+std::string check_design_weights(const CalibrateArgs& a, Communicator& ranks, const ConstraintSystem& sys) {
+  const std::vector<double>& d = sys.design_weights;
+  const auto first_local = std::find_if(d.begin(), d.end(), [](double v) { return v < 0; });
+  const std::string column = "--weights-column '" + a.weights_column + "' of --data '" + a.data + "'";
+  if (a.method != "gradient") {
+    std::uint64_t positive = static_cast<std::uint64_t>(std::count_if(d.begin(), d.end(), [](double v) { return v > 0; }));
+    ranks.all_sum(&positive, 1);
+    detail::agreed(ranks, [&] {
+      if (first_local != d.end()) {
+        const index_t record = sys.record_offset + static_cast<index_t>(first_local - d.begin()) + 1;
+        throw InvalidArgument(column + ": record " + std::to_string(record) + " has a negative design weight (" +
+                              fmt(*first_local) + "); --method " + a.method +
+                              " needs design weights >= 0: fix the weights, or use --method gradient, which floors "
+                              "them (docs/calibration.md §1)");
+      }
+      // Every rank knows the sum; rank 0 alone raises, agreed() makes the others raise it too.
+      if (positive == 0 && ranks.rank() == 0)
+        throw InvalidArgument(column + ": no record has a positive design weight; --method " + a.method +
+                              " scales the design weights, so all-zero weights cannot meet any target");
+    });
+    return {};
+  }
+  std::uint64_t count = static_cast<std::uint64_t>(std::count_if(d.begin(), d.end(), [](double v) { return v < 0; }));
+  ranks.all_sum(&count, 1);
+  if (count == 0) return {};
+  const double mine = first_local == d.end() ? INFINITY
+                                             : static_cast<double>(sys.record_offset + (first_local - d.begin()) + 1);
+  const double first = ranks.all_min(mine);
+  const double value = ranks.all_min(mine == first ? *first_local : INFINITY);
+  return column + ": " + std::to_string(count) + " negative design weight(s), the first at record " +
+         std::to_string(static_cast<std::uint64_t>(first)) + " (" + fmt(value) + "); --method gradient starts their log-weights from max(d + noise, 1e-12)";
+}
+
 CalibrationResult calibrate(const CalibrateArgs& a, const Context& ctx, const ConstraintSystem& sys) {
   if (a.method == "gradient") {
     GradientOptions o;
-    o.epochs = a.epochs;
+    o.epochs = static_cast<int>(a.epochs);  // in range: check_options
     o.learning_rate = a.learning_rate;
     o.dropout_rate = a.dropout;
     o.noise_level = a.noise_level;
@@ -148,14 +211,25 @@ CalibrationResult calibrate(const CalibrateArgs& a, const Context& ctx, const Co
       o.regularize_with_l0 = true;
       o.l0_lambda = *a.l0_lambda;
     }
-    return calibrate_gradient(ctx, sys, o);
+    try {
+      return calibrate_gradient(ctx, sys, o);
+    } catch (const BudgetTooSmall&) {
+      throw;
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(flagify(e.what(), {{"learning_rate", "--learning-rate"},
+                                               {"l0_lambda", "--l0-lambda"},
+                                               {"dropout_rate", "--dropout"},
+                                               {"noise_level", "--noise-level"},
+                                               {"epochs", "--epochs"},
+                                               {"batch_size", "--batch-size"}}));
+    }
   }
   ExactOptions o;
   o.calfun = a.method == "raking" ? CalFun::raking : a.method == "logit" ? CalFun::logit : CalFun::linear;
   o.lower = a.lower;
   o.upper = a.upper;
   o.epsilon = a.epsilon;
-  o.max_iterations = a.max_iterations;
+  o.max_iterations = static_cast<int>(a.max_iterations);
   o.force = a.force;
   return with_flag("--method " + a.method, [&] { return calibrate_exact(ctx, sys, o); });
 }
@@ -266,6 +340,8 @@ int run_calibrate(const CalibrateArgs& a) {
               << (ranks.size() > 1 ? " on " + std::to_string(ranks.size()) + " ranks" : "") << ", "
               << sys.n_constraints() << " constraints, " << nnz << " non-zeros\n";
 
+  const std::string weights_warning = check_design_weights(a, ranks, sys);
+  if (talk && !weights_warning.empty()) std::cerr << "otcal: warning: " << weights_warning << "\n";
   const CalibrationResult res = calibrate(a, ctx, sys);
 
   std::optional<io::AtomicOutputDir> out;
@@ -276,6 +352,7 @@ int run_calibrate(const CalibrateArgs& a) {
   nlohmann::json report = report_json(a, sys, res, ctx, clock.seconds());
   report["n_records"] = slice.total_records;
   report["nnz"] = nnz;
+  if (!weights_warning.empty()) report["warnings"].insert(report["warnings"].begin(), weights_warning);
   // Collective: every rank's record count and peak (the larger of the build's and the calibrator's).
   report["distributed"] = ranks_json(std::max(sys.memory.peak_bytes, res.memory.peak_bytes));
   report["distributed"]["records_per_rank"] = ranks.all_gather_word(static_cast<std::uint64_t>(sys.n_records()));
@@ -296,7 +373,9 @@ CommandRun setup(CLI::App& app) {
   sub->add_option("--data", args->data, "Records as CSV with a header row")->required();
   sub->add_option("--spec", args->spec, "Targets as JSON: total, marginal, continuous, linear")->required();
   sub->add_option("--out", args->out, "Output folder: weights.npy, weights.csv, report.json")->required();
-  sub->add_option("--weights-column", args->weights_column, "Initial (design) weights column; all 1 if absent")->capture_default_str();
+  CLI::Option* weights_column =
+      sub->add_option("--weights-column", args->weights_column, "Initial (design) weights column; all 1 if the default column is absent")
+          ->capture_default_str();
   sub->add_option("--method", args->method, "linear (truncated with finite bounds), raking, logit or gradient")->capture_default_str();
   sub->add_option("--lower", args->lower, "Lower bound on g = w/d (exact methods)");
   sub->add_option("--upper", args->upper, "Upper bound on g = w/d (exact methods)");
@@ -311,8 +390,9 @@ CommandRun setup(CLI::App& app) {
   sub->add_option("--batch-size", args->batch_size, "Gradient: records per batch (memory only; results identical)");
   sub->add_option("--l0-lambda", args->l0_lambda, "Gradient: run the L0 stage with this penalty");
   args->common.add_to(*sub);
-  return [args, sub]() -> int {
+  return [args, sub, weights_column]() -> int {
     if (!sub->parsed()) return 0;
+    args->weights_column_given = weights_column->count() > 0;
     return run_calibrate(*args);
   };
 }

@@ -1,6 +1,7 @@
 // The calibration spec (`otcal calibrate --spec`), read from JSON into a ConstraintSpec.
 #include "io/spec_json.hpp"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -17,7 +18,19 @@ using ojson = nlohmann::ordered_json;
 double json_number(const ojson& v, const std::string& where, const std::string& spec_path) {
   if (!v.is_number())
     throw InvalidArgument("--spec '" + spec_path + "': " + where + " must be a number, got " + v.dump());
-  return v.get<double>();
+  const double x = v.get<double>();
+  if (!std::isfinite(x))  // 1e999 parses to inf
+    throw InvalidArgument("--spec '" + spec_path + "': " + where + " must be a finite number, got " + v.dump());
+  return x;
+}
+
+// Totals and category counts are sums of positive weights: a negative one cannot be met.
+double json_count(const ojson& v, const std::string& where, const std::string& spec_path) {
+  const double x = json_number(v, where, spec_path);
+  if (x < 0)
+    throw InvalidArgument("--spec '" + spec_path + "': " + where + " is " + v.dump() +
+                          "; a weighted count cannot be negative (weights are > 0)");
+  return x;
 }
 
 }  // namespace
@@ -36,7 +49,7 @@ ConstraintSpec parse_spec_json(const std::string& text, const std::string& path,
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     if (key == "total") {
-      spec.total = json_number(it.value(), "\"total\"", path);
+      spec.total = json_count(it.value(), "\"total\"", path);
     } else if (key == "marginal") {
       if (!it.value().is_object()) throw InvalidArgument("--spec '" + path + "': \"marginal\" must be an object {column: {category: target}}");
       for (auto c = it.value().begin(); c != it.value().end(); ++c) {
@@ -44,7 +57,7 @@ ConstraintSpec parse_spec_json(const std::string& text, const std::string& path,
           throw InvalidArgument("--spec '" + path + "': marginal \"" + c.key() + "\" must be an object {category: target}");
         std::vector<std::pair<std::string, double>> cats;
         for (auto k = c.value().begin(); k != c.value().end(); ++k)
-          cats.emplace_back(k.key(), json_number(k.value(), "marginal." + c.key() + "." + k.key(), path));
+          cats.emplace_back(k.key(), json_count(k.value(), "marginal." + c.key() + "." + k.key(), path));
         spec.marginal.emplace_back(c.key(), std::move(cats));
       }
     } else if (key == "continuous") {
@@ -70,10 +83,14 @@ ConstraintSpec parse_spec_json(const std::string& text, const std::string& path,
         } else if (lc.contains("coefficients") && lc["coefficients"].is_string()) {
           std::filesystem::path p = lc["coefficients"].get<std::string>();
           if (p.is_relative()) p = std::filesystem::path(path).parent_path() / p;
+          std::error_code ec;
+          if (std::filesystem::is_directory(p, ec))
+            throw InvalidArgument("--spec '" + path + "': " + where + ".coefficients '" + p.string() +
+                                  "' is a folder; give the path of a 1-D .npy file");
           const auto arr = io::read_npy(p.string(), "--spec " + where + ".coefficients");
           if (arr.shape.size() != 1)
             throw InvalidArgument("--spec " + where + ".coefficients '" + p.string() + "' must be 1-D");
-          c.coefficients = arr.data;
+          c.coefficients = arr.values();
         } else {
           throw InvalidArgument("--spec '" + path + "': " + where + " needs \"column\" (a data column) or \"coefficients\" (an .npy path)");
         }
@@ -83,13 +100,20 @@ ConstraintSpec parse_spec_json(const std::string& text, const std::string& path,
       throw InvalidArgument("--spec '" + path + "': unknown key \"" + key + "\" (expected total, marginal, continuous, linear)");
     }
   }
+  if (!spec.total && spec.marginal.empty() && spec.continuous.empty() && spec.linear.empty())
+    throw InvalidArgument("--spec '" + path +
+                          "' has no constraints: give \"total\", \"marginal\", \"continuous\" or \"linear\"");
   return spec;
 }
 
 ConstraintSpec read_spec_json(const std::string& path, const RecordTable& table, const std::string& weights_column) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw InvalidArgument("--spec '" + path + "' is a folder; give the path of a JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InvalidArgument("--spec: cannot open '" + path + "' for reading");
-  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) throw InvalidArgument("--spec '" + path + "': reading failed");
   return parse_spec_json(text, path, table, weights_column);
 }
 

@@ -100,7 +100,7 @@ CASES = {
     "budget_too_small": (lambda p: otcal.calibrate(p[0], p[1], p[2], method="raking", memory_budget=256),
                          otcal.BudgetTooSmall, "budget"),
     "memory_budget_text": (lambda p: otcal.calibrate(p[0], p[1], p[2], memory_budget="lots"), otcal.InvalidArgument,
-                           "memory_budget: cannot read 'lots'"),
+                           "memory_budget: 'lots' is not a size"),
     "progress_type": (lambda p: otcal.calibrate(p[0], p[1], p[2], progress="yes"), otcal.InvalidArgument,
                       "progress: expected None, True, False or a callable"),
 }
