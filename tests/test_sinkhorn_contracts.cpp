@@ -230,3 +230,88 @@ TEST(SinkhornValidation, EveryBadInputIsNamed) {
 }
 
 }  // namespace
+
+// The error history holds the blocks run, not max_iterations / inner_iterations slots: a huge
+// max_iterations on a problem that converges early allocates nothing for blocks never run
+// (before: 2^31 / 10 slots, 1.7 GB, or std::bad_alloc).
+TEST(SinkhornHistory, BoundedByTheBlocksRun) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const auto c = ref::random_clouds(50, 40, 3, seed);
+  otcal::SinkhornOptions o;
+  o.epsilon = 0.5;
+  o.max_iterations = 2147483647;
+  o.inner_iterations = 10;
+  o.min_iterations = 20;  // the blocks before it are kept, as +inf (not computed)
+  const auto r = otcal::sinkhorn(quiet_cpu(), geometry(c), {}, {}, o);
+  ASSERT_TRUE(r.converged);
+  ASSERT_EQ(r.n_iters % 10, 0);
+  ASSERT_EQ(static_cast<otcal::index_t>(r.errors.size()), r.n_iters / 10);
+  EXPECT_TRUE(std::isinf(r.errors[0]));  // block ending at iteration 9 < min_iterations
+  EXPECT_LT(r.errors.back(), o.threshold);
+  for (double e : r.errors) EXPECT_NE(e, -1.0) << "no slot of a block that did not run";
+}
+
+namespace {
+// A cloud of n points in d dimensions with coordinates of magnitude about `scale`.
+std::vector<double> scaled_points(otcal::index_t n, otcal::index_t d, double scale, std::mt19937_64& rng) {
+  std::normal_distribution<double> normal;
+  std::vector<double> p(static_cast<std::size_t>(n * d));
+  for (double& v : p) v = scale * (normal(rng) + 0.5);
+  return p;
+}
+
+void expect_overflow_refused(const otcal::PointCloud& geom, otcal::DType precision, const std::string& cloud) {
+  try {
+    otcal::Problem::upload(quiet_cpu(), geom, {}, {}, precision);
+    ADD_FAILURE() << "accepted; expected the cost overflow to be refused";
+  } catch (const otcal::InvalidArgument& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind(cloud + " has a point of norm", 0), 0u) << what;
+    EXPECT_NE(what.find(geom.options.cost.name()), std::string::npos) << what;
+    EXPECT_NE(what.find(otcal::dtype_name(precision)), std::string::npos) << what;
+    EXPECT_NE(what.find("rescale the points"), std::string::npos) << what;
+  }
+}
+}  // namespace
+
+// Coordinates whose costs overflow the working precision are refused at upload, naming the cloud
+// (before: the cost was +inf, "epsilon resolved to 0", or with an explicit epsilon a silent
+// unconverged solve). Costs that fit are accepted: the check is a bound, not a blanket limit.
+TEST(SinkhornCostRange, CostsThatOverflowThePrecisionAreRefusedAtUpload) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const otcal::index_t n = 30, m = 20, d = 3;
+  const std::vector<double> small = scaled_points(n, d, 1.0, rng);
+  const std::vector<double> huge = scaled_points(m, d, 1e160, rng);
+  const std::vector<double> big32 = scaled_points(m, d, 1e20, rng);
+  auto geom = [&](const std::vector<double>& x, otcal::index_t nx, const std::vector<double>& y, otcal::index_t my,
+                  const char* cost) {
+    otcal::PointCloud g;
+    g.x = otcal::ConstMatrix::of(x.data(), nx, d);
+    g.y = otcal::ConstMatrix::of(y.data(), my, d);
+    g.options.cost = otcal::Cost::parse(cost);
+    g.options.scale = otcal::ScaleCost::parse("1");
+    return g;
+  };
+  // float64: sqeuclidean, euclidean (its accumulator is the square), pnorm:3 and sq_pnorm:1.5 (1e240
+  // accumulated, then raised to 4/3), the big cloud as y; pnorm:1.5 (1e240) fits.
+  for (const char* cost : {"sqeuclidean", "euclidean", "pnorm:3", "sq_pnorm:1.5"})
+    expect_overflow_refused(geom(small, n, huge, m, cost), otcal::DType::float64, "y");
+  EXPECT_NO_THROW(otcal::Problem::upload(quiet_cpu(), geom(small, n, huge, m, "pnorm:1.5"), {}, {},
+                                         otcal::DType::float64));
+  // float32 overflows from about 1.8e19 for sqeuclidean; the same clouds fit float64.
+  expect_overflow_refused(geom(big32, m, small, n, "sqeuclidean"), otcal::DType::float32, "x");
+  expect_overflow_refused(geom(big32, m, small, n, "cosine"), otcal::DType::float32, "x");
+  EXPECT_NO_THROW(otcal::Problem::upload(quiet_cpu(), geom(big32, m, small, n, "sqeuclidean"), {}, {},
+                                         otcal::DType::float64));
+  // The one-call solve (what Python's sinkhorn uses) refuses too, before any iteration.
+  otcal::SinkhornOptions o;
+  o.epsilon = 1.0;
+  EXPECT_THROW(otcal::sinkhorn(quiet_cpu(), geom(huge, m, small, n, "sqeuclidean"), {}, {}, o), otcal::InvalidArgument);
+  // Large but representable costs (1e200) still solve.
+  const std::vector<double> large = scaled_points(m, d, 1e100, rng);
+  o.epsilon = 1e199;
+  EXPECT_NO_THROW(otcal::sinkhorn(quiet_cpu(), geom(large, m, small, n, "sqeuclidean"), {}, {}, o));
+}

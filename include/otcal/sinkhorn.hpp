@@ -46,7 +46,10 @@ struct SinkhornOptions {
 // A solve: the potentials (what apply, marginal and sparsify need; the base class) and the run
 // report.
 struct SinkhornResult : Potentials {
-  std::vector<double> errors;    // one slot per block of inner_iterations; -1 = not run, +inf = not computed
+  // One entry per block of inner_iterations actually run (n_iters / inner_iterations entries, not
+  // max_iterations / inner_iterations: the history is bounded by what was computed); +inf = not
+  // computed (a block before min_iterations).
+  std::vector<double> errors;
   bool diverged = false;
   index_t n_iters = 0;
   double threshold = 0;

@@ -394,7 +394,8 @@ class SinkhornOutput:
         f, g: potentials ``[n]``, ``[m]`` in the solve's precision, on the framework and device of
             ``geom.x`` (numpy for host inputs).
         a, b: the weights solved with (uniform when not given), float64.
-        errors: marginal error per block of ``inner_iterations``; ``-1`` = block not run,
+        errors: marginal error per block of ``inner_iterations`` run (``n_iters /
+            inner_iterations`` entries; OTT-JAX's ``-1`` padding for blocks not run is left out),
             ``inf`` = not computed (before ``min_iterations``).
         converged, diverged, n_iters: as OTT-JAX (docs/sinkhorn.md §5).
         reg_ot_cost: OTT-JAX's ``reg_ot_cost`` (``compute_kl_reg_cost``).

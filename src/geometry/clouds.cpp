@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "core/collective.hpp"
@@ -44,6 +45,105 @@ Shape check_geometry(const PointCloud& geom, DeviceKind device) {
   if ((c.kind == CostKind::pnorm || c.kind == CostKind::sq_pnorm) && !(std::isfinite(c.p) && c.p >= 1))
     throw InvalidArgument("cost exponent p = " + std::to_string(c.p) + " must be finite and >= 1");
   return {x.rows, y.rows, x.cols};
+}
+
+namespace {
+// Per-coordinate bounds and the largest point norm of one cloud (finite coordinates only), in
+// long double: squares of coordinates up to 1.8e308 are representable there (x86 and aarch64).
+struct Extent {
+  std::vector<long double> lo, hi;
+  long double max_norm = 0;
+  index_t max_row = 0;
+};
+
+void sweep_extent(const ConstMatrix& c, index_t first_row, Extent& e) {
+  for (index_t i = 0; i < c.rows; ++i) {
+    long double sq = 0;
+    for (index_t k = 0; k < c.cols; ++k) {
+      const double v = c.at(i, k);
+      if (!std::isfinite(v)) continue;
+      const auto kk = static_cast<std::size_t>(k);
+      e.lo[kk] = std::min<long double>(e.lo[kk], v);
+      e.hi[kk] = std::max<long double>(e.hi[kk], v);
+      sq += static_cast<long double>(v) * v;
+    }
+    const long double norm = std::sqrt(sq);
+    if (norm > e.max_norm) {
+      e.max_norm = norm;
+      e.max_row = first_row + i;
+    }
+  }
+}
+
+Extent cloud_extent(const ConstMatrix& c) {
+  Extent e;
+  e.lo.assign(static_cast<std::size_t>(c.cols), INFINITY);
+  e.hi.assign(static_cast<std::size_t>(c.cols), -INFINITY);
+  if (c.location == Location::host) {
+    sweep_extent(c, 0, e);
+    return e;
+  }
+  // A device cloud is read back in pieces of rows, so the host copy stays small.
+  const index_t rows_per_piece = std::max<index_t>(1, (index_t{1} << 20) / std::max<index_t>(c.cols, 1));
+  for (index_t r = 0; r < c.rows; r += rows_per_piece) {
+    const index_t rows = std::min(rows_per_piece, c.rows - r);
+    const std::size_t offset = static_cast<std::size_t>(r * c.cols) * dtype_size(c.dtype);
+    const std::vector<double> h = device_to_host(static_cast<const char*>(c.data) + offset, c.dtype,
+                                                 static_cast<std::size_t>(rows * c.cols));
+    sweep_extent(ConstMatrix::of(h.data(), rows, c.cols), r, e);
+  }
+  return e;
+}
+
+std::string short_num(long double v) {
+  std::ostringstream os;
+  os.precision(3);
+  os << v;
+  return os.str();
+}
+}  // namespace
+
+void check_cost_range(const PointCloud& geom, DType precision) {
+  const ConstMatrix& x = geom.x;
+  const bool same = geom.y.empty();
+  const Extent ex = cloud_extent(x);
+  const Extent ey = same ? ex : cloud_extent(geom.y);
+  const Cost& cost = geom.options.cost;
+  const long double rx = ex.max_norm, ry = ey.max_norm;
+  const auto d = static_cast<std::size_t>(x.cols);
+  // Two upper bounds on |x_i - y_j| per coordinate and overall: the joint bounding box, and the
+  // triangle inequality on the largest norms. Their minimum bounds every pair.
+  long double box_sq = 0, box_p = 0;
+  const long double p = cost.p;
+  for (std::size_t k = 0; k < d; ++k) {
+    const long double lo = std::min(ex.lo[k], ey.lo[k]), hi = std::max(ex.hi[k], ey.hi[k]);
+    const long double r = hi >= lo ? hi - lo : 0;
+    box_sq += r * r;
+    if (cost.kind == CostKind::pnorm || cost.kind == CostKind::sq_pnorm) box_p += std::pow(r, p);
+  }
+  const long double dist_sq = std::min(box_sq, (rx + ry) * (rx + ry));
+  // The largest value the cost's accumulator or its result can take (cost_math.hpp's formulas).
+  long double worst = 0;
+  switch (cost.kind) {
+    case CostKind::sqeuclidean:
+    case CostKind::euclidean: worst = dist_sq; break;  // euclidean accumulates the square first
+    case CostKind::cosine: worst = std::max(rx, ry) * std::max(rx, ry); break;  // the squared norms
+    case CostKind::pnorm: worst = box_p; break;
+    case CostKind::sq_pnorm: worst = std::max(box_p, 0.5L * std::pow(box_p, 2 / p)); break;
+  }
+  const long double limit = precision == DType::float32 ? std::numeric_limits<float>::max()
+                                                        : std::numeric_limits<double>::max();
+  if (!(worst > limit)) return;
+  const bool name_y = !same && ry > rx;
+  const Extent& big = name_y ? ey : ex;
+  const bool float64_fits = precision == DType::float32 && worst <= std::numeric_limits<double>::max();
+  throw InvalidArgument(
+      std::string(name_y ? "y" : "x") + " has a point of norm " + short_num(big.max_norm) + " (row " +
+      std::to_string(big.max_row) + "): the " + cost.name() + " cost between these clouds can reach " +
+      short_num(worst) + (cost.kind == CostKind::sqeuclidean ? "" : " (in its accumulation)") + ", beyond " +
+      dtype_name(precision) + "'s largest value " + short_num(limit) +
+      ", so it overflows to inf: rescale the points before solving (e.g. divide both clouds by " +
+      short_num(big.max_norm) + ")" + (float64_fits ? ", or solve in float64" : ""));
 }
 
 std::vector<double> host_weights(const ConstVector& w, index_t size, const char* name, const char* points) {

@@ -18,6 +18,15 @@ struct Shape {
 };
 Shape check_geometry(const PointCloud& geom, DeviceKind device);
 
+// Refuses clouds whose costs can overflow the working precision (`precision`, the type the costs
+// are accumulated in): coordinates near 1e154 and beyond make the sqeuclidean cost +inf in
+// float64 (near 1.8e19 in float32), which otherwise surfaces later as "epsilon resolved to 0" or
+// a silent unconverged solve. O((n + m) d): the largest cost is bounded from each cloud's
+// bounding box and largest point norm, never from the n*m pairs. Non-finite coordinates are
+// skipped (the upload names them). InvalidArgument names the cloud, its largest point norm, the
+// cost and the bound, and says to rescale the points.
+void check_cost_range(const PointCloud& geom, DType precision);
+
 // Weights as float64 host vectors: uniform when empty; validated (length, sign, finite, mass).
 // Device views are read back once (O(n)) to be validated and kept on the host.
 std::vector<double> host_weights(const ConstVector& w, index_t size, const char* name, const char* points);

@@ -41,6 +41,12 @@ std::unique_ptr<detail::Resident<T>> upload_resident(Problem::Impl& p, const Poi
 
 namespace detail {
 
+std::size_t resident_bytes_of(const Shape& shape, const Cost& cost, bool same, const RowShards& shards, DType precision) {
+  const WorkspaceDecl resident = dtype_size(precision) == 4 ? resident_layout<float>(shape, cost, same, shards).decl
+                                                            : resident_layout<double>(shape, cost, same, shards).decl;
+  return resident.bytes(0);
+}
+
 std::shared_ptr<Problem::Impl> prepare_checked(const Context& ctx, const PointCloud& geom, const ConstVector& a,
                                                const ConstVector& b, DType precision);
 
@@ -63,6 +69,7 @@ std::shared_ptr<Problem::Impl> prepare_checked(const Context& ctx, const PointCl
                             "arrays or use a CUDA context");
   auto p = std::make_shared<Problem::Impl>(ctx);
   p->shape = detail::check_geometry(geom, ctx.kind());
+  detail::check_cost_range(geom, precision);
   p->geometry = geom.options;
   p->precision = precision;
   p->same = geom.y.empty();
@@ -70,12 +77,8 @@ std::shared_ptr<Problem::Impl> prepare_checked(const Context& ctx, const PointCl
   p->b = host_weights(b, p->shape.m, "b", "y");
   for (double v : p->a) p->sum_a += v;
   for (double v : p->b) p->sum_b += v;
-  const std::size_t value_size = dtype_size(precision);
   p->shards = row_shards(ctx, p->shape, p->same);
-  const WorkspaceDecl resident =
-      value_size == 4 ? resident_layout<float>(p->shape, geom.options.cost, p->same, p->shards).decl
-                      : resident_layout<double>(p->shape, geom.options.cost, p->same, p->shards).decl;
-  p->resident_bytes = resident.bytes(0);
+  p->resident_bytes = resident_bytes_of(p->shape, geom.options.cost, p->same, p->shards, precision);
   return p;
 }
 
@@ -161,5 +164,11 @@ const std::vector<double>& Problem::a() const { return impl_->a; }
 const std::vector<double>& Problem::b() const { return impl_->b; }
 bool Problem::same_clouds() const { return impl_->same; }
 std::size_t Problem::resident_bytes() const { return impl_->resident_bytes; }
+
+std::size_t Problem::resident_bytes_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
+                                        const Cost& cost, DType precision) {
+  const detail::Shape shape{n, same_clouds ? n : m, d};
+  return detail::resident_bytes_of(shape, cost, same_clouds, detail::row_shards(ctx, shape, same_clouds), precision);
+}
 
 }  // namespace otcal

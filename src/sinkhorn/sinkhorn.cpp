@@ -267,8 +267,9 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   };
 
   const index_t inner = o.inner_iterations;
-  const index_t n_blocks = (o.max_iterations + inner - 1) / inner;
-  res.errors.assign(static_cast<std::size_t>(n_blocks), -1.0);
+  // The history grows with the blocks run: a solve that converges early after a huge
+  // max_iterations allocates nothing for the blocks it never ran (no -1 slots).
+  res.errors.clear();
   const bool fixed_length = o.min_iterations == o.max_iterations;
   bool stopped_converged = false, diverged = false;
   double last_computed = kInf;
@@ -286,7 +287,7 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
       last_computed = err;
       any_computed = true;
     }
-    res.errors[static_cast<std::size_t>(it / inner - 1)] = err;
+    res.errors.push_back(err);
     // Each rank reduces its own slices to one word; one word per rank crosses the network.
     const std::uint64_t mine = be.potential_flags(f + ox.begin, rs.a + ox.begin, ox.size()) |
                                be.potential_flags(g + oy.begin, rs.b + oy.begin, oy.size());

@@ -127,7 +127,7 @@ def test_sinkhorn_output_fields(rng):
     out = otcal.sinkhorn(geom, a=a, b=b, threshold=1e-7, inner_iterations=5, progress=False)
     assert out.converged and not out.diverged
     assert out.n_iters % 5 == 0 and out.n_iters == 5 * int(np.sum(out.errors >= 0))
-    assert out.errors.shape == (400,) and out.errors[out.n_iters // 5 - 1] < 1e-7
+    assert out.errors.shape == (out.n_iters // 5,) and out.errors[-1] < 1e-7
     assert out.geom is geom and out.shape == (N, M) and out.precision == "float64"
     assert out.potentials[0] is out.f and out.inner_iterations == 5 and out.threshold == 1e-7
     mem = out.memory

@@ -232,6 +232,7 @@ Result sinkhorn(const Clouds& cl, const std::vector<double>& a, const std::vecto
     }
   }
   r.n_iters = it;
+  r.errors.resize(static_cast<std::size_t>(it / o.inner));  // the library keeps the blocks run only
   r.converged = conv_stop || (std::isfinite(last) && last < o.threshold);
   r.f = f;
   r.g = g;
