@@ -80,7 +80,7 @@ TEST_F(CliSinkhorn, GoodRunMatchesInProcessSolveBitwise) {
     // The same solve in-process, from the same files.
     const auto x = otcal::io::read_npy(dir_.file("x.npy"), "x");
     const auto y = otcal::io::read_npy(dir_.file("y.npy"), "y");
-    otcal::PointCloud geom{otcal::ConstMatrix::of(x.data.data(), n_, d_), otcal::ConstMatrix::of(y.data.data(), m_, d_),
+    otcal::PointCloud geom{x.matrix(), y.matrix(),
                            {otcal::Cost::parse("sqeuclidean"), otcal::ScaleCost::parse("mean")}};
     otcal::SinkhornOptions o;
     o.epsilon = 0.05;
@@ -94,8 +94,8 @@ TEST_F(CliSinkhorn, GoodRunMatchesInProcessSolveBitwise) {
     EXPECT_EQ(g.dtype, precision);
     ASSERT_EQ(f.shape, std::vector<index_t>{n_});
     ASSERT_EQ(g.shape, std::vector<index_t>{m_});
-    for (index_t i = 0; i < n_; ++i) ASSERT_EQ(f.data[i], want.f[i]) << "f[" << i << "]";
-    for (index_t j = 0; j < m_; ++j) ASSERT_EQ(g.data[j], want.g[j]) << "g[" << j << "]";
+    for (index_t i = 0; i < n_; ++i) ASSERT_EQ(f.at(i), want.f[i]) << "f[" << i << "]";
+    for (index_t j = 0; j < m_; ++j) ASSERT_EQ(g.at(j), want.g[j]) << "g[" << j << "]";
 
     const nlohmann::json j = nlohmann::json::parse(slurp(dir_.file(out + "/result.json")));
     EXPECT_EQ(j.at("converged").get<bool>(), want.converged);
@@ -141,8 +141,8 @@ TEST_F(CliSinkhorn, GoodRunMatchesInProcessSolveBitwise) {
       ro.threshold = 1e-6;
       const ref::Result rr = ref::sinkhorn(clouds_, a_, b_, "sqeuclidean", 2.0, ro);
       ASSERT_EQ(rr.n_iters, want.n_iters);
-      for (index_t i = 0; i < n_; ++i) EXPECT_NEAR(f.data[i], rr.f[i], 1e-9 * std::max(1.0, std::fabs(rr.f[i])));
-      for (index_t jx = 0; jx < m_; ++jx) EXPECT_NEAR(g.data[jx], rr.g[jx], 1e-9 * std::max(1.0, std::fabs(rr.g[jx])));
+      for (index_t i = 0; i < n_; ++i) EXPECT_NEAR(f.at(i), rr.f[i], 1e-9 * std::max(1.0, std::fabs(rr.f[i])));
+      for (index_t jx = 0; jx < m_; ++jx) EXPECT_NEAR(g.at(jx), rr.g[jx], 1e-9 * std::max(1.0, std::fabs(rr.g[jx])));
     }
   }
 }
@@ -302,6 +302,61 @@ TEST_F(CliSinkhorn, UnknownCommandsSizesAndDeviceIdsAreNamed) {
   r = run_cli(dir_, "demo --n 50 --device cuda:99999999999999999999");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("cuda:99999999999999999999': the id is too large"), std::string::npos) << r.err;
+}
+
+}  // namespace
+
+namespace {
+
+// --max-iterations 2147483647 on a small problem that converges early: the history holds the
+// blocks run (before: max_iterations / inner_iterations slots, std::bad_alloc or a huge JSON).
+TEST_F(CliSinkhorn, HugeMaxIterationsKeepsTheHistoryOfTheBlocksRun) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const RunResult r = run_cli(dir_, "sinkhorn --x x.npy --y y.npy --out out --device cpu --quiet --epsilon 0.5 "
+                                    "--inner-iterations 10 --max-iterations 2147483647");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string text = slurp(dir_.path / "out" / "result.json");
+  const nlohmann::json j = nlohmann::json::parse(text);
+  ASSERT_TRUE(j["converged"].get<bool>());
+  EXPECT_EQ(j["errors"].size(), j["iterations"].get<std::size_t>() / 10);
+  EXPECT_LT(text.size(), std::size_t{64} << 10) << "result.json should stay small";
+}
+
+// Coordinates whose cost overflows the working precision are refused naming the cloud and saying
+// to rescale (before: "epsilon resolved to 0 (the scaled cost has no spread)", and with
+// --epsilon 1 an exit 0 with an unconverged solve and reg_ot_cost 1).
+TEST_F(CliSinkhorn, CostsThatOverflowArePointedAtTheCloud) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  auto scaled = [&](double s) {
+    std::vector<double> v = clouds_.y;
+    for (double& e : v) e = (e + 0.5) * s;
+    return v;
+  };
+  save(dir_, "huge.npy", scaled(1e160), {m_, d_});
+  save(dir_, "big32.npy", scaled(1e20), {m_, d_}, DType::float32);
+  struct Case {
+    std::string flags, precision;
+  };
+  const std::vector<Case> cases = {
+      {"--y huge.npy --epsilon 1", "float64"},
+      {"--y huge.npy", "float64"},
+      {"--y huge.npy --cost euclidean --epsilon 1", "float64"},
+      {"--y big32.npy --precision float32 --epsilon 1", "float32"},
+      {"--y big32.npy --precision float32 --cost sq_pnorm:2 --epsilon 1", "float32"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.flags);
+    const RunResult r = run_cli(dir_, "sinkhorn --x x.npy --out out --device cpu --quiet " + c.flags);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("y has a point of norm"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("overflows"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(c.precision), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("rescale the points"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir_.path / "out"));
+  }
+  // The float32 cloud fits float64.
+  EXPECT_EQ(run_cli(dir_, "sinkhorn --x x.npy --y big32.npy --out ok --device cpu --quiet --epsilon 1e30 "
+                          "--max-iterations 20").exit_code, 0);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -42,7 +43,7 @@ bool scipy_roundtrip(const TempDir& dir, const std::string& npz, const std::stri
 }
 
 void expect_npz_equals(const TempDir& dir, const std::string& prefix, const otcal::CsrMatrix& want) {
-  auto rd = [&](const char* name) { return otcal::io::read_npy(dir.file(prefix + name), name).data; };
+  auto rd = [&](const char* name) { return otcal::io::read_npy(dir.file(prefix + name), name).values(); };
   const auto shape = rd("shape.npy"), indptr = rd("indptr.npy"), indices = rd("indices.npy"), data = rd("data.npy");
   ASSERT_EQ(shape.size(), 2u);
   EXPECT_EQ(shape[0], want.rows);
@@ -75,8 +76,8 @@ class CliSparsify : public ::testing::Test {
   otcal::SinkhornResult read_potentials(const std::string& dir) const {
     const auto j = nlohmann::json::parse(slurp(dir_.file(dir + "/result.json")));
     otcal::SinkhornResult r;
-    r.f = otcal::io::read_npy(dir_.file(dir + "/f.npy"), "f").data;
-    r.g = otcal::io::read_npy(dir_.file(dir + "/g.npy"), "g").data;
+    r.f = otcal::io::read_npy(dir_.file(dir + "/f.npy"), "f").values();
+    r.g = otcal::io::read_npy(dir_.file(dir + "/g.npy"), "g").values();
     r.epsilon = j["epsilon"].get<double>();
     r.scale = j["scale"].get<double>();
     r.n = n_;
@@ -180,6 +181,81 @@ TEST_F(CliSparsify, BadInputsNameTheFlagAndLeaveNoFile) {
                                                "--out bad.npz --mode min_row");
   EXPECT_NE(wrong.exit_code, 0);
   EXPECT_NE(wrong.err.find("--potentials"), std::string::npos) << wrong.err;
+}
+
+}  // namespace
+
+namespace {
+
+// result.json records the provenance of the potentials; sparsify refuses potentials whose
+// parameters were edited, whose f.npy changed, or clouds other than those solved on, naming the
+// field (before: an edited epsilon exited 0 with an empty or wrong plan).
+TEST_F(CliSparsify, PotentialsProvenanceIsVerified) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  ASSERT_EQ(run_in(dir_, cli() + " sinkhorn --x x.npy --y y.npy --out sk --epsilon 0.3 --quiet --device cpu").exit_code, 0);
+  const ref::Clouds other = ref::random_clouds(n_, m_, 3, seed_ + 1);
+  otcal::io::write_npy(dir_.file("x2.npy"), other.x.data(), {n_, 3}, otcal::DType::float64);
+  std::vector<double> w(static_cast<std::size_t>(n_), 1.0 / static_cast<double>(n_));
+  otcal::io::write_npy(dir_.file("a.npy"), w.data(), {n_}, otcal::DType::float64);
+  const nlohmann::json good = nlohmann::json::parse(slurp(dir_.file("sk/result.json")));
+  ASSERT_TRUE(good.contains("provenance"));
+  EXPECT_EQ(good["provenance"]["epsilon"], good["epsilon"]);
+
+  struct Case {
+    std::string name;
+    std::function<void(const fs::path&)> edit;
+    std::string flags, needle;  // "" needle: must succeed
+  };
+  auto edit_json = [](std::function<void(nlohmann::json&)> f) {
+    return [f](const fs::path& pot) {
+      nlohmann::json j = nlohmann::json::parse(slurp(pot / "result.json"));
+      f(j);
+      std::ofstream(pot / "result.json") << j.dump(2);
+    };
+  };
+  const std::vector<Case> cases = {
+      {"untouched", [](const fs::path&) {}, "", ""},
+      {"epsilon", edit_json([](nlohmann::json& j) { j["epsilon"] = j["epsilon"].get<double>() / 3; }), "",
+       "epsilon " },
+      {"scale", edit_json([](nlohmann::json& j) { j["scale"] = j["scale"].get<double>() * 2; }), "", "scale "},
+      {"cost", edit_json([](nlohmann::json& j) { j["cost"] = "euclidean"; }), "", "cost euclidean differs"},
+      {"sealed field", edit_json([](nlohmann::json& j) { j["provenance"]["epsilon"] = 0.1; }), "", "seal"},
+      {"f.npy",
+       [](const fs::path& pot) {
+         std::vector<double> f = otcal::io::read_npy((pot / "f.npy").string(), "f").values();
+         f[f.size() / 2] += 1e-3;
+         otcal::io::write_npy((pot / "f.npy").string(), f.data(), {static_cast<index_t>(f.size())},
+                              otcal::DType::float64);
+       },
+       "", "f.npy"},
+      {"other x", [](const fs::path&) {}, "--x x2.npy", "--x 'x2.npy' is not the file"},
+      {"weights never solved with", [](const fs::path&) {}, "--a a.npy", "--a 'a.npy'"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const fs::path pot = dir_.path / ("pot_" + std::to_string(&c - cases.data()));
+    fs::copy(dir_.path / "sk", pot, fs::copy_options::recursive);
+    c.edit(pot);
+    const std::string flags = c.flags.empty() ? "--x x.npy" : c.flags.rfind("--x", 0) == 0 ? c.flags : "--x x.npy " + c.flags;
+    const RunResult r = run_in(dir_, cli() + " sparsify " + flags + " --y y.npy --potentials " +
+                                         pot.filename().string() + " --device cpu --mode min_row --out plan.npz");
+    if (c.needle.empty()) {
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_TRUE(fs::exists(dir_.file("plan.npz")));
+      fs::remove(dir_.file("plan.npz"));
+      continue;
+    }
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir_.file("plan.npz")));
+  }
+
+  // Potentials without a record (an older otcal, or written by hand) are accepted with a warning.
+  edit_json([](nlohmann::json& j) { j.erase("provenance"); })(dir_.path / "sk");
+  const RunResult old = run_in(dir_, cli() + " sparsify --x x.npy --y y.npy --potentials sk --device cpu "
+                                             "--mode min_row --out plan.npz");
+  EXPECT_EQ(old.exit_code, 0) << old.err;
+  EXPECT_NE(old.err.find("no provenance record"), std::string::npos) << old.err;
 }
 
 }  // namespace

@@ -19,39 +19,62 @@ __all__ = ["Context", "get_context", "library_call", "parse_bytes", "python_term
 
 Context = _otcal.Context
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+# The units of the C++ parse_bytes (src/core/memory.cpp), spelled as it spells them.
+_UNITS = {"": 1, "B": 1, "K": 1024, "k": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2, "G": 1024**3,
+          "GiB": 1024**3, "T": 1024**4, "TiB": 1024**4, "KB": 1000, "kB": 1000, "MB": 1000**2, "GB": 1000**3,
+          "TB": 1000**4}
+# Digits with at most one '.', an optional exponent, then (after optional spaces) a unit: no sign,
+# hex, inf, nan or surrounding spaces, as in the C++ parse_bytes.
+_SIZE = re.compile(r"([0-9]*\.?[0-9]*(?:[eE][+-]?[0-9]+)?) *([A-Za-z]*)")
+_HINT = "write bytes or a number with a unit (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), e.g. '512MiB' or '8GiB'"
 _cache: dict[tuple[str, int, int], Any] = {}
 
 
+def _checked_bytes(v: int, value: Any, name: str) -> int:
+    if v < 1:
+        raise InvalidArgument(f"{name}: {value!r} is less than 1 byte; pass None for the default budget")
+    if v >= 2**64:
+        raise InvalidArgument(f"{name}: {value!r} does not fit in 64 bits of bytes")
+    return v
+
+
 def parse_bytes(value: Any, name: str = "memory_budget") -> int:
-    """Bytes from an int or a string with a unit ('64MiB', '8 GB', '1e9'). None or 0: the default."""
+    """Bytes from an int or a string with a unit ('64MiB', '8 GB', '1e9'); None: 0, the default budget.
+
+    As strict as the command line's --memory-budget: whole bytes from 1 to 2**64 - 1; strings are
+    digits with an optional fraction, exponent and unit (B, K/KiB, M/MiB, G/GiB, T/TiB binary, KB,
+    MB, GB, TB decimal) and nothing else (no sign, hex, inf, nan or surrounding spaces). Raises
+    InvalidArgument naming ``name``.
+    """
     if value is None:
         return 0
     if isinstance(value, bool):
         raise InvalidArgument(f"{name}: expected a number of bytes or a string like '512MiB', got {value!r}")
-    if isinstance(value, (int,)) or (hasattr(value, "__index__") and not isinstance(value, float)):
-        v = int(value)
-    elif isinstance(value, float):
+    if isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, float)):
+        return _checked_bytes(int(value.__index__()), value, name)
+    if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")) or value != int(value):
             raise InvalidArgument(f"{name}: expected a whole number of bytes, got {value!r}")
-        v = int(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", value)
-        if not m or m.group(2).lower() not in _UNITS:
-            raise InvalidArgument(
-                f"{name}: cannot read {value!r}; write a number of bytes with an optional unit "
-                "(B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), e.g. '512MiB'"
-            )
-        v = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        if v != int(v):
-            raise InvalidArgument(f"{name}: {value!r} is not a whole number of bytes")
-        v = int(v)
-    else:
+        return _checked_bytes(int(value), value, name)
+    if not isinstance(value, str):
         raise InvalidArgument(f"{name}: expected a number of bytes or a string like '512MiB', got {type(value).__name__}")
-    if v < 0:
-        raise InvalidArgument(f"{name}: must be positive, got {value!r}")
-    return v
+    m = _SIZE.fullmatch(value)
+    number = m.group(1) if m else ""
+    if not m or not any(c.isdigit() for c in number.split("e")[0].split("E")[0]):
+        raise InvalidArgument(f"{name}: {value!r} is not a size: {_HINT}")
+    unit = m.group(2)
+    if unit not in _UNITS:
+        raise InvalidArgument(f"{name}: {value!r} has an unknown unit {unit!r}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")
+    if unit in ("", "B") and number.isdigit():
+        return _checked_bytes(int(number), value, name)  # plain integers exactly, as in C++
+    v = float(number) * _UNITS[unit]
+    if v != v or v in (float("inf"), float("-inf")) or v >= 2.0**64:
+        raise InvalidArgument(f"{name}: {value!r} does not fit in 64 bits of bytes")
+    if v < 1:
+        raise InvalidArgument(f"{name}: {value!r} is less than 1 byte; {_HINT}")
+    if v != int(v):
+        raise InvalidArgument(f"{name}: {value!r} is {v} bytes, not a whole number: give whole bytes or a unit that makes them whole")
+    return int(v)
 
 
 def get_context(device: str = "auto", memory_budget: Any = None, threads: int = 0, context: Any = None) -> Any:

@@ -8,6 +8,7 @@
 #include "cli/processes.hpp"
 #include "core/collective.hpp"
 #include "cli/common.hpp"
+#include "cli/provenance.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "io/npy.hpp"
 #include "io/output.hpp"
@@ -35,51 +36,12 @@ const std::vector<std::pair<std::string, std::string>> kFlagNames = {
     {"max_iterations", "--max-iterations"}, {"batch_size", "--batch-size"},
     {"relative_epsilon", "--relative-epsilon"}};
 
-std::string num(double v) {
-  std::ostringstream os;
-  os.precision(17);
-  os << v;
-  return os.str();
-}
-
-// Option checks with flag names, before any file is read (docs/sinkhorn.md §1-§5).
-void check_options(const SolverArgs& s) {
-  if (s.epsilon && !(std::isfinite(*s.epsilon) && *s.epsilon > 0))
-    throw InvalidArgument("--epsilon " + num(*s.epsilon) + " must be a finite number > 0");
-  if (!(std::isfinite(s.epsilon_init) && s.epsilon_init > 0))
-    throw InvalidArgument("--epsilon-init " + num(s.epsilon_init) + " must be a finite number > 0");
-  if (!(s.epsilon_decay > 0 && s.epsilon_decay <= 1))
-    throw InvalidArgument("--epsilon-decay " + num(s.epsilon_decay) + " must be in (0, 1]");
-  if (!(s.tau_a > 0 && s.tau_a <= 1))
-    throw InvalidArgument("--tau-a " + num(s.tau_a) + " must be in (0, 1] (1 = balanced on the x side)");
-  if (!(s.tau_b > 0 && s.tau_b <= 1))
-    throw InvalidArgument("--tau-b " + num(s.tau_b) + " must be in (0, 1] (1 = balanced on the y side)");
-  if (!(std::isfinite(s.threshold) && s.threshold >= 0))
-    throw InvalidArgument("--threshold " + num(s.threshold) + " must be a finite number >= 0");
-  if (!(std::isfinite(s.norm_error) && s.norm_error >= 1))
-    throw InvalidArgument("--norm-error " + num(s.norm_error) + " must be a finite number >= 1");
-  if (s.inner_iterations < 1)
-    throw InvalidArgument("--inner-iterations " + std::to_string(s.inner_iterations) + " must be >= 1");
-  if (s.max_iterations < 1)
-    throw InvalidArgument("--max-iterations " + std::to_string(s.max_iterations) + " must be >= 1");
-  if (s.min_iterations < 0 || s.min_iterations > s.max_iterations)
-    throw InvalidArgument("--min-iterations " + std::to_string(s.min_iterations) + " must be in [0, --max-iterations " +
-                          std::to_string(s.max_iterations) + "]");
-  if (s.min_iterations == s.max_iterations && s.max_iterations % s.inner_iterations != 0)
-    throw InvalidArgument("fixed-length mode (--min-iterations = --max-iterations = " + std::to_string(s.max_iterations) +
-                          ") needs --max-iterations to be a multiple of --inner-iterations (" +
-                          std::to_string(s.inner_iterations) + ")");
-  if (s.batch_size && *s.batch_size < 1)
-    throw InvalidArgument("--batch-size " + std::to_string(*s.batch_size) +
-                          " must be a positive number of rows (omit it to plan from --memory-budget)");
-}
-
 int run_sinkhorn(const SinkhornArgs& s) {
   Stopwatch total;
   Communicator& ranks = *processes();
   const bool writer = writes_outputs();
   // 1. Options (no IO yet), then the output folder, then the device: cheap failures first.
-  check_options(s.solver);
+  s.solver.check();
   const Cost cost = s.solver.parse_cost();
   const ScaleCost scale = s.solver.parse_scale_cost();
   const SinkhornOptions opt = s.solver.options(s.common.quiet || !writer);
@@ -90,7 +52,7 @@ int run_sinkhorn(const SinkhornArgs& s) {
 
   // 2. Inputs: every rank reads both clouds whole (O((n + m) d)); a rank that cannot stops all.
   Clouds clouds = detail::agreed(ranks, [&] {
-    Clouds c = load_points_xy(s.in);
+    Clouds c = load_points_xy(s.in, {&ctx, cost, opt.precision.value_or(DType::float64)});
     load_weights_ab(c, s.in, /*x_used_as_y=*/true);
     return c;
   });
@@ -126,6 +88,7 @@ int run_sinkhorn(const SinkhornArgs& s) {
     if (!writer) return;
     io::write_npy(out->file("f.npy"), r.f.data(), {r.n}, r.precision);
     io::write_npy(out->file("g.npy"), r.g.data(), {r.m}, r.precision);
+    j["provenance"] = potentials_provenance(r, s.in, clouds, out->file("f.npy"), out->file("g.npy"));
     write_json(out->file("result.json"), j);
     out->commit();
   });

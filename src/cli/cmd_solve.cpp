@@ -12,6 +12,7 @@
 #include "cli/command.hpp"
 #include "cli/common.hpp"
 #include "cli/processes.hpp"
+#include "cli/provenance.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "cli/sparsify_args.hpp"
 #include "io/npy.hpp"
@@ -37,6 +38,7 @@ int run(const Args& s) {
   Stopwatch total;
   Communicator& ranks = *processes();
   const bool writer = writes_outputs();
+  s.solver.check();
   SparsifyOptions sopt = s.sp.options("--sparsify-batch-size");
   const SinkhornOptions opt = s.solver.options(s.common.quiet || !writer);
   const Cost cost = s.solver.parse_cost();
@@ -47,7 +49,7 @@ int run(const Args& s) {
   const Context ctx = s.common.make_context();
 
   Clouds clouds = detail::agreed(ranks, [&] {
-    Clouds c = load_points_xy(s.in);
+    Clouds c = load_points_xy(s.in, {&ctx, cost, opt.precision.value_or(DType::float64)});
     load_weights_ab(c, s.in);
     return c;
   });
@@ -79,6 +81,7 @@ int run(const Args& s) {
     if (!writer) return;
     io::write_npy(out->file("f.npy"), r.f.data(), {r.n}, r.precision);
     io::write_npy(out->file("g.npy"), r.g.data(), {r.m}, r.precision);
+    j["provenance"] = potentials_provenance(r, s.in, clouds, out->file("f.npy"), out->file("g.npy"));
     write_json(out->file("result.json"), j);
     out->commit();
   });

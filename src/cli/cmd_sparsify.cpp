@@ -6,10 +6,12 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 
 #include "cli/command.hpp"
 #include "cli/common.hpp"
 #include "cli/processes.hpp"
+#include "cli/provenance.hpp"
 #include "cli/sinkhorn_args.hpp"
 #include "cli/sparsify_args.hpp"
 #include "io/npy.hpp"
@@ -26,6 +28,13 @@ struct Args {
   SparsifyArgs sp;
   CommonOptions common;
 };
+
+std::string num(double v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
 
 nlohmann::json read_result_json(const std::string& dir) {
   const std::string path = dir + "/result.json";
@@ -50,6 +59,29 @@ V field(const nlohmann::json& j, const char* key, const std::string& dir) {
   }
 }
 
+// One potential, 1-D. Its values are checked where plan rows use them (check_potential_values).
+std::vector<double> read_potential(const std::string& dir, const std::string& name) {
+  const std::string path = dir + "/" + name + ".npy";
+  const io::NpyArray a = io::read_npy(path, "--potentials " + name + ".npy");
+  if (a.shape.size() != 1)
+    throw InvalidArgument("--potentials " + name + ".npy '" + path + "' has " + std::to_string(a.shape.size()) +
+                          " dimensions; a potential is 1-D: pass the --out folder of otcal sinkhorn");
+  return a.values();
+}
+
+// NaN or +inf in a potential makes plan entries NaN or inf; -inf is a zero-weight point's
+// potential (its row or column of the plan is empty). A rank checks the entries it owns, so that
+// under mpirun the rank holding the bad entry is the one named.
+void check_potential_values(const std::vector<double>& v, const std::string& name, const std::string& dir,
+                            const Communicator& ranks) {
+  const Shard own = shard_rows(static_cast<index_t>(v.size()), ranks.rank(), ranks.size());
+  for (index_t i = own.begin; i < own.end; ++i)
+    if (std::isnan(v[static_cast<std::size_t>(i)]) || v[static_cast<std::size_t>(i)] == INFINITY)
+      throw InvalidArgument("--potentials " + name + ".npy '" + dir + "/" + name + ".npy' holds " +
+                            num(v[static_cast<std::size_t>(i)]) + " at index " + std::to_string(i) +
+                            ": potentials must be finite or -inf (a zero-weight point); rerun otcal sinkhorn");
+}
+
 // The potentials and their solve's metadata from an `otcal sinkhorn` --out folder.
 Potentials read_potentials(const std::string& dir) {
   const nlohmann::json rj = read_result_json(dir);
@@ -61,8 +93,14 @@ Potentials read_potentials(const std::string& dir) {
   r.converged = rj.value("converged", false);
   r.reg_ot_cost = rj.contains("reg_ot_cost") && rj["reg_ot_cost"].is_number() ? rj["reg_ot_cost"].get<double>()
                                                                              : std::nan("");
-  r.f = io::read_npy(dir + "/f.npy", "--potentials f.npy").data;
-  r.g = io::read_npy(dir + "/g.npy", "--potentials g.npy").data;
+  if (!(std::isfinite(r.epsilon) && r.epsilon > 0))
+    throw InvalidArgument("--potentials '" + dir + "/result.json': epsilon " + num(r.epsilon) +
+                          " must be a finite number > 0: pass the --out folder of otcal sinkhorn");
+  if (!(std::isfinite(r.scale) && r.scale > 0))
+    throw InvalidArgument("--potentials '" + dir + "/result.json': scale " + num(r.scale) +
+                          " must be a finite number > 0: pass the --out folder of otcal sinkhorn");
+  r.f = read_potential(dir, "f");
+  r.g = read_potential(dir, "g");
   return r;
 }
 
@@ -96,6 +134,13 @@ int run(const Args& s) {
                             "/" + std::to_string(m) + " points: pass the clouds the potentials were solved on");
     // The weights are absorbed in the potentials; they are only checked for consistency.
     load_weights_ab(i.clouds, s.in);
+    // Then what the shapes cannot tell: the potentials, their parameters and the files are those
+    // of one solve. Every rank checks what it read (docs/sparsify.md "Provenance").
+    const std::optional<std::string> unchecked =
+        verify_potentials_provenance(read_result_json(s.potentials), s.potentials, s.in);
+    if (unchecked && writer) ctx.warn(*unchecked);
+    check_potential_values(i.r.f, "f", s.potentials, ranks);
+    check_potential_values(i.r.g, "g", s.potentials, ranks);
     return i;
   });
   const PointCloud geom = in.clouds.geometry(in.r.cost, ScaleCost{});

@@ -7,7 +7,9 @@
 #include <memory>
 
 #include "cli/command.hpp"
+#include "cli/interrupts.hpp"
 #include "cli/processes.hpp"
+#include "cli/strict_numbers.hpp"
 #include "otcal/errors.hpp"
 
 namespace otcal::cli {
@@ -45,6 +47,7 @@ int run(int argc, char** argv) {
   std::sort(commands.begin(), commands.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
   std::map<std::string, CommandRun> runs;
   for (auto& c : commands) runs[c.name] = c.setup(app);
+  install_strict_numbers(app);  // every numeric flag of every subcommand read exactly
   // CLI11 answers an unknown first word with "A subcommand is required": name the word instead.
   if (argc > 1 && argv[1][0] != '-' && runs.count(argv[1]) == 0) {
     std::string names;
@@ -56,7 +59,13 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // CLI11's own messages ("Could not convert: --epochs = many", "--x is required") in the
+    // tool's one error format, so scripts and ranks see every refusal alike.
+    print_error(std::string(e.what()) + " (otcal " +
+                (app.get_subcommands().empty() ? std::string("--help") : app.get_subcommands()[0]->get_name() + " --help") +
+                " lists the flags)");
+    return 2;
   }
   try {
     for (auto* sub : app.get_subcommands())
@@ -74,6 +83,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  otcal::cli::clean_up_outputs_on_interrupt();  // first: before MPI, OpenMP or CUDA start threads
   std::unique_ptr<otcal::cli::ProcessGroup> group;
   try {
     group = std::make_unique<otcal::cli::ProcessGroup>(&argc, &argv);

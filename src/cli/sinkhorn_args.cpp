@@ -1,7 +1,18 @@
 #include "cli/sinkhorn_args.hpp"
 
+#include <cmath>
+#include <optional>
+#include <sstream>
+
 namespace otcal::cli {
 namespace {
+
+std::string num(double v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
 
 RelativeEpsilon parse_relative(const std::string& t) {
   if (t == "none" || t.empty()) return RelativeEpsilon::none;
@@ -32,17 +43,30 @@ PointCloud Clouds::geometry(const Cost& cost, const ScaleCost& scale) const {
 ConstVector Clouds::a_view() const { return has_a ? vector_view(a) : ConstVector{}; }
 ConstVector Clouds::b_view() const { return has_b ? vector_view(b) : ConstVector{}; }
 
-Clouds load_points_xy(const CloudFiles& files) {
+Clouds load_points_xy(const CloudFiles& files, const CloudTarget& target) {
   Clouds c;
-  c.x = load_points(files.x, "--x");
+  io::NpyInput x = open_points(files.x, "--x");
   c.has_y = !files.y.empty();
-  if (c.has_y) c.y = load_points(files.y, "--y");
-  if (c.has_y && c.y.shape[1] != c.x.shape[1])
-    throw InvalidArgument("--y '" + files.y + "' has " + std::to_string(c.y.shape[1]) + " columns but --x '" + files.x +
-                          "' has " + std::to_string(c.x.shape[1]) +
+  std::optional<io::NpyInput> y;
+  if (c.has_y) y.emplace(open_points(files.y, "--y"));
+  if (c.has_y && y->shape()[1] != x.shape()[1])
+    throw InvalidArgument("--y '" + files.y + "' has " + std::to_string(y->shape()[1]) + " columns but --x '" + files.x +
+                          "' has " + std::to_string(x.shape()[1]) +
                           ": both clouds must have the same number of features");
-  c.n = c.x.shape[0];
-  c.m = c.has_y ? c.y.shape[0] : c.n;
+  c.n = x.shape()[0];
+  c.m = c.has_y ? y->shape()[0] : c.n;
+  if (target.ctx != nullptr) {
+    auto describe = [](const io::NpyInput& in) {
+      return in.what() + " '" + in.path() + "' [" + std::to_string(in.shape()[0]) + ", " +
+             std::to_string(in.shape()[1]) + "] " + dtype_name(in.dtype());
+    };
+    // A mapped input takes no memory of its own; one read from a pipe is copied onto the host.
+    const std::uint64_t copied = (x.copies() ? x.payload_bytes() : 0) + (y && y->copies() ? y->payload_bytes() : 0);
+    check_problem_fits(*target.ctx, c.n, c.m, x.shape()[1], !c.has_y, target.cost, target.precision, copied,
+                       c.has_y ? describe(x) + " and " + describe(*y) : describe(x));
+  }
+  c.x = read_points(x);
+  if (c.has_y) c.y = read_points(*y);
   return c;
 }
 
@@ -181,6 +205,38 @@ nlohmann::json sinkhorn_summary(const SinkhornResult& r) {
   j["d"] = r.d;
   j["warnings"] = r.warnings;
   return j;
+}
+
+void SolverArgs::check() const {
+  const SolverArgs& s = *this;
+  if (s.epsilon && !(std::isfinite(*s.epsilon) && *s.epsilon > 0))
+    throw InvalidArgument("--epsilon " + num(*s.epsilon) + " must be a finite number > 0");
+  if (!(std::isfinite(s.epsilon_init) && s.epsilon_init > 0))
+    throw InvalidArgument("--epsilon-init " + num(s.epsilon_init) + " must be a finite number > 0");
+  if (!(s.epsilon_decay > 0 && s.epsilon_decay <= 1))
+    throw InvalidArgument("--epsilon-decay " + num(s.epsilon_decay) + " must be in (0, 1]");
+  if (!(s.tau_a > 0 && s.tau_a <= 1))
+    throw InvalidArgument("--tau-a " + num(s.tau_a) + " must be in (0, 1] (1 = balanced on the x side)");
+  if (!(s.tau_b > 0 && s.tau_b <= 1))
+    throw InvalidArgument("--tau-b " + num(s.tau_b) + " must be in (0, 1] (1 = balanced on the y side)");
+  if (!(std::isfinite(s.threshold) && s.threshold >= 0))
+    throw InvalidArgument("--threshold " + num(s.threshold) + " must be a finite number >= 0");
+  if (!(std::isfinite(s.norm_error) && s.norm_error >= 1))
+    throw InvalidArgument("--norm-error " + num(s.norm_error) + " must be a finite number >= 1");
+  if (s.inner_iterations < 1)
+    throw InvalidArgument("--inner-iterations " + std::to_string(s.inner_iterations) + " must be >= 1");
+  if (s.max_iterations < 1)
+    throw InvalidArgument("--max-iterations " + std::to_string(s.max_iterations) + " must be >= 1");
+  if (s.min_iterations < 0 || s.min_iterations > s.max_iterations)
+    throw InvalidArgument("--min-iterations " + std::to_string(s.min_iterations) + " must be in [0, --max-iterations " +
+                          std::to_string(s.max_iterations) + "]");
+  if (s.min_iterations == s.max_iterations && s.max_iterations % s.inner_iterations != 0)
+    throw InvalidArgument("fixed-length mode (--min-iterations = --max-iterations = " + std::to_string(s.max_iterations) +
+                          ") needs --max-iterations to be a multiple of --inner-iterations (" +
+                          std::to_string(s.inner_iterations) + ")");
+  if (s.batch_size && *s.batch_size < 1)
+    throw InvalidArgument("--batch-size " + std::to_string(*s.batch_size) +
+                          " must be a positive number of rows (omit it to plan from --memory-budget)");
 }
 
 }  // namespace otcal::cli

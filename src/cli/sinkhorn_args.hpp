@@ -37,8 +37,17 @@ struct Clouds {
   ConstVector b_view() const;
 };
 
-// Reads --x and --y (2-D, finite, the same number of columns); n, m from their rows.
-Clouds load_points_xy(const CloudFiles& files);
+// What the clouds will become: the resident problem on `ctx` under `cost` in `precision`.
+struct CloudTarget {
+  const Context* ctx = nullptr;  // null: the inputs are not checked against a budget
+  Cost cost{};
+  DType precision = DType::float64;
+};
+
+// Reads --x and --y (2-D, finite, the same number of columns); n, m from their rows. With a
+// target, the shapes their headers announce are checked against the budget and the host memory
+// (check_problem_fits) before either payload is read.
+Clouds load_points_xy(const CloudFiles& files, const CloudTarget& target = {});
 // Reads --a / --b (when given) against n and m. `x_used_as_y`: name --x as what fixes m when
 // --y is absent (`otcal sinkhorn`'s wording); otherwise the message names --y.
 void load_weights_ab(Clouds& clouds, const CloudFiles& files, bool x_used_as_y = false);
@@ -79,6 +88,8 @@ struct SolverArgs {
   ScaleCost parse_scale_cost() const;
   // The options (progress on stderr unless `quiet`); InvalidArgument naming a flag on bad text.
   SinkhornOptions options(bool quiet) const;
+  // The value checks that need no input (ranges, min <= max), naming the flags: before any IO.
+  void check() const;
   // The flags as given, for result.json's "options".
   nlohmann::json to_json() const;
 };

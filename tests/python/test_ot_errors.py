@@ -87,7 +87,7 @@ CASES = {
     "bad_precision": (lambda x, y, g, o, r: otcal.sinkhorn(g, precision="float16"),
                       otcal.InvalidArgument, r"^precision: expected None, 'float32' or 'float64'"),
     "memory_budget_parsecs": (lambda x, y, g, o, r: otcal.sinkhorn(g, memory_budget="12 parsecs"),
-                              otcal.InvalidArgument, r"^memory_budget: cannot read '12 parsecs'"),
+                              otcal.InvalidArgument, r"^memory_budget: '12 parsecs' has an unknown unit 'parsecs'"),
     "memory_budget_too_small": (lambda x, y, g, o, r: otcal.sinkhorn(g, memory_budget=512),
                                 otcal.BudgetTooSmall, r"^memory_budget: sinkhorn needs at least \d+ bytes"),
     "unknown_device": (lambda x, y, g, o, r: otcal.sinkhorn(g, device="tpu"),
