@@ -8,6 +8,10 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 packages=(build-essential cmake ninja-build ccache git pkg-config libeigen3-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev googletest zlib1g-dev python3 python3-numpy python3-scipy
           python3-dev python3-venv libopenmpi-dev openmpi-bin)
+# clang with libFuzzer, for scripts/ci_fuzz.sh only: Debian 12 and Ubuntu 24.04 ship libFuzzer in
+# libclang-rt-dev; where that package does not exist the fuzz step says what is missing, and the
+# build and tests above do not depend on it.
+fuzz_packages=(clang libclang-rt-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,6 +22,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "ci_install: all packages present"
+fi
+fuzz_missing=()
+for p in "${fuzz_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fuzz_missing+=("$p")
+done
+if [ ${#fuzz_missing[@]} -gt 0 ]; then
+  echo "ci_install: installing ${fuzz_missing[*]} (for the fuzzers)"
+  [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${fuzz_missing[@]}" ||
+    echo "ci_install: warning: could not install ${fuzz_missing[*]}; scripts/ci_fuzz.sh needs clang with libFuzzer" >&2
 fi
 
 # The Python package: built by pip (scikit-build-core + nanobind) in a virtual environment made

@@ -53,7 +53,10 @@ void write_npz_csr(const std::string& path, const CsrMatrix& m, const NpzWriteOp
       {"shape.npy", detail::npy_stream(shape.data(), {2})},
       {"data.npy", detail::npy_stream(m.values.data(), {nnz}, m.dtype)}};
   ZipWriter zip(path, options.force_zip64);
-  for (const auto& [name, stream] : members) {
+  for (const auto& entry : members) {
+    // Named, not a structured binding: clang before 16 cannot capture those (the fuzz build).
+    const auto& name = entry.first;
+    const auto& stream = entry.second;
     // Two passes over the bytes, none held: CRC32 and size, then the bytes.
     const detail::ByteEmitter emit = [&](const detail::ByteSink& sink) {
       sink(stream.header.data(), stream.header.size());

@@ -72,7 +72,10 @@ void add_format_and_shape(detail::ZipWriter& zip, index_t rows, index_t cols) {
   const std::vector<std::int64_t> shape = {rows, cols};
   const std::pair<const char*, detail::NpyStream> small[2] = {
       {"format.npy", detail::npy_stream_unicode_scalar("csr")}, {"shape.npy", detail::npy_stream(shape.data(), {2})}};
-  for (const auto& [name, stream] : small) {
+  for (const auto& entry : small) {
+    // Named, not a structured binding: clang before 16 cannot capture those (the fuzz build).
+    const auto& name = entry.first;
+    const auto& stream = entry.second;
     const ByteEmitter emit = [&](const ByteSink& sink) {
       sink(stream.header.data(), stream.header.size());
       stream.emit(sink);
@@ -295,19 +298,39 @@ std::uint64_t le(const unsigned char* p, int n) {
   return v;
 }
 
-// The value of 'key' in an npy header dict, as text ("'<i4'" -> "<i4", "(12,)" -> "12").
+// The value of 'key' in an npy header dict, as text ("'<i4'" -> "<i4", "(12,)" -> "12,"); "" when
+// the key or its closing delimiter is missing.
 std::string dict_value(const std::string& dict, const std::string& key) {
   const std::size_t at = dict.find("'" + key + "':");
   if (at == std::string::npos) return "";
   std::size_t b = at + key.size() + 3;
   while (b < dict.size() && dict[b] == ' ') ++b;
+  if (b >= dict.size()) return "";
   const char open = dict[b];
+  // A quoted or parenthesised value is read inside its delimiters; a bare one (False) up to ','.
+  const bool delimited = open == '\'' || open == '(';
   const char close = open == '\'' ? '\'' : open == '(' ? ')' : ',';
-  const std::size_t e = dict.find(close, b + 1);
-  std::string v = dict.substr(b + 1, e - b - 1);
-  v.erase(std::remove(v.begin(), v.end(), ','), v.end());
+  const std::size_t start = delimited ? b + 1 : b;
+  const std::size_t e = dict.find(close, start);
+  if (e == std::string::npos) return "";
+  std::string v = dict.substr(start, e - start);
   v.erase(std::remove(v.begin(), v.end(), ' '), v.end());
   return v;
+}
+
+// The length of a 1-D shape "N," (what numpy writes for (N,)); -1 for anything else.
+std::int64_t one_dim_length(const std::string& shape) {
+  if (shape.size() < 2 || shape.size() > 20 || shape.back() != ',') return -1;
+  std::int64_t n = 0;
+  for (std::size_t k = 0; k + 1 < shape.size(); ++k) {
+    if (shape[k] < '0' || shape[k] > '9') return -1;
+    n = n * 10 + (shape[k] - '0');
+  }
+  return n;
+}
+
+std::uint64_t item_bytes(const std::string& descr) {
+  return descr == "<i4" || descr == "<f4" ? 4 : descr == "<i8" || descr == "<f8" ? 8 : 0;
 }
 
 // Reads the local headers of a stored zip written by write_npz_csr and locates the element bytes
@@ -318,6 +341,9 @@ PieceFile read_piece(const std::string& path, const std::string& what) {
   auto bad = [&](const std::string& why) {
     return InvalidArgument(what + ": '" + path + "' is not an otcal CSR piece (" + why + ")");
   };
+  std::error_code ec;
+  const std::uint64_t file_bytes = std::filesystem::file_size(path, ec);
+  if (ec) throw bad("cannot read its size: " + ec.message());
   PieceFile f;
   f.path = path;
   bool found[kParts] = {false, false, false};
@@ -337,31 +363,47 @@ PieceFile read_piece(const std::string& path, const std::string& what) {
     if (!in) throw bad("a truncated header");
     for (std::size_t e = 0; size == 0xFFFFFFFFu && e + 4 <= extra_len;) {
       const std::uint64_t id = le(&extra[e], 2), len = le(&extra[e + 2], 2);
-      if (id == 1 && len >= 8) size = le(&extra[e + 4], 8);
+      if (id == 1 && len >= 8 && e + 12 <= extra_len) size = le(&extra[e + 4], 8);
       e += 4 + len;
     }
     const std::uint64_t data = pos + 30 + name_len + extra_len;
+    // Sizes come from the file: an entry must lie inside it (this also keeps pos from wrapping).
+    if (size > file_bytes - std::min(file_bytes, data)) throw bad(name + " runs past the end of the file");
     const int part = name == "indices.npy" ? kIndices : name == "indptr.npy" ? kIndptr : name == "data.npy" ? kData : -1;
     if (part >= 0) {
       unsigned char m[12];
-      if (!in.read(reinterpret_cast<char*>(m), 12) || std::memcmp(m, "\x93NUMPY", 6) != 0) throw bad(name + " is not .npy");
+      if (size < 12 || !in.read(reinterpret_cast<char*>(m), 12) || std::memcmp(m, "\x93NUMPY", 6) != 0)
+        throw bad(name + " is not .npy");
+      if (m[6] < 1 || m[6] > 3) throw bad(name + " has an unknown .npy version");
       const bool v1 = m[6] == 1;
       const std::uint64_t hlen = v1 ? le(m + 8, 2) : le(m + 8, 4);
       const std::uint64_t prefix = v1 ? 10 : 12;
+      if (hlen > size - prefix) throw bad(name + " has a header longer than the entry");
       std::string dict(hlen, '\0');
       in.seekg(static_cast<std::streamoff>(data + prefix));
-      in.read(dict.data(), static_cast<std::streamsize>(hlen));
+      if (!in.read(dict.data(), static_cast<std::streamsize>(hlen))) throw bad("a truncated " + name);
       NpyRegion& r = f.part[part];
       r.offset = data + prefix + hlen;
       r.bytes = size - prefix - hlen;
       r.descr = dict_value(dict, "descr");
-      r.count = std::atoll(dict_value(dict, "shape").c_str());
+      r.count = one_dim_length(dict_value(dict, "shape"));
+      // What write_npz_csr writes: indices int32/int64, indptr int64, values float32/float64, 1-D,
+      // and exactly count values after the header.
+      const bool descr_ok = part == kIndices ? (r.descr == "<i4" || r.descr == "<i8")
+                            : part == kIndptr ? r.descr == "<i8"
+                                              : (r.descr == "<f4" || r.descr == "<f8");
+      if (!descr_ok) throw bad(name + " has dtype '" + r.descr + "'");
+      if (r.count < 0) throw bad(name + " is not 1-D");
+      if (dict_value(dict, "fortran_order") != "False") throw bad(name + " is not in C order");
+      if (r.bytes != static_cast<std::uint64_t>(r.count) * item_bytes(r.descr))
+        throw bad(name + " holds " + std::to_string(r.bytes) + " bytes for " + std::to_string(r.count) + " values");
       found[part] = true;
     }
     pos = data + size;
   }
   for (int k = 0; k < kParts; ++k)
     if (!found[k]) throw bad(std::string("no ") + part_name(static_cast<Part>(k)));
+  if (f.part[kIndptr].count < 1) throw bad("an empty indptr.npy");
   return f;
 }
 
