@@ -11,7 +11,9 @@
 #include "otcal/memory.hpp"
 #include "otcal/planner.hpp"
 #include "otcal/sinkhorn.hpp"
+#include "otcal/problem.hpp"
 #include "support/process.hpp"
+#include "support/reference.hpp"
 
 #include <omp.h>
 
@@ -279,4 +281,40 @@ TEST(Context, ThreadsApplyPerOperationNotProcessWide) {
   // Same potentials with the process's default count (batch and thread invariance).
   const otcal::SinkhornResult r2 = otcal::sinkhorn(otcal::Context::cpu({.memory_budget = o.memory_budget}), geom, {}, {}, so);
   EXPECT_EQ(r.f, r2.f);
+}
+
+// The tool refuses clouds from their headers with Problem::minimum_budget_for before reading them:
+// that figure must be the upload's own minimum, so that a budget of it uploads and one byte less
+// is refused naming it (for each cost's resident layout, both precisions, y = x or not).
+TEST(Problem, MinimumBudgetForIsTheUploadsMinimum) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const otcal::index_t n = 50 + static_cast<otcal::index_t>(rng() % 400), m = 30 + static_cast<otcal::index_t>(rng() % 400);
+  const otcal::index_t d = 1 + static_cast<otcal::index_t>(rng() % 6);
+  const ref::Clouds c = ref::random_clouds(n, m, d, seed + 1);
+  for (const char* cost : {"sqeuclidean", "cosine", "pnorm:1.5"}) {
+    for (otcal::DType precision : {otcal::DType::float32, otcal::DType::float64}) {
+      for (bool same : {false, true}) {
+        SCOPED_TRACE(std::string(cost) + (precision == otcal::DType::float32 ? " float32" : " float64") +
+                     (same ? " y = x" : ""));
+        otcal::PointCloud geom;
+        geom.x = otcal::ConstMatrix::of(c.x.data(), n, d);
+        if (!same) geom.y = otcal::ConstMatrix::of(c.y.data(), m, d);
+        geom.options.cost = otcal::Cost::parse(cost);
+        const std::size_t minimum = otcal::Problem::minimum_budget_for(otcal::Context::cpu({.memory_budget = 1 << 30}), n, m,
+                                                                       d, same, geom.options.cost, precision);
+        const otcal::Problem p =
+            otcal::Problem::upload(otcal::Context::cpu({.memory_budget = minimum}), geom, {}, {}, precision);
+        EXPECT_EQ(p.resident_bytes(), otcal::Problem::resident_bytes_for(otcal::Context::cpu({.memory_budget = minimum}), n,
+                                                                         m, d, same, geom.options.cost, precision));
+        try {
+          otcal::Problem::upload(otcal::Context::cpu({.memory_budget = minimum - 1}), geom, {}, {}, precision);
+          ADD_FAILURE() << "uploaded with one byte less than the minimum " << minimum;
+        } catch (const otcal::BudgetTooSmall& e) {
+          EXPECT_EQ(e.required_bytes(), minimum) << e.what();
+        }
+      }
+    }
+  }
 }

@@ -59,6 +59,10 @@ class Problem {
   // inputs' headers against the budget with it before it reads them.
   static std::size_t resident_bytes_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
                                         const Cost& cost, DType precision);
+  // The smallest memory budget with which upload() of such clouds plans on `ctx` now (its bytes in
+  // use included): the minimum its BudgetTooSmall would name, before the clouds are read.
+  static std::size_t minimum_budget_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
+                                        const Cost& cost, DType precision);
 
   struct Impl;
   Impl& impl() const { return *impl_; }

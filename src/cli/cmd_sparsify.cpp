@@ -126,7 +126,10 @@ int run(const Args& s) {
     Clouds clouds;
   };
   Inputs in = detail::agreed(ranks, [&] {
-    Inputs i{read_potentials(s.potentials), load_points_xy(s.in)};
+    Potentials r = read_potentials(s.potentials);
+    // The clouds' headers against the budget and the host memory before their payloads are read.
+    Clouds c = load_points_xy(s.in, {&ctx, r.cost, r.precision});
+    Inputs i{std::move(r), std::move(c)};
     const index_t n = i.clouds.n, m = i.clouds.m;
     if (static_cast<index_t>(i.r.f.size()) != n || static_cast<index_t>(i.r.g.size()) != m)
       throw InvalidArgument("--potentials '" + s.potentials + "': f.npy/g.npy have " + std::to_string(i.r.f.size()) +

@@ -174,14 +174,19 @@ void check_problem_fits(const Context& ctx, index_t n, index_t m, index_t d, boo
       huge ? std::numeric_limits<std::size_t>::max() : Problem::resident_bytes_for(ctx, n, m, d, same_clouds, cost, precision);
   const std::size_t in_use = ctx.limiter().allocated_bytes();
   const std::size_t budget = ctx.memory_budget();
-  const std::string need = huge ? "more than 2^59 bytes" : format_bytes(resident) + " (" + std::to_string(resident) + " bytes)";
-  if (huge || resident > budget - std::min(budget, in_use))
-    throw BudgetTooSmall(inputs + ": the resident problem needs " + need + " in " + dtype_name(precision) +
+  const std::size_t minimum =
+      huge ? std::numeric_limits<std::size_t>::max() : Problem::minimum_budget_for(ctx, n, m, d, same_clouds, cost, precision);
+  if (minimum > budget) {
+    const std::string need = huge ? "more than 2^59 bytes"
+                                  : "at least " + std::to_string(minimum) + " bytes (" + format_bytes(minimum) +
+                                        "; the clouds alone take " + std::to_string(resident) + " bytes)";
+    throw BudgetTooSmall(inputs + ": the resident problem in " + dtype_name(precision) + " needs " + need +
                              " but the memory budget (--memory-budget) is " + format_bytes(budget) + " (" +
                              std::to_string(budget) + " bytes" +
                              (in_use > 0 ? ", " + std::to_string(in_use) + " of them in use" : std::string()) +
                              "): raise --memory-budget or use fewer points",
-                         huge ? std::numeric_limits<std::size_t>::max() : resident + in_use);
+                         minimum);
+  }
   const std::uint64_t on_host = host_inputs + (ctx.kind() == DeviceKind::cpu ? resident : 0);
   io::check_host_memory(on_host, inputs, ctx.kind() == DeviceKind::cpu ? "(the inputs and their resident copy)"
                                                                          : "(the inputs)");

@@ -1,6 +1,7 @@
 // Problem::upload: the inputs are checked and uploaded once, into the declared resident layout.
 #include "otcal/problem.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -164,6 +165,19 @@ const std::vector<double>& Problem::a() const { return impl_->a; }
 const std::vector<double>& Problem::b() const { return impl_->b; }
 bool Problem::same_clouds() const { return impl_->same; }
 std::size_t Problem::resident_bytes() const { return impl_->resident_bytes; }
+
+std::size_t Problem::minimum_budget_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
+                                        const Cost& cost, DType precision) {
+  const detail::Shape shape{n, same_clouds ? n : m, d};
+  const detail::RowShards shards = detail::row_shards(ctx, shape, same_clouds);
+  // upload_resident's declaration and planning, without the clouds.
+  auto minimum = [&](auto zero) {
+    detail::ResidentLayout<decltype(zero)> layout = detail::resident_layout<decltype(zero)>(shape, cost, same_clouds, shards);
+    layout.decl.resident_bytes = ctx.limiter().allocated_bytes();
+    return minimum_budget(layout.decl, std::max<index_t>(layout.decl.min_rows, 1));
+  };
+  return dtype_size(precision) == 4 ? minimum(float{}) : minimum(double{});
+}
 
 std::size_t Problem::resident_bytes_for(const Context& ctx, index_t n, index_t m, index_t d, bool same_clouds,
                                         const Cost& cost, DType precision) {
