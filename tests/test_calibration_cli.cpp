@@ -261,8 +261,14 @@ TEST(CalibrationCli, NewtonMatrixStaysInTheBudget) {
   const std::size_t t_bytes = std::size_t{8} * k * k;
   std::cout << "peak RSS: " << small.peak_rss << " bytes with 4 constraints, " << big.peak_rss << " with " << k
             << " (T is " << t_bytes << " bytes)\n";
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed blocks in quarantine and adds shadow memory, so the tool's RSS says
+  // nothing about its allocations there (scripts/ci_sanitize.sh); the budget checks below still hold.
+  std::cout << "RSS comparison skipped: AddressSanitizer build\n";
+#else
   ASSERT_GT(big.peak_rss, small.peak_rss);
   EXPECT_LT(big.peak_rss - small.peak_rss, t_bytes + t_bytes / 2) << "a second ka x ka matrix outside the budget";
+#endif
 
   const auto report = nlohmann::json::parse(slurp(tmp.path / "o_big" / "report.json"));
   const auto planned = report["memory"]["planned_peak_bytes"].get<std::size_t>();

@@ -149,6 +149,26 @@ TEST(NpyIo, RejectsWhatItCannotRead) {
   expect_rejected(dir.path.string(), "directory");
 }
 
+// A refused file closes its descriptor: the reader's constructor throws, and a constructor that
+// throws runs no destructor (a fuzzer hit the process's descriptor limit after ~1000 refusals).
+TEST(NpyIo, RefusalsLeaveNoDescriptorOpen) {
+  TempDir dir;
+  const std::vector<double> six(6, 1.0);
+  write_bytes(dir.file("fortran.npy"),
+              npy_file("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", raw(six)));
+  write_bytes(dir.file("text.npy"), "x,y\n1,2\n");
+  auto open_descriptors = [] {
+    std::size_t count = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++count;
+    return count;
+  };
+  const std::size_t before = open_descriptors();
+  for (int k = 0; k < 200; ++k)
+    for (const char* name : {"fortran.npy", "text.npy"})
+      EXPECT_THROW(otcal::io::read_npy(dir.file(name), "--x"), otcal::InvalidArgument);
+  EXPECT_EQ(open_descriptors(), before) << "descriptors leaked by 400 refused reads";
+}
+
 // A float32 file stays float32: the view is the file's own bytes, mapped, not a widened copy.
 TEST(NpyIo, Float32IsViewedInPlaceInItsOwnDtype) {
   const std::uint64_t seed = fresh_seed();

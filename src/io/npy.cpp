@@ -292,6 +292,19 @@ std::uint64_t read_fully(int fd, char* out, std::uint64_t n) {
 }  // namespace
 
 NpyInput::NpyInput(const std::string& path, const std::string& what) : path_(path), what_(what) {
+  // A constructor that throws runs no destructor: without this, every refused file leaked its
+  // descriptor (the fuzzer ran out of them after ~1000 refusals).
+  try {
+    open_and_read_header();
+  } catch (...) {
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    throw;
+  }
+}
+
+void NpyInput::open_and_read_header() {
+  const std::string& path = path_;
+  const std::string& what = what_;
   errno = 0;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) fail(what, path, "is a directory, not a .npy file", "Check the path");

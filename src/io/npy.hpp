@@ -79,6 +79,8 @@ class NpyInput {
   NpyArray read();
 
  private:
+  void open_and_read_header();  // the constructor's work; it closes fd_ itself if this throws
+
   std::string path_, what_;
   int fd_ = -1;
   bool regular_ = false;
