@@ -115,6 +115,10 @@ TEST_F(CliInputs, PipeGivesTheSamePotentialsAsTheFile) {
       ASSERT_FALSE(a.empty()) << f;
       EXPECT_EQ(a, b) << f << " differs between the file and the pipe";
     }
+    // A pipe cannot be read twice: its checksum is not recorded, and sparsify on the files works.
+    const RunResult plan = run_cli(dir_, "sparsify --x x.npy --y y.npy --potentials pipe_" + prec +
+                                             " --mode min_row --device cpu --quiet --out plan_" + prec + ".npz");
+    EXPECT_EQ(plan.exit_code, 0) << plan.err;
   }
 }
 
