@@ -807,6 +807,16 @@ std::vector<std::string> problems(const Case& c, const TempDir& dir, const RunRe
   return p;
 }
 
+// The sizes of a run (from its seed) and its valid inputs, which each case then spoils once.
+void draw_valid_inputs(Env& e) {
+  e.n = 5 + static_cast<index_t>(e.rng() % 20);
+  e.m = 5 + static_cast<index_t>(e.rng() % 20);
+  if (e.m == e.n) ++e.m;  // length cases tell the clouds apart by their sizes
+  e.d = 1 + static_cast<index_t>(e.rng() % 4);
+  e.records = 9 + static_cast<index_t>(e.rng() % 20);
+  write_valid_inputs(e);
+}
+
 // gtest prints a failing parameter with this (instead of its bytes).
 void PrintTo(const Case& c, std::ostream* os) { *os << c.id; }
 
@@ -819,12 +829,7 @@ TEST_P(BadInput, FailsCleanlyNamingTheInput) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir("otcal_bad");
   Env e{dir, std::mt19937_64(seed)};
-  e.n = 5 + static_cast<index_t>(e.rng() % 20);
-  e.m = 5 + static_cast<index_t>(e.rng() % 20);
-  if (e.m == e.n) ++e.m;  // length cases tell the clouds apart by their sizes
-  e.d = 1 + static_cast<index_t>(e.rng() % 4);
-  e.records = 9 + static_cast<index_t>(e.rng() % 20);
-  write_valid_inputs(e);
+  draw_valid_inputs(e);
   c.setup(e);
   if (!c.needs_unreadable.empty() && ::access(e.file(c.needs_unreadable).c_str(), R_OK) == 0)
     GTEST_SKIP() << "this user reads files whatever their mode (root): the unreadable case cannot be made here";
@@ -859,12 +864,7 @@ TEST(BadInputControl, TheValidInputsOfEveryCommandWork) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   TempDir dir("otcal_bad");
   Env e{dir, std::mt19937_64(seed)};
-  e.n = 5 + static_cast<index_t>(e.rng() % 20);
-  e.m = 5 + static_cast<index_t>(e.rng() % 20);
-  if (e.m == e.n) ++e.m;  // length cases tell the clouds apart by their sizes
-  e.d = 1 + static_cast<index_t>(e.rng() % 4);
-  e.records = 9 + static_cast<index_t>(e.rng() % 20);
-  write_valid_inputs(e);
+  draw_valid_inputs(e);
   for (const auto& [args, made] : std::vector<std::pair<std::string, std::string>>{
            {sinkhorn({}), "out/f.npy"},
            {solve({{"--out", "out_solve"}}), "out_solve/plan.npz"},
