@@ -324,6 +324,16 @@ RecordTable read_csv(const std::string& path, const std::string& what) {
       }
     }
   };
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    // A pipe (--data <(zcat data.csv.gz)) can be read only once, and a column that turns out to
+    // hold text is read twice: keep the stream's text (its size is the price of a pipe).
+    std::string text;
+    file([&](const char* p, std::size_t n) {
+      text.append(p, n);
+      return true;
+    });
+    return parse_source(text_source(text, kChunkBytes), named, text.size());
+  }
   const std::uintmax_t size = std::filesystem::file_size(path, ec);
   return parse_source(file, named, ec ? 0 : static_cast<std::size_t>(size));
 }
