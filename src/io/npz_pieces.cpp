@@ -320,7 +320,7 @@ std::string dict_value(const std::string& dict, const std::string& key) {
 
 // The length of a 1-D shape "N," (what numpy writes for (N,)); -1 for anything else.
 std::int64_t one_dim_length(const std::string& shape) {
-  if (shape.size() < 2 || shape.size() > 20 || shape.back() != ',') return -1;
+  if (shape.size() < 2 || shape.size() > 19 || shape.back() != ',') return -1;  // at most 18 digits: no overflow
   std::int64_t n = 0;
   for (std::size_t k = 0; k + 1 < shape.size(); ++k) {
     if (shape[k] < '0' || shape[k] > '9') return -1;
