@@ -12,10 +12,13 @@ packages=(build-essential cmake ninja-build ccache git pkg-config libeigen3-dev 
 # libclang-rt-dev; where that package does not exist the fuzz step says what is missing, and the
 # build and tests above do not depend on it.
 fuzz_packages=(clang libclang-rt-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# The packages of "$@" that dpkg does not list as installed.
+not_installed() {
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+mapfile -t missing < <(not_installed "${packages[@]}")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci_install: installing ${missing[*]}"
   $SUDO apt-get update -qq
@@ -23,10 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "ci_install: all packages present"
 fi
-fuzz_missing=()
-for p in "${fuzz_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fuzz_missing+=("$p")
-done
+mapfile -t fuzz_missing < <(not_installed "${fuzz_packages[@]}")
 if [ ${#fuzz_missing[@]} -gt 0 ]; then
   echo "ci_install: installing ${fuzz_missing[*]} (for the fuzzers)"
   [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
