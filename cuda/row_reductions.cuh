@@ -18,18 +18,29 @@ struct NoState {};
 // lse_merge. Each part starts from the empty state; the fused path merges the parts in part order,
 // the split path writes them to `state` for lse_merge_parts_kernel, which merges them in the same
 // order, so both paths give the same bits.
+// The two float64 states (the row's and the part's) live in shared memory, one slot per thread:
+// held in registers across the chunk loop, ptxas spilled them to local memory in the float32
+// pnorm, sq_pnorm and cosine kernels (scripts/cuda_resource_check.py). They are read and written
+// once per chunk, by the same lse_merge calls in the same order, so the bits are those of the
+// register version.
 template <class T>
 struct LseReduction {
   T* out;                // out[i] = ln sum_j exp(...) (fused path)
   double* state;         // [part][state_stride] (max, sum) pairs (split path)
   index_t state_stride;  // tile capacity in rows
   static constexpr bool kColumnParts = true;
-  using Row = LseState;
-  using Part = LseState;
-  __device__ Row begin_row(const RowCtx<T>&) const { return lse_empty(); }
+  using Row = LseState*;   // this thread's slot of the block's row states
+  using Part = LseState*;  // this thread's slot of the block's part states
+  __device__ Row begin_row(const RowCtx<T>&) const {
+    __shared__ LseState rows[kRowsPerBlock];
+    rows[threadIdx.x] = lse_empty();
+    return &rows[threadIdx.x];
+  }
   template <class Terms>
   __device__ Part begin_part(const RowCtx<T>&, const Terms&) const {
-    return lse_empty();
+    __shared__ LseState parts[kRowsPerBlock];
+    parts[threadIdx.x] = lse_empty();
+    return &parts[threadIdx.x];
   }
   template <class Terms, class Formula>
   __device__ __forceinline__ void fold(Part& st, const RowCtx<T>& row, const Terms& terms, const Formula& formula,
@@ -47,27 +58,27 @@ struct LseReduction {
     if (!(mx > -std::numeric_limits<T>::infinity())) {  // an all -inf chunk adds nothing
       // NaN: merged as a NaN term, absorbing through every later chunk and part merge
       // (lse_math.hpp), so it reaches the output whichever chunk or part held it.
-      if (mx != mx) lse_merge(st, static_cast<double>(mx), 1.0);
+      if (mx != mx) lse_merge(*st, static_cast<double>(mx), 1.0);
       return;
     }
     T s = T(0);
 #pragma unroll
     for (int jj = 0; jj < kChunk; ++jj) s += exp2_nonpositive(T(acc[jj] - mx));
-    lse_merge(st, static_cast<double>(mx), static_cast<double>(s));
+    lse_merge(*st, static_cast<double>(mx), static_cast<double>(s));
   }
   __device__ void end_part(Row& total, const Part& st, const RowCtx<T>& row, index_t part, bool split) const {
     if (split) {
       if (row.active) {
         double* slot = state + 2 * (part * state_stride + row.r);
-        slot[0] = st.max;
-        slot[1] = st.sum;
+        slot[0] = st->max;
+        slot[1] = st->sum;
       }
     } else {
-      lse_merge(total, st.max, st.sum);
+      lse_merge(*total, st->max, st->sum);
     }
   }
   __device__ void end_row(const Row& total, const RowCtx<T>& row, bool split) const {
-    if (!split && row.active) out[row.i] = static_cast<T>(lse_natural(total));
+    if (!split && row.active) out[row.i] = static_cast<T>(lse_natural(*total));
   }
 };
 
