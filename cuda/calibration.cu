@@ -16,7 +16,8 @@
 //  * T = A diag(v) Aᵀ over the active rows: one warp per active row a; records of row a in
 //    ascending order, lanes split the record's (distinct) columns b, __syncwarp between records:
 //    the CPU's accumulation order per entry, so T is deterministic and symmetric. O(Σ nnz_i²).
-//  * The pseudo-inverse solve runs on the HOST with Eigen (one ka² download per Newton step);
+//  * The Newton solve (Cholesky dropping dependent constraints, src/calibration/newton_solve.hpp)
+//    runs on the HOST (one ka² download per Newton step; it reads the lower triangle only);
 //    g, F', u and the finite check run on the device with the shared OTCAL_HD element math.
 //  * Gradient epochs: SpMV(w'), download S (k), host L(S) and c (the CPU code), upload c,
 //    gradient kernel (per record), Adam kernel(s). θ is initialised on the host (Philox, the CPU

@@ -1,6 +1,8 @@
 // Exact calibrators (docs/calibration.md §4): Deville-Sarndal distance functions with R survey's
 // F and F', Newton on the dual lambda as grake does (eta0 = 0, step halving on non-finite g,
-// prescaling), GREG closed form for unbounded linear, pinv by truncated symmetric eigensolve.
+// prescaling), GREG closed form for unbounded linear. The Newton step is a Cholesky solve that drops
+// dependent constraints (newton_solve.hpp), the same weights as the pseudo-inverse step; the
+// truncated symmetric eigensolve (pinv) remains for targets that are not consistent.
 #include <Eigen/Dense>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include "calibration/calib_backend.hpp"
 #include "calibration/distributed.hpp"
 #include "calibration/kernels.hpp"
+#include "calibration/newton_solve.hpp"
 #include "calibration/workspace_layouts.hpp"
 #include "core/operation.hpp"
 #include "otcal/calibration.hpp"
@@ -173,7 +176,9 @@ TrimResult trim_g_over(Communicator& comm, const std::vector<double>& g, const s
   return r;
 }
 
-// Δ = pinv(T) b with eigenvalues below 256·DBL_EPSILON·λmax truncated (T symmetric PSD). The
+// The fallback step (targets inconsistent over the dependent constraints, or a non-finite T):
+// Δ = pinv(T) b, the least-squares minimum-norm step, with eigenvalues below 256·DBL_EPSILON·λmax
+// truncated (T symmetric PSD; only its lower triangle is read, the other one may be stale). The
 // eigendecomposition runs in T's own storage (T is rebuilt before every solve): Eigen's
 // SelfAdjointEigenSolver would copy T and keep its ka² eigenvectors outside the workspace, which
 // at a few thousand constraints is as much memory again as the budgeted T. These are the steps of
@@ -309,7 +314,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   });
 
   // T lives in the workspace on the CPU; on CUDA the device builds it and the host copy is plain
-  // host memory (one ka² download per Newton step, then Eigen's symmetric eigensolver).
+  // host memory (one ka² download per Newton step, then the host factorization).
   std::unique_ptr<calib::ExactPasses> passes;
   std::vector<double> T_host;
   double* T_data = nullptr;
@@ -355,6 +360,27 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   };
   Eigen::Map<Eigen::MatrixXd> Tm(T_data, ka, ka);  // symmetric: row/column order irrelevant
   Eigen::VectorXd misfit(ka);
+  // An inconsistency on the dependent constraints that the convergence test cannot see (a
+  // thousandth of epsilon on the row's own ratio) plus rounding of the totals' size: below it the
+  // reduced Cholesky step stands; above it (targets that disagree) the step is pinv's least squares.
+  Eigen::VectorXd allowance(ka);
+  {
+    double largest = 0;
+    for (index_t a = 0; a < ka; ++a) largest = std::max(largest, std::fabs(sys.targets[active_rows[a]]));
+    for (index_t a = 0; a < ka; ++a)
+      allowance[a] = 1e-3 * o.epsilon * (1 + std::fabs(sys.targets[active_rows[a]])) + 1e-13 * (1 + largest);
+  }
+  // Δ for T Δ = b (T just built): factor in place dropping dependent constraints; when that cannot
+  // stand for pinv (non-finite pivot, or inconsistent dropped rows) rebuild T and take pinv's step.
+  auto newton_step = [&](const Eigen::VectorXd& b) -> Eigen::VectorXd {
+    const calib::NewtonFactor f = calib::factor_dropping_dependent(Tm);
+    if (f.ok) {
+      calib::NewtonSolve s = calib::solve_with_factor(Tm, f, b, allowance);
+      if (s.worst_inconsistency_ratio <= 1) return std::move(s.delta);
+    }
+    build_T();
+    return pinv_solve(Tm, b);
+  };
 
   recompute();
   double prescale = 1;
@@ -385,7 +411,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     // §4.4: one solve, g = 1 + xᵀ pinv(T) (t - t̂) / σ².
     build_T();
     misfit_at_g(misfit);  // g = 1 at η = 0
-    const Eigen::VectorXd delta = pinv_solve(Tm, misfit);
+    const Eigen::VectorXd delta = newton_step(misfit);
     for (index_t a = 0; a < ka; ++a) eta[active_rows[a]] = delta[a];
     recompute();
     misfit_at_g(misfit);
@@ -397,7 +423,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     for (;;) {
       build_T();
       misfit_at_g(misfit);
-      Eigen::VectorXd delta = pinv_solve(Tm, misfit);
+      Eigen::VectorXd delta = newton_step(misfit);
       keep_if_best(ratio_of(misfit));
       for (index_t a = 0; a < ka; ++a) eta[active_rows[a]] += delta[a];
       bool finite = recompute();

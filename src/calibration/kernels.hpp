@@ -2,7 +2,7 @@
 // The per-record passes of calibration, isolated so a CUDA backend can replace them one by one:
 //   RowAccumulator  S = A w, reduced over records in fixed granules (batch-invariant, bitwise)
 //   transpose_apply (Aᵀ c)_i, per record (no cross-record reduction)
-//   accumulate_newton_matrix  T = A diag(v) Aᵀ over the active rows, O(Σ_i nnz_i²)
+//   accumulate_newton_matrix  T = A diag(v) Aᵀ over the active rows (one triangle), O(Σ_i nnz_i²/2)
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -218,27 +218,65 @@ inline void transpose_apply(const CsrView& At, const double* c, index_t b0, inde
   }
 }
 
-// T[a][b] = Σ_i A_{row(a), i} v_i A_{row(b), i} over active rows (active_of[r] = a or -1), row-major
-// ka x ka. Rows of T are independent (parallel, no atomics); each sums records in ascending order,
-// so T is bitwise symmetric and deterministic.
+// Records per chunk of the Newton-matrix pass: the chunk's Aᵀ slices (~12 bytes per entry, ~50
+// entries per record) stay in the last-level cache while every row of T visits its records there.
+inline constexpr index_t kNewtonChunkRecords = 32768;
+
+// T[a][b] = Σ_i A_{row(a), i} v_i A_{row(b), i} for b >= a over active rows (active_of[r] = a or
+// -1), row-major ka x ka: the row-major upper triangle, which is the column-major lower triangle
+// that the Newton solve reads (newton_solve.hpp); the other triangle is left unwritten. Half the
+// O(Σ_i nnz_i²) work of the full matrix: a record's entries in Aᵀ are in ascending row order, so
+// those with b >= a start where row(a) sits (a binary search over the record's ~nnz_i entries).
+//
+// Memory, not arithmetic, bounds this pass: a record's Aᵀ slice is read once per row it belongs to
+// (nnz_i times), and a row's records are spread over all n, so row by row every read is a miss.
+// Records therefore go in chunks of kNewtonChunkRecords, ascending: within a chunk every row of T
+// takes that chunk's records (a per-row cursor into A's row), so the slices are read from cache
+// and T (half of ka² doubles) streams once per chunk. Rows of T are independent and each is written
+// by one thread (dynamic scheduling within a chunk); each entry still sums its records in
+// ascending order, one by one, so T is bitwise the same for every thread count and chunk size (and
+// each entry is what the row-by-row pass computed for it). `cursor`: ka scratch values.
 inline void accumulate_newton_matrix(const CsrView& A, const CsrView& At, const std::vector<index_t>& active_rows,
                                      const std::vector<index_t>& active_of, const double* v, double* T) {
   const index_t ka = static_cast<index_t>(active_rows.size());
+  const index_t n = A.cols;
   const bool wide = A.wide_indices();
   const bool wide_t = At.wide_indices();
-#pragma omp parallel for schedule(dynamic, 4)
+  std::vector<std::int64_t> cursor(static_cast<std::size_t>(ka));
+  const bool all_active = ka == At.cols;  // active_of is the identity
   for (index_t a = 0; a < ka; ++a) {
-    double* Trow = T + a * ka;
-    std::fill(Trow, Trow + ka, 0.0);
-    const index_t r = active_rows[static_cast<std::size_t>(a)];
-    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
-      const std::int64_t i = wide ? A.indices64[p] : A.indices32[p];
-      const double wi = A.values[p] * v[i];
-      if (wi == 0) continue;
-      for (std::int64_t q = At.indptr[i]; q < At.indptr[i + 1]; ++q) {
-        const index_t b = active_of[static_cast<std::size_t>(wide_t ? At.indices64[q] : At.indices32[q])];
-        if (b >= 0) Trow[b] += wi * At.values[q];
+    std::fill(T + a * ka + a, T + (a + 1) * ka, 0.0);
+    cursor[static_cast<std::size_t>(a)] = A.indptr[active_rows[static_cast<std::size_t>(a)]];
+  }
+  for (index_t c0 = 0; c0 < n; c0 += kNewtonChunkRecords) {
+    const index_t c1 = std::min(n, c0 + kNewtonChunkRecords);
+#pragma omp parallel for schedule(dynamic, 8)
+    for (index_t a = 0; a < ka; ++a) {
+      double* Trow = T + a * ka;
+      const index_t r = active_rows[static_cast<std::size_t>(a)];
+      std::int64_t p = cursor[static_cast<std::size_t>(a)];
+      const std::int64_t end = A.indptr[r + 1];
+      for (; p < end; ++p) {
+        const std::int64_t i = wide ? A.indices64[p] : A.indices32[p];
+        if (i >= c1) break;
+        const double wi = A.values[p] * v[i];
+        if (wi == 0) continue;
+        const std::int64_t q0 = At.indptr[i], q1 = At.indptr[i + 1];
+        std::int64_t q;
+        if (wide_t)
+          q = std::lower_bound(At.indices64 + q0, At.indices64 + q1, std::int64_t{r}) - At.indices64;
+        else
+          q = std::lower_bound(At.indices32 + q0, At.indices32 + q1, static_cast<std::int32_t>(r)) - At.indices32;
+        if (all_active && !wide_t) {  // the common case: b is the row index itself (no lookup)
+          for (; q < q1; ++q) Trow[At.indices32[q]] += wi * At.values[q];
+          continue;
+        }
+        for (; q < q1; ++q) {
+          const index_t b = active_of[static_cast<std::size_t>(wide_t ? At.indices64[q] : At.indices32[q])];
+          if (b >= 0) Trow[b] += wi * At.values[q];
+        }
       }
+      cursor[static_cast<std::size_t>(a)] = p;
     }
   }
 }

@@ -7,9 +7,10 @@
 // transpose Aᵀ, per-record state, the Newton matrix, the granule accumulators, the gradient's
 // batch buffers; on CUDA also the uploaded A). Not budgeted: the caller's inputs (the
 // ConstraintSystem), the results (plain vectors, like every operation's outputs) and O(k) host
-// vectors (S, η, c) that are the same on both backends. The eigensolve of the Newton matrix runs
-// in T's own (budgeted) storage, so no other ka² matrix exists on the CPU; on CUDA the host copy
-// of T is host memory outside the device budget (docs/calibration.md §4.7).
+// vectors (S, η, c) that are the same on both backends. The Newton matrix is factored in T's own
+// (budgeted) storage (the Cholesky factor, or the fallback eigensolve), so no other ka² matrix
+// exists on the CPU; on CUDA the host copy of T is host memory outside the device budget
+// (docs/calibration.md §4.7).
 #include <algorithm>
 #include <cstdint>
 #include <string>

@@ -1,0 +1,176 @@
+// The exact calibrators' Newton step (src/calibration/newton_solve.hpp, docs/calibration.md §4.3):
+// a Cholesky that drops dependent constraints must give the pseudo-inverse step's Aᵀ Δ, find
+// exactly the margins' dependencies, and whole calibrations must match a dense Newton iteration
+// with a pseudo-inverse written here (Eigen's complete orthogonal decomposition).
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "calibration/kernels.hpp"
+#include "calibration/newton_solve.hpp"
+#include "otcal/calibration.hpp"
+#include "otcal/context.hpp"
+#include "otcal/detail/calib_math.hpp"
+#include "support/process.hpp"
+
+namespace {
+
+using otcal::index_t;
+
+// A survey's constraint matrix, dense: `columns` categorical columns of cats[c] categories each
+// (every category used) and one continuous column. Margins of one column sum to the all-ones row,
+// so every column after the first brings one dependent row.
+Eigen::MatrixXd random_constraints(std::mt19937_64& rng, const std::vector<int>& cats, index_t n) {
+  int rows = 1;
+  for (int c : cats) rows += c;
+  Eigen::MatrixXd X = Eigen::MatrixXd::Zero(rows, n);
+  std::uniform_real_distribution<double> u(0, 1);
+  int base = 0;
+  for (int c : cats) {
+    for (index_t i = 0; i < n; ++i) X(base + (i < c ? i : static_cast<index_t>(u(rng) * c) % c), i) = 1;
+    base += c;
+  }
+  for (index_t i = 0; i < n; ++i) X(base, i) = u(rng) < 0.2 ? 0.0 : std::exp(2 * u(rng));
+  return X;
+}
+
+TEST(CalibrationNewton, DropsExactlyTheMarginDependenciesAndGivesThePseudoInverseStep) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int trial = 0; trial < 12; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    std::vector<int> cats(1 + trial % 4);
+    for (int& c : cats) c = 2 + static_cast<int>(u(rng) * 6);
+    const index_t n = 150 + static_cast<index_t>(u(rng) * 300);
+    const Eigen::MatrixXd X = random_constraints(rng, cats, n);
+    Eigen::VectorXd D(n);
+    for (index_t i = 0; i < n; ++i) D[i] = 0.5 + 3 * u(rng);
+    const Eigen::MatrixXd T = X * D.asDiagonal() * X.transpose();
+    const Eigen::Index k = T.rows();
+    Eigen::VectorXd x(k);
+    for (Eigen::Index j = 0; j < k; ++j) x[j] = u(rng) - 0.5;
+    const Eigen::VectorXd b = T * x;  // consistent
+    // Only the lower triangle is read: the other one holds NaN.
+    std::vector<double> storage(static_cast<std::size_t>(k * k));
+    Eigen::Map<Eigen::MatrixXd> L(storage.data(), k, k);
+    L = T;
+    L.triangularView<Eigen::StrictlyUpper>().setConstant(NAN);
+    const otcal::calib::NewtonFactor f = otcal::calib::factor_dropping_dependent(L);
+    ASSERT_TRUE(f.ok);
+    EXPECT_EQ(f.n_dropped, static_cast<index_t>(cats.size()) - 1);
+    const Eigen::VectorXd none = Eigen::VectorXd::Zero(k);
+    const otcal::calib::NewtonSolve s = otcal::calib::solve_with_factor(L, f, b, none);
+    EXPECT_LE(s.worst_inconsistency_ratio, 1.0);
+    // Aᵀ Δ equals Aᵀ pinv(T) b (= Aᵀ x: T Δ = b determines Aᵀ Δ when D > 0).
+    const Eigen::VectorXd ref = X.transpose() * T.completeOrthogonalDecomposition().solve(b);
+    const Eigen::VectorXd got = X.transpose() * s.delta;
+    ASSERT_TRUE(got.allFinite());
+    EXPECT_LT((got - ref).cwiseAbs().maxCoeff(), 1e-10 * (1 + ref.cwiseAbs().maxCoeff()));
+    EXPECT_LT((got - X.transpose() * x).cwiseAbs().maxCoeff(), 1e-10 * (1 + ref.cwiseAbs().maxCoeff()));
+    if (cats.size() >= 2) {
+      // Inconsistent right-hand side (margin 0's total differs from margin 1's): reported.
+      Eigen::VectorXd bad = b;
+      bad.segment(0, cats[0]).array() += 1e-3 * b.cwiseAbs().maxCoeff() / cats[0];
+      const otcal::calib::NewtonSolve si = otcal::calib::solve_with_factor(L, f, bad, none);
+      EXPECT_GT(si.worst_inconsistency_ratio, 1.0);
+    }
+  }
+}
+
+// Dense Newton on the dual with a pseudo-inverse step (no prescaling: the synthetic targets are
+// within 20 times the design totals), to a tighter tolerance than the library's run.
+std::vector<double> dense_newton(const otcal::ConstraintSystem& sys, const otcal::detail::DistanceMath& dist) {
+  const index_t k = sys.A.rows, n = sys.A.cols;
+  Eigen::MatrixXd X = Eigen::MatrixXd::Zero(k, n);
+  for (index_t r = 0; r < k; ++r)
+    for (std::int64_t q = sys.A.indptr[r]; q < sys.A.indptr[r + 1]; ++q) X(r, sys.A.index(q)) = sys.A.values[q];
+  const Eigen::VectorXd d = Eigen::Map<const Eigen::VectorXd>(sys.design_weights.data(), n);
+  const Eigen::VectorXd t = Eigen::Map<const Eigen::VectorXd>(sys.targets.data(), k);
+  Eigen::VectorXd eta = Eigen::VectorXd::Zero(k), g(n), dF(n);
+  for (int it = 0; it < 60; ++it) {
+    const Eigen::VectorXd u = X.transpose() * eta;
+    for (index_t i = 0; i < n; ++i) {
+      g[i] = dist.F(u[i]);
+      dF[i] = dist.dF(u[i]);
+    }
+    const Eigen::VectorXd b = t - X * d.cwiseProduct(g);
+    double ratio = 0;
+    for (index_t r = 0; r < k; ++r) ratio = std::max(ratio, std::fabs(b[r]) / (1 + std::fabs(t[r])));
+    if (ratio < 1e-14) break;
+    const Eigen::MatrixXd T = X * d.cwiseProduct(dF).asDiagonal() * X.transpose();
+    eta += T.completeOrthogonalDecomposition().solve(b);
+  }
+  std::vector<double> w(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) w[i] = d[i] * g[i];
+  return w;
+}
+
+TEST(CalibrationNewton, DependentMarginsMatchADensePseudoInverseNewton) {
+  struct M {
+    otcal::CalFun f;
+    otcal::detail::CalFunCode code;
+    double lo, hi;
+    const char* name;
+  };
+  const M methods[] = {{otcal::CalFun::raking, otcal::detail::CalFunCode::raking, -INFINITY, INFINITY, "raking"},
+                       {otcal::CalFun::linear, otcal::detail::CalFunCode::linear, -INFINITY, INFINITY, "linear"},
+                       {otcal::CalFun::logit, otcal::detail::CalFunCode::logit, 0.7, 1.4, "logit"}};
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  for (int trial = 0; trial < 6; ++trial) {
+    const int margins = 2 + trial % 3;
+    SCOPED_TRACE("trial " + std::to_string(trial) + ", " + std::to_string(margins) + " categorical columns");
+    auto ctx = otcal::Context::cpu({.memory_budget = 256u << 20, .on_warning = [](const std::string&) {}});
+    auto s = otcal::make_synthetic_survey(250 + 50 * trial, margins, 3 + trial % 4, 1, seed + trial);
+    const otcal::ConstraintSystem sys = otcal::build_constraints(ctx, s.table, s.spec);
+    for (const auto& m : methods) {
+      SCOPED_TRACE(m.name);
+      otcal::detail::DistanceMath dist;
+      dist.calfun = m.code;
+      dist.L = m.lo;
+      dist.U = m.hi;
+      if (m.f == otcal::CalFun::logit) dist.logit_a = (m.hi - m.lo) / ((m.hi - 1) * (1 - m.lo));
+      const auto res =
+          otcal::calibrate_exact(ctx, sys, {.calfun = m.f, .lower = m.lo, .upper = m.hi, .epsilon = 1e-12});
+      ASSERT_TRUE(res.converged);
+      const std::vector<double> ref = dense_newton(sys, dist);
+      for (std::size_t i = 0; i < ref.size(); ++i)
+        ASSERT_NEAR(res.weights[i], ref[i], 1e-10 * std::max(1.0, std::fabs(ref[i]))) << "record " << i;
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// The Newton matrix is assembled in parallel over its rows, each entry by one thread in record
+// order, with records in chunks of kNewtonChunkRecords: the weights must be bitwise the same for
+// every thread count. Enough records for several chunks.
+TEST(CalibrationNewton, WeightsAreBitwiseTheSameForEveryThreadCount) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  auto s = otcal::make_synthetic_survey(3 * otcal::calib::kNewtonChunkRecords + 1234, 3, 7, 2, seed);
+  auto ctx1 = otcal::Context::cpu({.memory_budget = 512u << 20, .threads = 1, .on_warning = [](const std::string&) {}});
+  const otcal::ConstraintSystem sys = otcal::build_constraints(ctx1, s.table, s.spec);
+  for (otcal::CalFun f : {otcal::CalFun::raking, otcal::CalFun::linear}) {
+    const auto one = otcal::calibrate_exact(ctx1, sys, {.calfun = f, .epsilon = 1e-12});
+    for (int threads : {2, 3, 5}) {
+      SCOPED_TRACE("threads " + std::to_string(threads));
+      auto ctx = otcal::Context::cpu(
+          {.memory_budget = 512u << 20, .threads = threads, .on_warning = [](const std::string&) {}});
+      const auto many = otcal::calibrate_exact(ctx, sys, {.calfun = f, .epsilon = 1e-12});
+      ASSERT_TRUE(many.converged);
+      ASSERT_EQ(one.weights, many.weights);
+    }
+  }
+}
+
+}  // namespace
