@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -128,6 +129,67 @@ TEST(CalibrationBuilder, SparseEqualsDenseBuildExactly) {
       std::vector<double> col(k, 0.0);
       for (std::int64_t q = At.indptr[i]; q < At.indptr[i + 1]; ++q) col[At.index(q)] = At.values[q];
       for (index_t r = 0; r < k; ++r) ASSERT_EQ(col[r], p.dense[r][i]);
+    }
+  }
+}
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// Issue 12: the build that consumes its table (the CLI's) frees each column after its last reader
+// and still gives the system of the build that keeps the table, bit for bit. Columns are shared
+// between row kinds here: a margin column is also a continuous target (so it must outlive its
+// margin), the weight column is sometimes a continuous target too, a linear constraint copies a
+// column, and one column is read by nothing.
+TEST(CalibrationBuilder, ConsumingBuildEqualsKeepingBuildAndEmptiesTable) {
+  const auto seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  auto ctx = otcal::Context::cpu({.memory_budget = 64u << 20, .on_warning = [](const std::string&) {}});
+  for (int trial = 0; trial < 20; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const index_t n = 1 + static_cast<index_t>(rng() % 700);
+    RandomProblem p = random_problem(rng, n);
+    p.spec.continuous.emplace_back("int0", 1000 * unif(rng));  // margin and continuous share int0
+    if (rng() % 2) p.spec.continuous.emplace_back("weight", 1000 * unif(rng));
+    if (const otcal::TableColumn* income = p.table.find("income0"))
+      p.spec.linear.push_back({"lin_income0", income->numbers, unif(rng)});
+    std::vector<double> unused(n);
+    for (auto& v : unused) v = unif(rng);
+    p.table.add_numeric("unused", unused);
+    const std::size_t n_columns = p.table.columns.size();
+
+    const otcal::ConstraintSystem kept = otcal::build_constraints(ctx, p.table, p.spec);
+    ASSERT_GT(kept.A.nnz(), 0);
+    for (const otcal::TableColumn& c : p.table.columns)
+      ASSERT_TRUE(c.numeric ? c.numbers.size() == static_cast<std::size_t>(n) : c.strings.size() == static_cast<std::size_t>(n))
+          << "the keeping build left column '" << c.name << "' alone";
+
+    const otcal::ConstraintSystem consumed = otcal::build_constraints(ctx, std::move(p.table), p.spec);
+    EXPECT_EQ(consumed.A.rows, kept.A.rows);
+    EXPECT_EQ(consumed.A.cols, kept.A.cols);
+    EXPECT_EQ(consumed.A.dtype, kept.A.dtype);
+    EXPECT_TRUE(same_bits(consumed.A.indptr, kept.A.indptr));
+    EXPECT_TRUE(same_bits(consumed.A.indices32, kept.A.indices32));
+    EXPECT_TRUE(same_bits(consumed.A.indices64, kept.A.indices64));
+    EXPECT_TRUE(same_bits(consumed.A.values, kept.A.values));
+    EXPECT_TRUE(same_bits(consumed.targets, kept.targets));
+    EXPECT_TRUE(same_bits(consumed.design_weights, kept.design_weights));
+    EXPECT_EQ(consumed.names, kept.names);
+    EXPECT_EQ(consumed.n_categorical, kept.n_categorical);
+    EXPECT_EQ(consumed.margin_offsets, kept.margin_offsets);
+    EXPECT_EQ(consumed.warnings, kept.warnings);
+
+    // NOLINTNEXTLINE(bugprone-use-after-move): the overload empties the columns in place
+    ASSERT_EQ(p.table.columns.size(), n_columns);
+    EXPECT_EQ(p.table.n_records, n);
+    for (const otcal::TableColumn& c : p.table.columns) {
+      EXPECT_TRUE(c.numbers.empty() && c.strings.empty()) << "column '" << c.name << "' still holds values";
+      EXPECT_EQ(c.numbers.capacity(), 0u) << "column '" << c.name << "' still holds its storage";
+      EXPECT_EQ(c.strings.capacity(), 0u) << "column '" << c.name << "' still holds its storage";
     }
   }
 }

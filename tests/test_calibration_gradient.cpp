@@ -486,4 +486,82 @@ TEST(CalibrationGradient, WholeRunEqualsADenseAdamReimplementation) {
   EXPECT_LT(worst, 1e-10) << "largest relative difference from the reimplementation";
 }
 
+// GradientOptions::precision float32 against the same reimplementation in float32 (what torch does
+// in microcalibrate: float32 θ, w = exp θ, gradients and Adam state), with S = A w and Aᵀc summed in
+// float64 and rounded to float32 as the calibrator documents. The two differ only where a float64
+// sum taken in another order rounds to a neighbouring float32, so they agree far below the
+// float32-vs-float64 gap; the weights are float32 values.
+TEST(CalibrationGradient, Float32RunEqualsAFloat32AdamReimplementation) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const otcal::ConstraintSystem sys = synthetic_system(90, seed);
+  otcal::GradientOptions o;
+  o.epochs = 25;
+  o.learning_rate = 0.03;
+  o.noise_level = 0.0;
+  o.precision = otcal::DType::float32;
+  const otcal::CalibrationResult r = otcal::calibrate_gradient(quiet_ctx(), sys, o);
+
+  const index_t n = sys.A.cols, k = sys.A.rows;
+  std::vector<float> theta(static_cast<std::size_t>(n)), m(theta.size(), 0.0f), v(theta.size(), 0.0f);
+  for (index_t i = 0; i < n; ++i) theta[i] = static_cast<float>(std::log(std::max(sys.design_weights[i], 1e-12)));
+  for (int t = 1; t <= o.epochs; ++t) {
+    std::vector<float> w(theta.size());
+    std::vector<double> S(static_cast<std::size_t>(k), 0.0), grad(theta.size(), 0.0);
+    for (index_t i = 0; i < n; ++i) w[i] = static_cast<float>(std::exp(static_cast<double>(theta[i])));
+    for (index_t j = 0; j < k; ++j)
+      for (std::int64_t q = sys.A.indptr[j]; q < sys.A.indptr[j + 1]; ++q) S[j] += sys.A.values[q] * w[sys.A.index(q)];
+    for (index_t j = 0; j < k; ++j) {
+      const double Sj = static_cast<float>(S[j]);
+      const double d = std::max(sys.targets[j] + 1, 1e-12);
+      const float c = static_cast<float>(2 * (Sj - sys.targets[j] + 1) / (d * d * static_cast<double>(k)));
+      for (std::int64_t q = sys.A.indptr[j]; q < sys.A.indptr[j + 1]; ++q) grad[sys.A.index(q)] += sys.A.values[q] * c;
+    }
+    const float bc1 = 1 - std::pow(0.9f, static_cast<float>(t)), bc2 = 1 - std::pow(0.999f, static_cast<float>(t));
+    for (index_t i = 0; i < n; ++i) {
+      const float g = static_cast<float>(static_cast<double>(w[i]) * static_cast<float>(grad[i]));
+      m[i] = 0.9f * m[i] + (1 - 0.9f) * g;
+      v[i] = 0.999f * v[i] + (1 - 0.999f) * g * g;
+      theta[i] -= static_cast<float>(o.learning_rate) * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + 1e-8f);
+    }
+  }
+  ASSERT_EQ(r.weights.size(), theta.size());
+  double worst = 0;
+  for (index_t i = 0; i < n; ++i) {
+    ASSERT_EQ(r.weights[i], static_cast<double>(static_cast<float>(r.weights[i]))) << "not a float32 value";
+    const double want = static_cast<float>(std::exp(static_cast<double>(theta[i])));
+    worst = std::max(worst, std::fabs(r.weights[i] - want) / want);
+  }
+  EXPECT_LT(worst, 1e-6) << "largest relative difference from the float32 reimplementation";
+}
+
+// Float32 against float64 on the same run. Bound: every epoch rounds θ (|θ| = |log w| below 2 here)
+// to float32, 2^-24 relative, and the step, whose size Adam fixes from m/√v, inherits the float32
+// relative error of the gradient (a few 2^-24) times the learning rate: per epoch
+// |Δθ| <= 2·2^-24 + lr·4·2^-24 ≈ 1.3e-7, over 50 epochs ≈ 6e-6, and that is the relative error of
+// w = exp θ. The differences also feed back through S, so the test allows 1e-4, still 1000 times
+// below the change the run makes to the weights.
+TEST(CalibrationGradient, Float32RunStaysWithinFloat32RoundingOfFloat64) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const otcal::ConstraintSystem sys = synthetic_system(400, seed, true);
+  otcal::GradientOptions o;
+  o.epochs = 50;
+  o.learning_rate = 0.02;
+  o.dropout_rate = 0.1;
+  const otcal::CalibrationResult r64 = otcal::calibrate_gradient(quiet_ctx(), sys, o);
+  o.precision = otcal::DType::float32;
+  const otcal::CalibrationResult r32 = otcal::calibrate_gradient(quiet_ctx(), sys, o);
+  o.batch_size = 37;  // same batch invariance as float64
+  EXPECT_EQ(otcal::calibrate_gradient(quiet_ctx(), sys, o).weights, r32.weights);
+  double worst = 0, moved = 0;
+  for (std::size_t i = 0; i < r64.weights.size(); ++i) {
+    worst = std::max(worst, std::fabs(r32.weights[i] - r64.weights[i]) / r64.weights[i]);
+    moved = std::max(moved, std::fabs(r64.weights[i] - sys.design_weights[i]) / sys.design_weights[i]);
+  }
+  EXPECT_NE(r32.weights, r64.weights);
+  EXPECT_LT(worst, 1e-4);
+  EXPECT_GT(moved, 0.1) << "the run must move the weights for the comparison to mean anything";
+}
+
 }  // namespace

@@ -84,6 +84,11 @@ struct ConstraintSystem {
 // all-reduced supports and sums, so they equal the one-process ones, and a validation failure on
 // any rank is raised on every rank ("rank R: ...").
 ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec);
+// The same system for a table the caller gives up: each column's storage is freed once the last
+// row reading it is built (and columns no row reads, once the design weights are copied), so the
+// peak is about the larger of the table and A rather than their sum. Afterwards every column is
+// empty (names and n_records remain); after an exception its columns are unspecified.
+ConstraintSystem build_constraints(const Context& ctx, RecordTable&& table, const ConstraintSpec& spec);
 
 // §8: the records of n_total that this context's rank owns (shard_rows with the communicator's
 // rank and size; all of them in one process), and the matching slices of a whole table and of a
@@ -170,6 +175,12 @@ struct GradientOptions {
   bool l0_penalty_per_record = false;            // quirk 5
   bool excluded_log_initial = false;             // quirk 4: history keeps excluded targets at A w0
   bool legacy_eval_gate = false;                 // sigma(log alpha) evaluation gate (l0 < PR #41)
+  // float64, or float32 as microcalibrate computes (torch float32): θ, the weights exp(θ), the
+  // gradients, the L0 gate logits and the Adam state are held at float32 precision and every Adam
+  // step runs in float32 arithmetic; S = A w and Aᵀc are summed in float64 (the batch-invariant
+  // granule sums; more accurate than float32 sums) and rounded where torch holds a float32 tensor.
+  // CPU contexts only for now.
+  DType precision = DType::float64;
   ProgressHook progress;  // once per epoch (dense) and per L0 step, on either backend; empty = none
 };
 

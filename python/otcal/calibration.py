@@ -594,6 +594,9 @@ class Calibration:
 
     Args (beyond microcalibrate's):
         dtype: numpy.float64 (default) or numpy.float32 (inputs and outputs rounded to float32).
+        precision: "float64" (default) or "float32": the calibrator's own arithmetic, float32 as
+            microcalibrate's torch (log-weights, weights, gradients, Adam state; sums in float64,
+            docs/calibration.md §3.9). CPU devices only.
         memory_budget, context: workspace budget (``batch_size`` is then planned from it).
         progress: None (a bar on a terminal), False, True, or a callable receiving
             ``{"stage": "dense" | "l0", "epoch": i, "loss": loss}`` once per epoch.
@@ -651,8 +654,12 @@ class Calibration:
         l0_penalty_per_record: bool = False,
         excluded_log_initial: bool = False,
         legacy_eval_gate: bool = False,
+        precision: str = "float64",
     ):
         self.logger = logging.getLogger(__name__)
+        if precision not in ("float32", "float64"):
+            raise InvalidArgument(f"precision: expected 'float32' or 'float64', got {precision!r}")
+        self.precision = precision
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
@@ -975,6 +982,7 @@ class Calibration:
             "init_mean": self.init_mean,
             "temperature": self.temperature,
             "sparse_learning_rate": self.sparse_learning_rate,
+            "precision": self.precision,
             **self.quirks,
         }
         self.initial_log_weights = _otcal.initial_log_weights(w0, seed, self.noise_level)

@@ -213,7 +213,7 @@ nb::dict build(ContextHandle& h, const std::vector<std::pair<std::string, HostVe
   ConstraintSystem sys;
   {
     nb::gil_scoped_release release;
-    sys = build_constraints(h.ctx, table, spec);
+    sys = build_constraints(h.ctx, std::move(table), spec);  // frees the copied columns as it goes
   }
   nb::dict out;
   out["shape"] = nb::make_tuple(sys.A.rows, sys.A.cols);
@@ -304,6 +304,10 @@ nb::dict gradient(ContextHandle& h, const nb::dict& system, const nb::dict& opti
   o.l0_penalty_per_record = option<bool>(options, "l0_penalty_per_record", false);
   o.excluded_log_initial = option<bool>(options, "excluded_log_initial", false);
   o.legacy_eval_gate = option<bool>(options, "legacy_eval_gate", false);
+  const std::string precision = option<std::string>(options, "precision", "float64");
+  if (precision != "float32" && precision != "float64")
+    throw InvalidArgument("precision: expected 'float32' or 'float64', got '" + precision + "'");
+  o.precision = precision == "float32" ? DType::float32 : DType::float64;
   o.progress = progress_hook(progress);
   CalibrationResult r;
   {

@@ -99,11 +99,50 @@ CsrMatrix transpose(const CsrMatrix& A) {
 
 namespace {
 
+// Frees a consumed table's columns once the build has read them for the last time, so that the
+// table shrinks while A grows (the CLI's peak is otherwise the whole table plus A). A column's last
+// reader is the last margin or continuous row group naming it; a column no group names (the weight
+// column, unused ones) is last read when the design weights are copied. Does nothing for a table
+// the caller keeps.
+class ColumnRelease {
+ public:
+  ColumnRelease(const RecordTable& table, RecordTable* consumed) : table_(table), consumed_(consumed) {
+    if (consumed_) last_group_.assign(table.columns.size(), kNoGroup);
+  }
+  // Row groups are numbered in build order: margins first, then continuous rows.
+  void read_by(const TableColumn* c, int group) {
+    if (consumed_) last_group_[slot(c)] = group;
+  }
+  void unread() { release_if([](int g) { return g == kNoGroup; }); }
+  void after_group(int group) { release_if([group](int g) { return g == group; }); }
+
+ private:
+  static constexpr int kNoGroup = -1;
+  std::size_t slot(const TableColumn* c) const { return static_cast<std::size_t>(c - table_.columns.data()); }
+  template <class Pred>
+  void release_if(Pred last_read_here) {
+    if (!consumed_) return;
+    for (std::size_t j = 0; j < last_group_.size(); ++j)
+      if (last_read_here(last_group_[j])) {
+        TableColumn& col = consumed_->columns[j];
+        std::vector<double>().swap(col.numbers);  // swap, not clear: the storage itself goes
+        std::vector<std::string>().swap(col.strings);
+      }
+  }
+  const RecordTable& table_;
+  RecordTable* consumed_;
+  std::vector<int> last_group_;
+};
+
 // The build over this rank's records (all of them in one process); `first` is the global index of
 // the table's first record (messages name records by it). Warnings are left to the caller.
-ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec, index_t first) {
+// `consumed` is the same table when the caller gives it up (its columns are emptied as the build
+// goes), else null.
+ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec, index_t first,
+                             RecordTable* consumed) {
   const index_t n = table.n_records;
   ConstraintSystem sys;
+  ColumnRelease release(table, consumed);
 
   // ---- validation (§1) -------------------------------------------------------------------------
   std::vector<const TableColumn*> margin_cols, cont_cols;
@@ -111,6 +150,7 @@ ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const
     sys.margin_offsets.push_back(static_cast<index_t>(sys.names.size()));
     const TableColumn* c = table.find(col);
     if (!c) throw InvalidArgument("Margin variable '" + col + "' not in data columns");
+    release.read_by(c, static_cast<int>(margin_cols.size()));
     margin_cols.push_back(c);
     for (const auto& [cat, t] : cats) {
       sys.names.push_back(col + "=" + cat);
@@ -128,6 +168,7 @@ ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const
       if (!std::isfinite(c->numbers[i]))
         throw InvalidArgument("Continuous variable '" + col + "' has a non-finite value (" + render_number(c->numbers[i]) +
                               ") at record " + std::to_string(first + i) + "; fill or drop missing values first");
+    release.read_by(c, static_cast<int>(spec.marginal.size() + cont_cols.size()));
     cont_cols.push_back(c);
     sys.names.push_back(col);
     sys.targets.push_back(t);
@@ -168,6 +209,8 @@ ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const
     }
   }
 
+  release.unread();
+
   // ---- workspace and CSR shape -------------------------------------------------------------------
   const calib::BuildLayout layout = calib::build_layout(ctx, table, spec);
   const TilePlan plan = calib::plan_calibration(layout.decl, ctx, n);  // refuses before allocating
@@ -181,19 +224,34 @@ ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const
   A.rows = k;
   A.cols = n;
   A.dtype = DType::float64;
+  // Non-zeros per continuous and linear row, in row order: each row's entries are then appended
+  // to storage reserved for all of them but touched only as it fills, so a consumed table's freed
+  // columns make room for A instead of adding to it.
+  std::vector<std::int64_t> dense_nnz;
   std::int64_t nnz = static_cast<std::int64_t>(margin_cols.size()) * n;  // margins are exhaustive
-  for (const TableColumn* c : cont_cols)
-    for (double v : c->numbers) nnz += (v != 0);
-  for (const auto& lc : spec.linear)
-    for (double v : lc.coefficients) nnz += (v != 0);
+  auto count_nonzeros = [&](const std::vector<double>& v) {
+    std::int64_t cnt = 0;
+    for (double x : v) cnt += (x != 0);
+    dense_nnz.push_back(cnt);
+    nnz += cnt;
+  };
+  for (const TableColumn* c : cont_cols) count_nonzeros(c->numbers);
+  for (const auto& lc : spec.linear) count_nonzeros(lc.coefficients);
   if (spec.total) nnz += n;
   A.indptr.assign(static_cast<std::size_t>(k) + 1, 0);
   const bool wide = A.wide_indices();
   if (wide)
-    A.indices64.resize(static_cast<std::size_t>(nnz));
+    A.indices64.reserve(static_cast<std::size_t>(nnz));
   else
-    A.indices32.resize(static_cast<std::size_t>(nnz));
-  A.values.resize(static_cast<std::size_t>(nnz));
+    A.indices32.reserve(static_cast<std::size_t>(nnz));
+  A.values.reserve(static_cast<std::size_t>(nnz));
+  auto grow_to = [&](std::int64_t end) {  // within the reservation: no reallocation
+    if (wide)
+      A.indices64.resize(static_cast<std::size_t>(end));
+    else
+      A.indices32.resize(static_cast<std::size_t>(end));
+    A.values.resize(static_cast<std::size_t>(end));
+  };
   auto put = [&](std::int64_t pos, index_t i, double v) {
     if (wide)
       A.indices64[pos] = i;
@@ -256,20 +314,28 @@ ConstraintSystem build_local(const Context& ctx, const RecordTable& table, const
       next[j] = pos;
       pos += cnt;
     }
+    grow_to(pos);
     for (index_t i = 0; i < n; ++i) put(next[row_of[i]]++, i, 1.0);
     row += rows_here;
+    release.after_group(static_cast<int>(m));
   }
   // 3. continuous, linear and total rows compact their non-zeros
+  std::size_t dense_index = 0;
   auto dense_row = [&](const double* v) {
     A.indptr[row] = pos;
+    grow_to(pos + dense_nnz[dense_index++]);
     for (index_t i = 0; i < n; ++i)
       if (v[i] != 0) put(pos++, i, v[i]);
     ++row;
   };
-  for (const TableColumn* c : cont_cols) dense_row(c->numbers.data());
+  for (std::size_t j = 0; j < cont_cols.size(); ++j) {
+    dense_row(cont_cols[j]->numbers.data());
+    release.after_group(static_cast<int>(spec.marginal.size() + j));
+  }
   for (const auto& lc : spec.linear) dense_row(lc.coefficients.data());
   if (spec.total) {
     A.indptr[row] = pos;
+    grow_to(pos + n);
     for (index_t i = 0; i < n; ++i) put(pos++, i, 1.0);
     ++row;
   }
@@ -320,17 +386,30 @@ void add_build_warnings(const Context& ctx, ConstraintSystem& sys) {
 
 }  // namespace
 
-ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+namespace {
+
+ConstraintSystem build_system(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec,
+                              RecordTable* consumed) {
   Communicator& comm = ctx.communicator();
   // Collective first: where this rank's records lie (§8), then the build, whose validation may
   // fail on one rank only (its records): every rank raises the first failing rank's error.
   const calib::RecordLayout rl = calib::record_layout(comm, table.n_records, "build_constraints");
-  ConstraintSystem sys = detail::agreed(comm, [&] { return build_local(ctx, table, spec, rl.offset); });
+  ConstraintSystem sys = detail::agreed(comm, [&] { return build_local(ctx, table, spec, rl.offset, consumed); });
   calib::require_same(comm, static_cast<std::uint64_t>(sys.A.rows), "build_constraints: the number of constraints");
   sys.record_offset = rl.offset;
   sys.total_records = rl.total;
   add_build_warnings(ctx, sys);
   return sys;
+}
+
+}  // namespace
+
+ConstraintSystem build_constraints(const Context& ctx, const RecordTable& table, const ConstraintSpec& spec) {
+  return build_system(ctx, table, spec, nullptr);
+}
+
+ConstraintSystem build_constraints(const Context& ctx, RecordTable&& table, const ConstraintSpec& spec) {
+  return build_system(ctx, table, spec, &table);
 }
 
 Shard record_shard(const Context& ctx, index_t n_total) {

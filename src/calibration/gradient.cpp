@@ -27,11 +27,32 @@ namespace {
 using detail::RandomPurpose;
 constexpr double kLogitClamp = detail::kLogAlphaClamp;
 
+// detail::adam_element in float32 arithmetic (GradientOptions::precision float32): the state is
+// read from and written back to the double buffers as float32 values.
+inline void adam_element_f32(double& x, double& m, double& v, double grad, float lr, float bc1, float bc2) {
+  float xf = static_cast<float>(x), mf = static_cast<float>(m), vf = static_cast<float>(v);
+  const float g = static_cast<float>(grad);
+  mf = 0.9f * mf + (1 - 0.9f) * g;
+  vf = 0.999f * vf + (1 - 0.999f) * g * g;
+  xf -= lr * (mf / bc1) / (std::sqrt(vf / bc2) + 1e-8f);
+  x = xf;
+  m = mf;
+  v = vf;
+}
+
 struct Adam {  // PyTorch Adam: beta1 0.9, beta2 0.999, eps 1e-8, no weight decay, no amsgrad
   double lr;
+  bool f32 = false;
   int step = 0;
   void apply(double* x, double* m, double* v, const double* grad, index_t n) {
     ++step;
+    if (f32) {
+      const float bc1 = 1 - std::pow(0.9f, static_cast<float>(step)), bc2 = 1 - std::pow(0.999f, static_cast<float>(step));
+      const auto lr32 = static_cast<float>(lr);
+#pragma omp parallel for schedule(static)
+      for (index_t i = 0; i < n; ++i) adam_element_f32(x[i], m[i], v[i], grad[i], lr32, bc1, bc2);
+      return;
+    }
     const double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.999, step);
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n; ++i) detail::adam_element(x[i], m[i], v[i], grad[i], lr, bc1, bc2);
@@ -43,7 +64,10 @@ class GradientEngine {
   // `rl`: where this rank's records lie (one process: all of them). Per-record draws are keyed by
   // the global record index and every sum over records is folded in rank order (§8).
   GradientEngine(const Context& ctx, const ConstraintSystem& sys, const GradientOptions& o, const calib::RecordLayout& rl)
-      : ctx_(ctx), sys_(sys), A_(sys.A), o_(o), n_(sys.A.cols), k_(sys.A.rows), rl_(rl) {
+      : ctx_(ctx), sys_(sys), A_(sys.A), o_(o), n_(sys.A.cols), k_(sys.A.rows), rl_(rl),
+        f32_(o.precision == DType::float32) {
+    if (f32_ && ctx.kind() == DeviceKind::cuda)
+      throw InvalidArgument("precision float32 runs on CPU contexts only for now (the CUDA epochs are float64)");
     if (!(o.dropout_rate >= 0 && o.dropout_rate <= 1))
       throw InvalidArgument("dropout_rate must lie in [0, 1], got " + std::to_string(o.dropout_rate));
     if (o.epochs < 0) throw InvalidArgument("epochs must be >= 0");
@@ -103,8 +127,10 @@ class GradientEngine {
   // Element math shared with the CUDA passes (include/otcal/detail/calib_math.hpp).
   // i is this rank's record; the draws are keyed by its global index.
   double dropout_weight(index_t i, double theta, std::uint32_t epoch) const {
-    return detail::dropout_weight(o_.seed, o_.dropout_rate, rl_.offset + i, theta, epoch);
+    return q(detail::dropout_weight(o_.seed, o_.dropout_rate, rl_.offset + i, theta, epoch));
   }
+  // A value at the working precision: rounded to float32 where torch would hold a float32 tensor.
+  double q(double x) const { return f32_ ? static_cast<double>(static_cast<float>(x)) : x; }
   using Gate = detail::HardConcreteGate;
   Gate training_gate(index_t i, double log_alpha, std::uint32_t step) const {
     return detail::training_gate(o_.seed, o_.temperature, rl_.offset + i, log_alpha, step);
@@ -150,7 +176,7 @@ class GradientEngine {
 #pragma omp parallel for schedule(static) if (b1 - b0 >= calib::kParallelMinRecords)
       for (index_t i = b0; i < b1; ++i) {
         double w = dropout_weight(i, theta[i], dropout_epoch);
-        if (log_alpha) w *= training_gate(i, log_alpha[i], gate_step).z;
+        if (log_alpha) w = q(w * q(training_gate(i, log_alpha[i], gate_step).z));
         wb[i - b0] = w;
       }
       acc.add_batch(b0, b1, wb);
@@ -158,7 +184,10 @@ class GradientEngine {
     acc.finish(S, fold_comm());
     // loss and c = ∂L/∂S
     std::vector<double> c(static_cast<std::size_t>(k_), 0.0);
+    if (f32_)
+      for (index_t j = 0; j < k_; ++j) S[j] = q(S[j]);
     const double loss = loss_and_c(S, c.data());
+    for (double& cj : c) cj = q(cj);
     // pass 2: per record gradient, the same c for every batch
     const double lambda =
         o_.l0_lambda / (o_.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(rl_.total, 1)) : 1.0);
@@ -168,17 +197,17 @@ class GradientEngine {
 #pragma omp parallel for schedule(static) if (b1 - b0 >= calib::kParallelMinRecords)
       for (index_t i = b0; i < b1; ++i) {
         const double we = dropout_weight(i, theta[i], dropout_epoch);
-        const double ac = atc[i - b0];
+        const double ac = q(atc[i - b0]);
         if (!log_alpha) {
-          grad_theta[i] = we * ac;
+          grad_theta[i] = q(we * ac);
         } else {
           const Gate gt = training_gate(i, log_alpha[i], gate_step);
-          grad_theta[i] = we * gt.z * ac;
+          grad_theta[i] = q(we * gt.z * ac);
           if (std::fabs(log_alpha[i]) > kLogitClamp) {
             grad_alpha[i] = 0;
           } else {
             const double p = penalty_prob(log_alpha[i]);
-            grad_alpha[i] = we * ac * gt.dz + lambda * p * (1 - p);
+            grad_alpha[i] = q(we * ac * gt.dz + lambda * p * (1 - p));
           }
         }
       }
@@ -196,6 +225,7 @@ class GradientEngine {
     double* grad = ws.get(l.grad);
     std::vector<double> S(static_cast<std::size_t>(k_));
     index_t floored = calib::initial_log_weights(w0, o_.seed, o_.noise_level, theta, rl_.offset);
+    for (index_t i = 0; i < n_; ++i) theta[i] = q(theta[i]);
     if (rl_.distributed) {  // the warning counts every rank's records
       auto all = static_cast<std::uint64_t>(floored);
       ctx_.communicator().all_sum(&all, 1);
@@ -220,7 +250,7 @@ class GradientEngine {
     auto logged = [&](const std::vector<double>& est) { return with_frozen_excluded(S0, est); };
     const int E = o_.epochs;
     const int stride = E > 10 ? std::max(1, E / 10) : 1;
-    Adam adam{o_.learning_rate};
+    Adam adam{o_.learning_rate, f32_};
     res.weights.assign(static_cast<std::size_t>(n_), 0.0);
     const bool last_draw = keeps_last_dropout_draw();
     for (int e = 0; e < E; ++e) {
@@ -233,7 +263,7 @@ class GradientEngine {
       res.diagnostics.loss = loss;
     }
     if (!(E > 0 && last_draw))
-      for (index_t i = 0; i < n_; ++i) res.weights[i] = std::exp(theta[i]);
+      for (index_t i = 0; i < n_; ++i) res.weights[i] = q(std::exp(theta[i]));
     res.n_iterations = E;
 
     if (o_.regularize_with_l0) {
@@ -245,11 +275,11 @@ class GradientEngine {
       const double la0 = std::log(o_.init_mean / (1 - o_.init_mean));
       for (index_t i = 0; i < n_; ++i) {
         const double start = o_.l0_init_dense_result ? res.weights[i] : w0[i];
-        theta[i] = std::log(std::max(start, 1e-12));
+        theta[i] = q(std::log(std::max(start, 1e-12)));
         m[i] = v[i] = ma[i] = va[i] = 0;
-        alpha[i] = la0;
+        alpha[i] = q(la0);
       }
-      Adam adam_t{o_.sparse_learning_rate}, adam_a{o_.sparse_learning_rate};
+      Adam adam_t{o_.sparse_learning_rate, f32_}, adam_a{o_.sparse_learning_rate, f32_};
       const int steps = 2 * E;
       const int l0_stride = std::max(1, stride / 2);
       for (int s = 0; s < steps; ++s) {
@@ -261,7 +291,7 @@ class GradientEngine {
         adam_a.apply(alpha, ma, va, ga, n_);
         res.diagnostics.loss = loss;
       }
-      for (index_t i = 0; i < n_; ++i) res.weights[i] = std::exp(theta[i]) * eval_gate(alpha[i]);
+      for (index_t i = 0; i < n_; ++i) res.weights[i] = q(q(std::exp(theta[i])) * q(eval_gate(alpha[i])));
       res.n_iterations += steps;
     }
     return finish(std::move(res), excluded, warnings);
@@ -373,6 +403,7 @@ class GradientEngine {
   GradientOptions o_;
   index_t n_, k_, k_active_ = 0;
   calib::RecordLayout rl_;
+  bool f32_ = false;  // GradientOptions::precision float32
   std::vector<char> active_;
 };
 

@@ -6,6 +6,11 @@
 //             "continuous": {"col": total, ...},
 //             "linear": [{"name": ..., "column": "col" | "coefficients": "file.npy", "target": t}, ...]}
 // Relative .npy paths are resolved against the spec file's folder.
+//
+// Or, instead of --spec, an arbitrary estimate matrix: --matrix M.npz (scipy.sparse.save_npz of a
+// records x targets CSR or CSC matrix, microcalibrate's estimate_matrix orientation) and --targets
+// T.csv|T.json (one name and value per matrix column, in column order); design weights from
+// --data's weight column or --weights W.npy, else 1. One process only.
 // Under mpirun the records are sharded by rank and rank 0 writes --out (docs/calibration.md §8).
 #include <algorithm>
 #include <climits>
@@ -24,6 +29,7 @@
 #include "core/collective.hpp"
 #include "io/csv.hpp"
 #include "io/npy.hpp"
+#include "io/npz_read.hpp"
 #include "io/output.hpp"
 #include "io/spec_json.hpp"
 #include "otcal/calibration.hpp"
@@ -33,6 +39,7 @@ namespace {
 
 struct CalibrateArgs {
   std::string data, spec, out;
+  std::string matrix, targets, weights;  // the estimate-matrix inputs (instead of --spec)
   std::string weights_column = "weight";
   bool weights_column_given = false;  // named on the command line: then it must exist
   std::string method = "linear";
@@ -45,6 +52,7 @@ struct CalibrateArgs {
   std::uint64_t seed = 42;
   std::optional<index_t> batch_size;
   std::optional<double> l0_lambda;
+  std::string precision = "float64";
   CommonOptions common;
 };
 
@@ -72,6 +80,9 @@ nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, 
   return {{"command", "calibrate"},
           {"data", a.data},
           {"spec", a.spec},
+          {"matrix", a.matrix},
+          {"targets_file", a.targets},
+          {"weights_file", a.weights},
           {"method", a.method},
           {"n_records", sys.n_records()},
           {"n_constraints", sys.n_constraints()},
@@ -98,7 +109,7 @@ nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, 
           {"options",
            {{"lower", num(a.lower)}, {"upper", num(a.upper)}, {"epsilon", a.epsilon}, {"max_iterations", a.max_iterations},
             {"force", a.force}, {"epochs", a.epochs}, {"learning_rate", a.learning_rate}, {"dropout", a.dropout},
-            {"noise_level", a.noise_level}, {"seed", a.seed},
+            {"noise_level", a.noise_level}, {"seed", a.seed}, {"precision", a.precision},
             {"batch_size", a.batch_size ? nlohmann::json(*a.batch_size) : nlohmann::json(nullptr)},
             {"l0_lambda", a.l0_lambda ? nlohmann::json(*a.l0_lambda) : nlohmann::json(nullptr)}}},
           {"plan", to_json(r.plan)},
@@ -109,6 +120,26 @@ nlohmann::json report_json(const CalibrateArgs& a, const ConstraintSystem& sys, 
 
 // Option checks, before any file is read (the same on every rank, so every rank fails alike).
 void check_options(const CalibrateArgs& a) {
+  if (a.matrix.empty()) {
+    if (a.data.empty() || a.spec.empty())
+      throw InvalidArgument("give --data and --spec (a record table and its targets), or --matrix and --targets "
+                            "(an estimate matrix .npz and one target per column)");
+    if (!a.targets.empty() || !a.weights.empty())
+      throw InvalidArgument(std::string(a.targets.empty() ? "--weights" : "--targets") +
+                            " goes with --matrix; with --spec the targets are in the spec and the design weights in "
+                            "--data's --weights-column");
+  } else {
+    if (!a.spec.empty())
+      throw InvalidArgument("--spec and --matrix are exclusive: with --matrix the matrix's columns are the targets, "
+                            "named and valued by --targets");
+    if (a.targets.empty()) throw InvalidArgument("--matrix needs --targets (a CSV 'name,value' or a JSON of the targets)");
+    if (!a.weights.empty() && !a.data.empty())
+      throw InvalidArgument("--weights and --data both give design weights with --matrix: keep one");
+  }
+  if (a.precision != "float64" && a.precision != "float32")
+    throw InvalidArgument("--precision '" + a.precision + "' is not one of float32, float64");
+  if (a.precision == "float32" && a.method != "gradient")
+    throw InvalidArgument("--precision float32 applies to --method gradient only (the exact methods solve in float64)");
   if (!(a.method == "linear" || a.method == "raking" || a.method == "logit" || a.method == "gradient"))
     throw InvalidArgument("--method '" + a.method + "' is not one of linear, raking, logit, gradient");
   if (!(a.epsilon > 0 && std::isfinite(a.epsilon)))
@@ -161,6 +192,94 @@ RecordSlice read_slice(const CalibrateArgs& a, const Context& ctx) {
   return {slice_records(table, shard), slice_spec(spec, shard), n};
 }
 
+// --targets: a CSV with columns name and value, or a JSON object {"name": value, ...} or list
+// [{"name": ..., "value": ...}, ...], one target per matrix column in column order.
+void read_targets(const std::string& path, std::vector<std::string>& names, std::vector<double>& values) {
+  const std::string flag = "--targets '" + path + "'";
+  const std::string ext = std::filesystem::path(path).extension().string();
+  if (ext == ".json") {
+    std::ifstream in(path);
+    if (!in) throw InvalidArgument(flag + ": cannot open it");
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(in);
+      if (j.is_object()) {
+        for (const auto& [name, value] : j.items()) {
+          names.push_back(name);
+          values.push_back(value.get<double>());
+        }
+      } else {
+        for (const auto& t : j) {
+          names.push_back(t.at("name").get<std::string>());
+          values.push_back(t.at("value").get<double>());
+        }
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw InvalidArgument(flag + " is not a JSON object {\"name\": value, ...} or list of {\"name\", \"value\"} (" +
+                            e.what() + ")");
+    }
+  } else {
+    const RecordTable t = io::read_csv(path, "--targets");
+    const TableColumn *name = t.find("name"), *value = t.find("value");
+    if (!name || !value || !value->numeric)
+      throw InvalidArgument(flag + " needs a header 'name,value' and a number in every value field");
+    for (index_t r = 0; r < t.n_records; ++r) {
+      names.push_back(name->numeric ? fmt(name->numbers[r]) : name->strings[r]);
+      values.push_back(value->numbers[r]);
+    }
+  }
+  for (std::size_t j = 0; j < values.size(); ++j)
+    if (!std::isfinite(values[j]))
+      throw InvalidArgument(flag + ": target '" + names[j] + "' has no finite value");
+}
+
+// --matrix/--targets/--weights (or --data's weight column) as the constraint system: the matrix
+// is read straight into A (targets x records), nothing dense and no table of records is built.
+ConstraintSystem read_matrix_system(const CalibrateArgs& a, const Context& ctx) {
+  if (ctx.communicator().size() > 1)
+    throw InvalidArgument("--matrix runs in one process for now; run without mpirun, or give --data and --spec");
+  ConstraintSystem sys;
+  sys.A = io::read_estimate_matrix_npz(a.matrix, "--matrix");
+  const index_t n = sys.A.cols, k = sys.A.rows;
+  read_targets(a.targets, sys.names, sys.targets);
+  if (static_cast<index_t>(sys.targets.size()) != k)
+    throw InvalidArgument("--targets '" + a.targets + "' has " + std::to_string(sys.targets.size()) +
+                          " targets, but --matrix '" + a.matrix + "' has " + std::to_string(k) +
+                          " columns (records x targets): give one target per column, in column order");
+  std::vector<std::string> sorted = sys.names;
+  std::sort(sorted.begin(), sorted.end());
+  if (auto d = std::adjacent_find(sorted.begin(), sorted.end()); d != sorted.end())
+    throw InvalidArgument("--targets '" + a.targets + "' names target '" + *d + "' twice; names must be unique");
+  sys.margin_offsets = {0};
+  sys.design_weights.assign(static_cast<std::size_t>(n), 1.0);
+  if (!a.weights.empty()) {
+    const io::NpyArray w = io::read_npy(a.weights, "--weights");
+    if (w.shape.size() != 1 || w.dim(0) != n)
+      throw InvalidArgument("--weights '" + a.weights + "' must be a 1-D array of one design weight per record (" +
+                            std::to_string(n) + ", the rows of --matrix)");
+    sys.design_weights = w.values();
+  } else if (!a.data.empty()) {
+    const RecordTable t = io::read_csv(a.data, "--data");
+    const TableColumn* c = t.find(a.weights_column);
+    if (!c && a.weights_column_given)
+      throw InvalidArgument("--weights-column '" + a.weights_column + "' is not a column of --data '" + a.data + "'");
+    if (c) {
+      if (t.n_records != n)
+        throw InvalidArgument("--data '" + a.data + "' has " + std::to_string(t.n_records) + " records, but --matrix '" +
+                              a.matrix + "' has " + std::to_string(n) + " rows (records)");
+      if (!c->numeric) throw InvalidArgument("--weights-column '" + a.weights_column + "' of --data is not numeric");
+      sys.design_weights = c->numbers;
+    }
+  }
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(sys.design_weights[i]))
+      throw InvalidArgument(std::string(a.weights.empty() ? "--data" : "--weights") + ": the design weight of record " +
+                            std::to_string(i) + " is not finite");
+  sys.record_offset = 0;
+  sys.total_records = n;
+  return sys;
+}
+
 // Negative design weights (docs/calibration.md §1): the exact methods refuse them (the
 // Deville-Sarndal distances are defined for d >= 0; the Newton matrix is then not PSD), naming
 // the first such record; the gradient method floors them as microcalibrate does, and the tool says
@@ -168,7 +287,8 @@ RecordSlice read_slice(const CalibrateArgs& a, const Context& ctx) {
 std::string check_design_weights(const CalibrateArgs& a, Communicator& ranks, const ConstraintSystem& sys) {
   const std::vector<double>& d = sys.design_weights;
   const auto first_local = std::find_if(d.begin(), d.end(), [](double v) { return v < 0; });
-  const std::string column = "--weights-column '" + a.weights_column + "' of --data '" + a.data + "'";
+  const std::string column = a.weights.empty() ? "--weights-column '" + a.weights_column + "' of --data '" + a.data + "'"
+                                               : "--weights '" + a.weights + "'";
   if (a.method != "gradient") {
     std::uint64_t positive = static_cast<std::uint64_t>(std::count_if(d.begin(), d.end(), [](double v) { return v > 0; }));
     ranks.all_sum(&positive, 1);
@@ -207,6 +327,7 @@ CalibrationResult calibrate(const CalibrateArgs& a, const Context& ctx, const Co
     o.noise_level = a.noise_level;
     o.seed = a.seed;
     o.batch_size = a.batch_size;
+    o.precision = a.precision == "float32" ? DType::float32 : DType::float64;
     if (a.l0_lambda) {
       o.regularize_with_l0 = true;
       o.l0_lambda = *a.l0_lambda;
@@ -329,14 +450,20 @@ int run_calibrate(const CalibrateArgs& a) {
   if (common.device == "auto") common.device = "cpu";
   Context ctx = common.make_context();
 
-  const RecordSlice slice = detail::agreed(ranks, [&] { return read_slice(a, ctx); });
-  // Collective: a bad record on one rank is raised on every rank ("rank R: ...").
-  const ConstraintSystem sys =
-      with_flag("--spec/--data", [&] { return build_constraints(ctx, slice.table, slice.spec); });
+  // The record table lives only while A is built: the calibration holds A, not the CSV's columns.
+  index_t total_records = 0;
+  const ConstraintSystem sys = a.matrix.empty() ? [&] {
+    RecordSlice slice = detail::agreed(ranks, [&] { return read_slice(a, ctx); });
+    total_records = slice.total_records;
+    // Collective: a bad record on one rank is raised on every rank ("rank R: ..."). The table is
+    // given up: its columns are freed as A's rows are built from them.
+    return with_flag("--spec/--data", [&] { return build_constraints(ctx, std::move(slice.table), slice.spec); });
+  }() : read_matrix_system(a, ctx);
+  if (!a.matrix.empty()) total_records = sys.total_records;
   std::uint64_t nnz = static_cast<std::uint64_t>(sys.A.nnz());
   ranks.all_sum(&nnz, 1);
   if (talk)
-    std::cerr << "calibrate: " << slice.total_records << " records"
+    std::cerr << "calibrate: " << total_records << " records"
               << (ranks.size() > 1 ? " on " + std::to_string(ranks.size()) + " ranks" : "") << ", "
               << sys.n_constraints() << " constraints, " << nnz << " non-zeros\n";
 
@@ -350,7 +477,7 @@ int run_calibrate(const CalibrateArgs& a) {
   });
   write_weights(ranks, res.weights, out ? &*out : nullptr);
   nlohmann::json report = report_json(a, sys, res, ctx, clock.seconds());
-  report["n_records"] = slice.total_records;
+  report["n_records"] = total_records;
   report["nnz"] = nnz;
   if (!weights_warning.empty()) report["warnings"].insert(report["warnings"].begin(), weights_warning);
   // Collective: every rank's record count and peak (the larger of the build's and the calibrator's).
@@ -370,8 +497,13 @@ int run_calibrate(const CalibrateArgs& a) {
 CommandRun setup(CLI::App& app) {
   auto args = std::make_shared<CalibrateArgs>();
   auto* sub = app.add_subcommand("calibrate", "Reweight survey records so weighted totals meet targets (exact or gradient)");
-  sub->add_option("--data", args->data, "Records as CSV with a header row")->required();
-  sub->add_option("--spec", args->spec, "Targets as JSON: total, marginal, continuous, linear")->required();
+  sub->add_option("--data", args->data, "Records as CSV with a header row (with --matrix: only its weights column)");
+  sub->add_option("--spec", args->spec, "Targets as JSON: total, marginal, continuous, linear (needs --data)");
+  sub->add_option("--matrix", args->matrix,
+                  "Instead of --spec: estimate matrix, records x targets (microcalibrate's estimate_matrix), "
+                  "as scipy.sparse.save_npz CSR or CSC");
+  sub->add_option("--targets", args->targets, "With --matrix: one target per matrix column, CSV 'name,value' or JSON");
+  sub->add_option("--weights", args->weights, "With --matrix: design weights as a 1-D .npy (else --data's column, else 1)");
   sub->add_option("--out", args->out, "Output folder: weights.npy, weights.csv, report.json")->required();
   CLI::Option* weights_column =
       sub->add_option("--weights-column", args->weights_column, "Initial (design) weights column; all 1 if the default column is absent")
@@ -389,6 +521,8 @@ CommandRun setup(CLI::App& app) {
   sub->add_option("--seed", args->seed, "Gradient: Philox seed")->capture_default_str();
   sub->add_option("--batch-size", args->batch_size, "Gradient: records per batch (memory only; results identical)");
   sub->add_option("--l0-lambda", args->l0_lambda, "Gradient: run the L0 stage with this penalty");
+  sub->add_option("--precision", args->precision, "Gradient: float64, or float32 as microcalibrate (weights and Adam state)")
+      ->capture_default_str();
   args->common.add_to(*sub);
   return [args, sub, weights_column]() -> int {
     if (!sub->parsed()) return 0;
