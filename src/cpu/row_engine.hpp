@@ -36,9 +36,6 @@ namespace otcal::cpu {
 // Below this many (row, column, coordinate) steps a parallel region costs more than it saves.
 inline constexpr index_t kParallelWork = index_t{1} << 16;
 
-// Fixed-shape accumulation lanes within a granule (vectorisable, deterministic).
-inline constexpr int kLanes = 8;
-
 // A formula with nothing to report besides its values.
 struct NoSummary {};
 

@@ -64,39 +64,69 @@ struct ExponentFormula {
     for (index_t j = 0; j < jn; ++j) c.beta[j] = hj[j] * scale;
   }
 
-  // t_j into out[0..jn); returns max_j t_j (NaN if any t_j is NaN). The first d-1 coordinates
-  // accumulate in out, the last is fused with the finish, the bias and the max: two sweeps over
-  // the granule for d = 2..3 instead of five.
+  // t_j into out[0..jn); returns max_j t_j (NaN if any t_j is NaN). For d = 1..3 every
+  // coordinate is fused with the finish, the bias and the max in one sweep over the granule
+  // (the terms in registers); for larger d the first d-1 accumulate in out first. Either way the
+  // terms add in the order k = 0..d-1, so the values are the same.
   T row(const Columns& c, index_t i, index_t j0, index_t jn, T* t) const {
+    switch (x.d) {
+      case 1: return row_with<1>(c, i, j0, jn, t);
+      case 2: return row_with<2>(c, i, j0, jn, t);
+      case 3: return row_with<3>(c, i, j0, jn, t);
+      default: return row_with<0>(c, i, j0, jn, t);
+    }
+  }
+
+ private:
+  // Lanes of the running max: 128 bytes, i.e. four AVX2 (two AVX-512) registers, so that the
+  // compare-and-blend chains of nan_max overlap instead of waiting on each other. The max does not
+  // depend on the order it is taken in.
+  static constexpr int kMaxLanes = 128 / static_cast<int>(sizeof(T));
+
+  // D = d when 1 <= d <= 3 (fused), D = 0 for any d.
+  template <int D>
+  T row_with(const Columns& c, index_t i, index_t j0, index_t jn, T* t) const {
     const detail::Cloud<T> x = this->x, y = this->y;
     const T p = this->p, c_scale = this->c_scale;
     const T* beta = c.beta;
-    const int d = x.d;
-    for (int k = 0; k + 1 < d; ++k) {
-      const T xi = x.x[k * x.n + i];
-      const T* yk = y.x + k * y.n + j0;
-      if (k == 0) {
+    const int d = D > 0 ? D : x.d;
+    if constexpr (D == 0) {
+      for (int k = 0; k + 1 < d; ++k) {
+        const T xi = x.x[k * x.n + i];
+        const T* yk = y.x + k * y.n + j0;
+        if (k == 0) {
 #pragma omp simd
-        for (index_t j = 0; j < jn; ++j) t[j] = detail::cost_term<K>(xi, yk[j], p);
-      } else {
+          for (index_t j = 0; j < jn; ++j) t[j] = detail::cost_term<K>(xi, yk[j], p);
+        } else {
 #pragma omp simd
-        for (index_t j = 0; j < jn; ++j) t[j] += detail::cost_term<K>(xi, yk[j], p);
+          for (index_t j = 0; j < jn; ++j) t[j] += detail::cost_term<K>(xi, yk[j], p);
+        }
       }
     }
+    // The fused coordinates 0 .. D-2 (D = 3 uses both, D = 2 the first).
+    const T x0 = D > 1 ? x.x[i] : T(0), x1 = D > 2 ? x.x[x.n + i] : T(0);
+    const T* y0 = y.x + j0;
+    const T* y1 = y.x + y.n + j0;
     const T xl = x.x[(d - 1) * x.n + i];
     const T* yl = y.x + (d - 1) * y.n + j0;
     const T ni = x.norms ? x.norms[i] : T(0);
     const T* nj = y.norms ? y.norms + j0 : nullptr;
     auto value = [&](index_t j) {
-      const T acc = (d > 1 ? t[j] : T(0)) + detail::cost_term<K>(xl, yl[j], p);
+      T head;  // the sum of the terms before the last, as the unfused loop leaves it in t
+      if constexpr (D == 0) head = d > 1 ? t[j] : T(0);
+      else if constexpr (D == 1) head = T(0);
+      else if constexpr (D == 2) head = detail::cost_term<K>(x0, y0[j], p);
+      else head = detail::cost_term<K>(x0, y0[j], p) + detail::cost_term<K>(x1, y1[j], p);
+      const T acc = head + detail::cost_term<K>(xl, yl[j], p);
       return fma_t(-detail::cost_finish<K>(acc, p, ni, nj ? nj[j] : T(0)), c_scale, beta[j]);
     };
-    T lane[kLanes];
-    for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+    constexpr int L = kMaxLanes;
+    T lane[L];
+    for (int l = 0; l < L; ++l) lane[l] = -std::numeric_limits<T>::infinity();
     index_t j = 0;
-    for (; j + kLanes <= jn; j += kLanes) {
+    for (; j + L <= jn; j += L) {
 #pragma omp simd
-      for (int l = 0; l < kLanes; ++l) {
+      for (int l = 0; l < L; ++l) {
         const T v = value(j + l);
         t[j + l] = v;
         lane[l] = nan_max(v, lane[l]);
@@ -107,9 +137,19 @@ struct ExponentFormula {
       t[j + l] = v;
       lane[l] = nan_max(v, lane[l]);
     }
+    // The lanes' max without a branch per lane (compare-and-jump mispredicts on random data and
+    // cost as much as the sweep): halve them in vector steps down to 8, then max and a NaN flag.
+    for (int w = L / 2; w >= 8; w /= 2) {
+#pragma omp simd
+      for (int l = 0; l < w; ++l) lane[l] = nan_max(lane[l + w], lane[l]);
+    }
     T mx = lane[0];
-    for (int l = 1; l < kLanes; ++l) mx = nan_max(lane[l], mx);
-    return mx;
+    bool nan = false;
+    for (int l = 0; l < 8; ++l) {
+      mx = lane[l] > mx ? lane[l] : mx;
+      nan |= lane[l] != lane[l];
+    }
+    return nan ? std::numeric_limits<T>::quiet_NaN() : mx;
   }
 };
 

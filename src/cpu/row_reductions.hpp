@@ -16,21 +16,30 @@
 
 namespace otcal::cpu {
 
-// sum_j 2^(t_j - mx) over one granule, in fixed lanes (deterministic, vectorised). Kept out of
-// line: inlined into the engine's loop, GCC 12 schedules this sum worse (callgrind, n = m = 1000,
-// float32: +7.9 % instructions per Sinkhorn iteration inlined, +1.2 % out of line, against the
-// hand-written loop it replaces); one call per granule of 256 values costs nothing measurable.
+// Accumulation lanes of the exp2 sum: one 64-byte block (16 floats, 8 doubles), i.e. one AVX-512
+// register or two AVX2 ones (two independent add chains). Fixed by the type, not by the build's
+// vector width, so a sum is the same on every x86 build (and its order never depends on tiles or
+// threads).
+template <class T>
+inline constexpr int kSumLanes = 64 / static_cast<int>(sizeof(T));
+
+// sum_j 2^(t_j - mx) over one granule, in fixed lanes (deterministic; vector code because
+// exp2_nonpositive is branch-free and always inlined: check with objdump after touching either).
+// Kept out of line: inlined into the engine's loop, GCC 12 schedules this sum worse (callgrind,
+// n = m = 1000, float32: +7.9 % instructions per Sinkhorn iteration inlined, +1.2 % out of line);
+// one call per granule of 256 values costs nothing measurable.
 template <class T>
 [[gnu::noinline]] T granule_exp2_sum(const T* t, index_t jn, T mx) {
-  T lane[kLanes] = {};
+  constexpr int L = kSumLanes<T>;
+  alignas(64) T lane[L] = {};
   index_t j = 0;
-  for (; j + kLanes <= jn; j += kLanes) {
+  for (; j + L <= jn; j += L) {
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) lane[l] += detail::exp2_nonpositive(T(t[j + l] - mx));
+    for (int l = 0; l < L; ++l) lane[l] += detail::exp2_nonpositive(T(t[j + l] - mx));
   }
   for (int l = 0; j + l < jn; ++l) lane[l] += detail::exp2_nonpositive(T(t[j + l] - mx));
   T s = T(0);
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  for (int l = 0; l < L; ++l) s += lane[l];
   return s;
 }
 
