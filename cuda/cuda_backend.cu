@@ -263,6 +263,65 @@ struct PotentialUpdateOp {
   __device__ void operator()(index_t i) const { out[i] = detail::potential_update(lse[i], log_w[i], eps_t, tau); }
 };
 
+// Momentum's over-relaxed update (Backend::relaxed_update).
+template <class T>
+struct RelaxedUpdateOp {
+  const T* lse;
+  const T* log_w;
+  T eps_t, tau, weight, keep;
+  T* pot;
+  __device__ void operator()(index_t i) const {
+    pot[i] = keep * detail::fin(pot[i]) + weight * detail::potential_update(lse[i], log_w[i], eps_t, tau);
+  }
+};
+
+template <class T>
+__device__ T neg_inf_as_zero(T v) {
+  return v == -std::numeric_limits<T>::infinity() ? T(0) : v;
+}
+
+// Anderson's history (Backend::anderson_record_input / _output).
+template <class T>
+struct AndersonInputOp {
+  const T* f;
+  T* residual;
+  __device__ void operator()(index_t i) const { residual[i] = neg_inf_as_zero(f[i]); }
+};
+
+template <class T>
+struct AndersonOutputOp {
+  const T* f;
+  T* residual;
+  T* mapped;
+  __device__ void operator()(index_t i) const {
+    residual[i] = neg_inf_as_zero(f[i]) - residual[i];
+    mapped[i] = f[i];
+  }
+};
+
+// One column of Anderson's combination, added in column order; the last pass maps a non-finite
+// sum to -inf.
+template <class T>
+struct AccumulateColumnOp {
+  const T* col;
+  T weight;
+  bool first, last;
+  T* out;
+  __device__ void operator()(index_t i) const {
+    const T acc = (first ? T(0) : out[i]) + weight * col[i];
+    out[i] = !last || isfinite(acc) ? acc : -std::numeric_limits<T>::infinity();
+  }
+};
+
+template <class T>
+struct DotTerm {
+  const T* u;
+  const T* v;
+  __device__ Partial<1> operator()(index_t i) const {
+    return {{static_cast<double>(u[i]) * static_cast<double>(v[i])}};
+  }
+};
+
 template <class T>
 struct LogWeightsOp {
   const T* w;
@@ -399,6 +458,32 @@ class CudaBackend final : public Backend<T> {
     if (n > 0)
       launch_for_each(n, PotentialUpdateOp<T>{lse, log_w, static_cast<T>(eps_t), static_cast<T>(tau), out},
                       "potential_update");
+  }
+  void relaxed_update(const T* lse, const T* log_w, double eps_t, double tau, double weight, T* pot,
+                      index_t n) override {
+    if (n > 0)
+      launch_for_each(n,
+                      RelaxedUpdateOp<T>{lse, log_w, static_cast<T>(eps_t), static_cast<T>(tau), static_cast<T>(weight),
+                                         static_cast<T>(1.0 - weight), pot},
+                      "relaxed_update");
+  }
+  void anderson_record_input(const T* f, T* residual, index_t n) override {
+    if (n > 0) launch_for_each(n, AndersonInputOp<T>{f, residual}, "anderson_record_input");
+  }
+  void anderson_record_output(const T* f, T* residual, T* mapped, index_t n) override {
+    if (n > 0) launch_for_each(n, AndersonOutputOp<T>{f, residual, mapped}, "anderson_record_output");
+  }
+  Partials dot(const T* u, const T* v, index_t n) override {
+    if (n == 0) return {};
+    return {reduce<1>(n, DotTerm<T>{u, v}, SumOp{}).v[0]};
+  }
+  void anderson_combine(const std::vector<const T*>& cols, const std::vector<double>& weights, T* out,
+                        index_t n) override {
+    if (n == 0) return;
+    for (std::size_t k = 0; k < cols.size(); ++k)
+      launch_for_each(n,
+                      AccumulateColumnOp<T>{cols[k], static_cast<T>(weights[k]), k == 0, k + 1 == cols.size(), out},
+                      "anderson_combine");
   }
   Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
                           index_t n) override {

@@ -34,7 +34,8 @@ from ._context import get_context, library_call as _library_call
 from ._progress import ProgressReporter
 from .errors import BudgetTooSmall, InvalidArgument, OtcalError, OtcalWarning
 
-__all__ = ["PointCloud", "SinkhornOutput", "sinkhorn", "sparsify"]
+__all__ = ["PointCloud", "SinkhornOutput", "sinkhorn", "sparsify", "Momentum", "AndersonAcceleration",
+           "initial_potentials"]
 
 ScaleCost = Union[float, Literal["mean", "max_cost", "max_norm", "max_bound", "median"]]
 SparsifyMode = Literal["threshold", "percentile", "min_row", "mass"]
@@ -630,6 +631,9 @@ def sinkhorn(
     memory_budget: Union[int, str, None] = None,
     context: Any = None,
     progress: Union[bool, Callable[[dict], Any], None] = None,
+    momentum: Any = None,
+    anderson: Any = None,
+    initializer: Any = "default",
 ) -> SinkhornOutput:
     """Solves entropic optimal transport on ``geom`` with OTT-JAX's log-domain Sinkhorn.
 
@@ -656,6 +660,11 @@ def sinkhorn(
             quarter of the device's memory. context: an ``otcal.Context`` instead of both.
         progress: None (a tqdm bar in a terminal or notebook), False (nothing), True (always), or a
             callable receiving ``{"iteration": int, "error": float}`` once per block.
+        momentum: None, an ``otcal.Momentum`` or OTT-JAX's ``Momentum`` (read by attribute), or a
+            number (a fixed weight). anderson: None, an ``otcal.AndersonAcceleration`` or OTT-JAX's;
+            when set, momentum is ignored (as OTT-JAX does). initializer: ``"default"`` (zeros),
+            ``"gaussian"`` (sqeuclidean cost only), or OTT-JAX's DefaultInitializer /
+            GaussianInitializer objects. See docs/sinkhorn.md §7-8.
 
     Ctrl-C stops the solve within one block (``KeyboardInterrupt``); the geometry stays usable.
     Non-convergence is an ``otcal.OtcalWarning``, not an error.
@@ -696,6 +705,9 @@ def sinkhorn(
         parallel_dual_updates=bool(parallel_dual_updates),
         on_divergence=on_divergence,
         batch_size=geom.batch_size,
+        initializer=_initializer_name(initializer),
+        **_momentum_args(momentum),
+        **_anderson_args(anderson),
     )
     with ProgressReporter(progress, total=options["max_iterations"], desc="sinkhorn", unit="it") as reporter:
         hook = None
@@ -720,6 +732,145 @@ def sinkhorn(
                     geom._forget(ctx, prec, problem)
                 raise
     return SinkhornOutput(geom, problem, potentials, report, ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceleration and initializers (docs/python-ot.md): otcal's small classes mirror OTT-JAX's
+# constructors; OTT's own objects are read by attribute or class name, so OTT need not be imported.
+
+
+class Momentum:
+    """OTT-JAX's ``Momentum``: over-relaxed updates ``(1 - w) old + w new``.
+
+    ``start=0``: the fixed weight ``value`` in ``(0, 2)``. ``start > 0``: ``value`` until iteration
+    ``start``, then Lehmann et al.'s adaptive weight from the decrease of the errors of the two
+    blocks before ``start`` (if the last is below ``error_threshold``). ``inner_iterations`` is
+    accepted for OTT's signature and, as in OTT's Sinkhorn, replaced by the solver's.
+
+    Example:
+        >>> import numpy as np, otcal
+        >>> rng = np.random.default_rng(3)
+        >>> geom = otcal.PointCloud(rng.normal(size=(50, 2)), rng.normal(size=(40, 2)), scale_cost="mean",
+        ...                         epsilon=5e-3)
+        >>> plain = otcal.sinkhorn(geom, threshold=1e-5, max_iterations=20_000, progress=False)
+        >>> fast = otcal.sinkhorn(geom, threshold=1e-5, max_iterations=20_000, progress=False,
+        ...                       momentum=otcal.Momentum(start=20))
+        >>> bool(fast.converged), fast.n_iters < plain.n_iters
+        (True, True)
+    """
+
+    def __init__(self, start: int = 0, error_threshold: float = math.inf, value: float = 1.0,
+                 inner_iterations: int = 1):
+        self.start = start
+        self.error_threshold = error_threshold
+        self.value = value
+        self.inner_iterations = inner_iterations
+
+    def __repr__(self) -> str:
+        return f"Momentum(start={self.start}, error_threshold={self.error_threshold}, value={self.value})"
+
+
+class AndersonAcceleration:
+    """OTT-JAX's ``AndersonAcceleration``: every ``refresh_every`` iterations past the first
+    ``memory``, f is replaced by the ridge-regularised combination of its last ``memory`` updates.
+
+    Example:
+        >>> import numpy as np, otcal
+        >>> rng = np.random.default_rng(4)
+        >>> geom = otcal.PointCloud(rng.normal(size=(50, 2)), rng.normal(size=(40, 2)), scale_cost="mean",
+        ...                         epsilon=5e-2)
+        >>> plain = otcal.sinkhorn(geom, threshold=1e-8, progress=False)
+        >>> fast = otcal.sinkhorn(geom, threshold=1e-8, progress=False,
+        ...                       anderson=otcal.AndersonAcceleration(memory=8, ridge_identity=1e-4))
+        >>> bool(fast.converged), fast.n_iters < plain.n_iters
+        (True, True)
+    """
+
+    def __init__(self, memory: int = 2, refresh_every: int = 1, ridge_identity: float = 1e-2):
+        self.memory = memory
+        self.refresh_every = refresh_every
+        self.ridge_identity = ridge_identity
+
+    def __repr__(self) -> str:
+        return (f"AndersonAcceleration(memory={self.memory}, refresh_every={self.refresh_every}, "
+                f"ridge_identity={self.ridge_identity})")
+
+
+_OTT_INITIALIZERS = {"DefaultInitializer": "default", "GaussianInitializer": "gaussian"}
+
+
+def _momentum_args(momentum: Any) -> dict:
+    if momentum is None:
+        return dict(momentum_start=0, momentum_error_threshold=math.inf, momentum_value=1.0)
+    if isinstance(momentum, numbers.Real) and not isinstance(momentum, bool):
+        return dict(momentum_start=0, momentum_error_threshold=math.inf, momentum_value=_real(momentum, "momentum"))
+    if not all(hasattr(momentum, k) for k in ("start", "error_threshold", "value")):
+        raise InvalidArgument(f"momentum: expected otcal.Momentum, OTT-JAX's Momentum or a number, "
+                              f"got {type(momentum).__name__}")
+    return dict(momentum_start=_int(momentum.start, "momentum.start", 0),
+                momentum_error_threshold=_real(momentum.error_threshold, "momentum.error_threshold"),
+                momentum_value=_real(momentum.value, "momentum.value"))
+
+
+def _anderson_args(anderson: Any) -> dict:
+    if anderson is None:
+        return dict(anderson_memory=None, anderson_refresh_every=1, anderson_ridge=1e-2)
+    if not all(hasattr(anderson, k) for k in ("memory", "refresh_every", "ridge_identity")):
+        raise InvalidArgument(f"anderson: expected otcal.AndersonAcceleration or OTT-JAX's AndersonAcceleration, "
+                              f"got {type(anderson).__name__}")
+    return dict(anderson_memory=_int(anderson.memory, "anderson.memory"),
+                anderson_refresh_every=_int(anderson.refresh_every, "anderson.refresh_every"),
+                anderson_ridge=_real(anderson.ridge_identity, "anderson.ridge_identity"))
+
+
+def _initializer_name(initializer: Any) -> str:
+    if initializer is None:
+        return "default"
+    if isinstance(initializer, str):
+        name = initializer.lower()
+        if name in ("default", "zeros", "gaussian"):
+            return "gaussian" if name == "gaussian" else "default"
+        raise InvalidArgument(f"initializer: expected 'default' or 'gaussian', got {initializer!r}")
+    cls = type(initializer).__name__
+    if cls in _OTT_INITIALIZERS:
+        return _OTT_INITIALIZERS[cls]
+    raise InvalidArgument(f"initializer: {cls} is not offered (otcal has 'default' and 'gaussian'; OTT's "
+                          "SortingInitializer needs the dense cost matrix and SubsampleInitializer a nested solve)")
+
+
+def initial_potentials(
+    geom: PointCloud,
+    a: Any = None,
+    b: Any = None,
+    initializer: Any = "gaussian",
+    precision: Optional[str] = None,
+    device: str = "auto",
+    memory_budget: Union[int, str, None] = None,
+    context: Any = None,
+) -> tuple[Any, Any]:
+    """The ``(f, g)`` a solve with ``initializer`` starts from (OTT-JAX's
+    ``initializer(LinearProblem(geom, a, b), lse_mode=True)``), as numpy arrays.
+
+    Example:
+        >>> import numpy as np, otcal
+        >>> rng = np.random.default_rng(5)
+        >>> geom = otcal.PointCloud(rng.normal(size=(30, 2)), rng.normal(size=(20, 2)) + 1.0)
+        >>> f, g = otcal.initial_potentials(geom, initializer="gaussian")
+        >>> f.shape, bool(abs(f.mean()) < 1e-12), bool((g == 0).all())
+        ((30,), True, True)
+    """
+    if not isinstance(geom, PointCloud):
+        raise InvalidArgument(f"geom: expected an otcal.PointCloud, got {type(geom).__name__}")
+    n, m = geom.shape
+    ctx = get_context(device, memory_budget, context=context)
+    prec = _precision(precision, geom.dtype)
+    a_arr = None if a is None else as_vector(a, "a", length=n)
+    b_arr = None if b is None else as_vector(b, "b", length=m)
+    with _library_call(ctx):
+        problem = geom._problem(ctx, prec)
+        return problem.initial_potentials(a_arr, b_arr, epsilon=geom.epsilon,
+                                          relative_epsilon=geom.relative_epsilon or "",
+                                          initializer=_initializer_name(initializer))
 
 
 # ---------------------------------------------------------------------------------------------

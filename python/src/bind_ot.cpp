@@ -182,16 +182,47 @@ SinkhornOptions options_of(const SolveArgs& s, const nb::object& progress) {
   return o;
 }
 
+// Momentum, Anderson and the initializer, as the Python layer passes them (otcal/ot.py turns
+// otcal's and OTT-JAX's objects into these values).
+struct AccelerationArgs {
+  index_t momentum_start = 0;
+  double momentum_error_threshold = std::numeric_limits<double>::infinity();
+  double momentum_value = 1.0;
+  std::optional<index_t> anderson_memory;
+  index_t anderson_refresh_every = 1;
+  double anderson_ridge = 1e-2;
+  std::string initializer = "default";
+};
+
+Initializer parse_initializer(const std::string& text) {
+  if (text == "default" || text == "zeros") return Initializer::zeros;
+  if (text == "gaussian") return Initializer::gaussian;
+  throw InvalidArgument("initializer: expected 'default' or 'gaussian', got '" + text + "'");
+}
+
+void set_acceleration(SinkhornOptions& o, const AccelerationArgs& acc) {
+  o.momentum.start = acc.momentum_start;
+  o.momentum.error_threshold = acc.momentum_error_threshold;
+  o.momentum.value = acc.momentum_value;
+  if (acc.anderson_memory)
+    o.anderson = AndersonAcceleration{*acc.anderson_memory, acc.anderson_refresh_every, acc.anderson_ridge};
+  o.initializer = parse_initializer(acc.initializer);
+}
+
 nb::tuple problem_sinkhorn(ProblemHandle& h, const nb::handle& a, const nb::handle& b, std::optional<double> epsilon,
                            const std::string& relative_epsilon, double epsilon_init, double epsilon_decay,
                            double tau_a, double tau_b, double threshold, double norm_error, index_t inner_iterations,
                            index_t min_iterations, index_t max_iterations, bool parallel_dual_updates,
                            const std::string& on_divergence, std::optional<index_t> batch_size,
-                           const nb::object& progress) {
-  const SinkhornOptions o = options_of({epsilon, relative_epsilon, epsilon_init, epsilon_decay, tau_a, tau_b,
-                                        threshold, norm_error, inner_iterations, min_iterations, max_iterations,
-                                        parallel_dual_updates, on_divergence, batch_size},
-                                       progress);
+                           const nb::object& progress, index_t momentum_start, double momentum_error_threshold,
+                           double momentum_value, std::optional<index_t> anderson_memory,
+                           index_t anderson_refresh_every, double anderson_ridge, const std::string& initializer) {
+  SinkhornOptions o = options_of({epsilon, relative_epsilon, epsilon_init, epsilon_decay, tau_a, tau_b, threshold,
+                                  norm_error, inner_iterations, min_iterations, max_iterations, parallel_dual_updates,
+                                  on_divergence, batch_size},
+                                 progress);
+  set_acceleration(o, {momentum_start, momentum_error_threshold, momentum_value, anderson_memory,
+                       anderson_refresh_every, anderson_ridge, initializer});
 
   std::optional<AnyArray> a_array, b_array;
   const ConstVector av = optional_vector(a, a_array, "a", h.problem.n());
@@ -224,11 +255,38 @@ nb::tuple problem_sinkhorn(ProblemHandle& h, const nb::handle& a, const nb::hand
   report["tau_a"] = res.tau_a;
   report["tau_b"] = res.tau_b;
   report["batch_size"] = res.batch_size;
+  report["initializer"] = res.initializer == Initializer::gaussian ? "gaussian" : "default";
+  report["momentum"] = nb::make_tuple(res.momentum.start, res.momentum.error_threshold, res.momentum.value);
+  if (res.anderson)
+    report["anderson"] = nb::make_tuple(res.anderson->memory, res.anderson->refresh_every, res.anderson->ridge_identity);
+  else
+    report["anderson"] = nb::none();
   report["memory"] = memory_dict(res.memory, res.plan);
   report["device"] = res.device;
   report["elapsed_s"] = res.elapsed_s;
   Potentials potentials = std::move(static_cast<Potentials&>(res));
   return nb::make_tuple(nb::cast(std::move(potentials)), report);
+}
+
+// The starting potentials of a solve with these weights and initializer (what iteration 0 sees).
+nb::tuple problem_initial_potentials(ProblemHandle& h, const nb::handle& a, const nb::handle& b,
+                                     std::optional<double> epsilon, const std::string& relative_epsilon,
+                                     const std::string& initializer) {
+  SinkhornOptions o;
+  o.epsilon = epsilon;
+  o.relative_epsilon = parse_relative_epsilon(relative_epsilon);
+  o.initializer = parse_initializer(initializer);
+  std::optional<AnyArray> a_array, b_array;
+  const ConstVector av = optional_vector(a, a_array, "a", h.problem.n());
+  const ConstVector bv = optional_vector(b, b_array, "b", h.problem.m());
+  Potentials p;
+  {
+    nb::gil_scoped_release release;
+    std::lock_guard lock(h.solve_mutex);
+    h.problem.set_weights(av, bv);
+    p = initial_potentials(h.problem, o);
+  }
+  return nb::make_tuple(values_out(p.f, p.precision), values_out(p.g, p.precision));
 }
 
 std::pair<double, double> problem_resolve(ProblemHandle& h, std::optional<double> epsilon,
@@ -371,13 +429,17 @@ void sinkhorn_once(const ContextHandle& context, const AnyArray& x, const nb::ha
                    double epsilon_decay, double tau_a, double tau_b, double threshold, double norm_error,
                    index_t inner_iterations, index_t min_iterations, index_t max_iterations,
                    bool parallel_dual_updates, const std::string& on_divergence, std::optional<index_t> batch_size,
-                   const nb::object& progress) {
+                   const nb::object& progress, index_t momentum_start, double momentum_error_threshold,
+                   double momentum_value, std::optional<index_t> anderson_memory, index_t anderson_refresh_every,
+                   double anderson_ridge, const std::string& initializer) {
   std::optional<AnyArray> y_array, a_array, b_array;
   const PointCloud geom = cloud_of(x, y, y_array, cost, scale);
   SinkhornOptions o = options_of({epsilon, relative_epsilon, epsilon_init, epsilon_decay, tau_a, tau_b, threshold,
                                   norm_error, inner_iterations, min_iterations, max_iterations, parallel_dual_updates,
                                   on_divergence, batch_size},
                                  progress);
+  set_acceleration(o, {momentum_start, momentum_error_threshold, momentum_value, anderson_memory,
+                       anderson_refresh_every, anderson_ridge, initializer});
   o.precision = parse_precision(precision);
   const ConstVector av = optional_vector(a, a_array, "a", geom.x.rows);
   const ConstVector bv = optional_vector(b, b_array, "b", geom.y_or_x().rows);
@@ -434,6 +496,9 @@ void bind_ot(nb::module_& m) {
         nb::arg("tau_b"), nb::arg("threshold"), nb::arg("norm_error"), nb::arg("inner_iterations"),
         nb::arg("min_iterations"), nb::arg("max_iterations"), nb::arg("parallel_dual_updates"),
         nb::arg("on_divergence"), nb::arg("batch_size").none(), nb::arg("progress").none(),
+        nb::arg("momentum_start"), nb::arg("momentum_error_threshold"), nb::arg("momentum_value"),
+        nb::arg("anderson_memory").none(), nb::arg("anderson_refresh_every"), nb::arg("anderson_ridge"),
+        nb::arg("initializer"),
         "A solve that uploads, solves and releases in one call (its BudgetTooSmall names the minimum of the "
         "whole call); the result is not kept.");
   m.def("sparsify_once", &sparsify_once, nb::arg("context"), nb::arg("x"), nb::arg("y").none(), nb::arg("cost"),
@@ -482,8 +547,14 @@ void bind_ot(nb::module_& m) {
            nb::arg("tau_b"), nb::arg("threshold"), nb::arg("norm_error"), nb::arg("inner_iterations"),
            nb::arg("min_iterations"), nb::arg("max_iterations"), nb::arg("parallel_dual_updates"),
            nb::arg("on_divergence"), nb::arg("batch_size").none(), nb::arg("progress").none(),
+           nb::arg("momentum_start"), nb::arg("momentum_error_threshold"), nb::arg("momentum_value"),
+           nb::arg("anderson_memory").none(), nb::arg("anderson_refresh_every"), nb::arg("anderson_ridge"),
+           nb::arg("initializer"),
            "Solves with weights a, b (None: uniform); returns (Potentials, report dict). progress(iteration, "
            "error) is called at every error evaluation, after pending signal handlers have run.")
+      .def("initial_potentials", &problem_initial_potentials, nb::arg("a").none(), nb::arg("b").none(),
+           nb::arg("epsilon").none(), nb::arg("relative_epsilon"), nb::arg("initializer"),
+           "(f, g) a solve with these weights and initializer starts from.")
       .def("resolve", &problem_resolve, nb::arg("epsilon").none(), nb::arg("relative_epsilon"),
            nb::arg("batch_size").none(), "The resolved (scale, epsilon) of a solve with these options.")
       .def("apply", &problem_apply, nb::arg("potentials"), nb::arg("v"), nb::arg("axis"),

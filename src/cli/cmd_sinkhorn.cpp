@@ -34,7 +34,7 @@ const std::vector<std::pair<std::string, std::string>> kFlagNames = {
     {"threshold", "--threshold"},           {"norm_error", "--norm-error"},
     {"inner_iterations", "--inner-iterations"}, {"min_iterations", "--min-iterations"},
     {"max_iterations", "--max-iterations"}, {"batch_size", "--batch-size"},
-    {"relative_epsilon", "--relative-epsilon"}};
+    {"relative_epsilon", "--relative-epsilon"}, {"initializer", "--initializer"}};
 
 int run_sinkhorn(const SinkhornArgs& s) {
   Stopwatch total;

@@ -60,7 +60,8 @@ int run(const Args& s) {
     if (writer) out.emplace(s.out, "--out");
   });
   const std::vector<std::pair<std::string, std::string>> flags = {
-      {"batch_size", "--batch-size"}, {"scale_cost", "--scale-cost"}, {"tau_a", "--tau-a"}, {"tau_b", "--tau-b"}};
+      {"batch_size", "--batch-size"}, {"scale_cost", "--scale-cost"}, {"tau_a", "--tau-a"}, {"tau_b", "--tau-b"},
+      {"initializer", "--initializer"}};
   const Problem problem = upload_with_flags(ctx, geom, clouds.a_view(), clouds.b_view(),
                                             opt.precision.value_or(DType::float64), flags);
   const SinkhornResult r = sinkhorn_with_flags(problem, opt, flags);

@@ -27,6 +27,12 @@ OnDivergence parse_divergence(const std::string& t) {
   throw InvalidArgument("--on-divergence '" + t + "' is not error or return");
 }
 
+Initializer parse_initializer(const std::string& t) {
+  if (t == "zeros" || t == "default") return Initializer::zeros;
+  if (t == "gaussian") return Initializer::gaussian;
+  throw InvalidArgument("--initializer '" + t + "' is not zeros (alias default) or gaussian");
+}
+
 }  // namespace
 
 void CloudFiles::add_to(CLI::App& sub, const CloudFlagHelp& help) {
@@ -99,6 +105,20 @@ void SolverArgs::add_to(CLI::App& sub, const SolverFlagHelp& help) {
   sub.add_option("--max-iterations", max_iterations)->capture_default_str();
   if (help.advanced)
     sub.add_flag("--parallel-dual-updates", parallel_dual_updates, "Jacobi instead of Gauss-Seidel updates");
+  sub.add_option("--momentum", momentum,
+                 "Momentum weight in (0, 2) (OTT's Momentum.value; 1 = none); with --momentum-start, "
+                 "the weight used before the adaptive one");
+  sub.add_option("--momentum-start", momentum_start,
+                 "Iteration from which the adaptive (Lehmann) momentum weight is used; 0 = fixed weight")
+      ->capture_default_str();
+  sub.add_option("--momentum-error-threshold", momentum_error_threshold,
+                 "The adaptive weight needs the error before --momentum-start below this (default inf)");
+  sub.add_option("--anderson", anderson, "Anderson acceleration with this memory (>= 1); default off");
+  sub.add_option("--anderson-refresh-every", anderson_refresh_every, "Iterations between Anderson extrapolations")
+      ->capture_default_str();
+  sub.add_option("--anderson-ridge", anderson_ridge, "Ridge of Anderson's linear system (> 0)")->capture_default_str();
+  sub.add_option("--initializer", initializer, "zeros (alias default) or gaussian (sqeuclidean cost only)")
+      ->capture_default_str();
   sub.add_option("--batch-size", batch_size, help.batch_size);
   sub.add_option("--precision", precision, help.precision)->capture_default_str();
   if (help.advanced)
@@ -128,6 +148,11 @@ SinkhornOptions SolverArgs::options(bool quiet) const {
   opt.min_iterations = min_iterations;
   opt.max_iterations = max_iterations;
   opt.parallel_dual_updates = parallel_dual_updates;
+  if (momentum) opt.momentum.value = *momentum;
+  opt.momentum.start = momentum_start;
+  if (momentum_error_threshold) opt.momentum.error_threshold = *momentum_error_threshold;
+  if (anderson) opt.anderson = AndersonAcceleration{*anderson, anderson_refresh_every, anderson_ridge};
+  opt.initializer = parse_initializer(initializer);
   opt.batch_size = batch_size;
   opt.precision = parse_precision(precision);
   opt.on_divergence = parse_divergence(on_divergence);
@@ -150,6 +175,14 @@ nlohmann::json SolverArgs::to_json() const {
           {"min_iterations", min_iterations},
           {"max_iterations", max_iterations},
           {"parallel_dual_updates", parallel_dual_updates},
+          {"momentum", momentum ? nlohmann::json(*momentum) : nlohmann::json(nullptr)},
+          {"momentum_start", momentum_start},
+          {"momentum_error_threshold",
+           momentum_error_threshold ? nlohmann::json(*momentum_error_threshold) : nlohmann::json(nullptr)},
+          {"anderson", anderson ? nlohmann::json(*anderson) : nlohmann::json(nullptr)},
+          {"anderson_refresh_every", anderson_refresh_every},
+          {"anderson_ridge", anderson_ridge},
+          {"initializer", initializer},
           {"batch_size", batch_size ? nlohmann::json(*batch_size) : nlohmann::json(nullptr)},
           {"precision", precision},
           {"on_divergence", on_divergence}};
@@ -195,6 +228,14 @@ nlohmann::json sinkhorn_summary(const SinkhornResult& r) {
   j["cost"] = r.cost.name();
   j["precision"] = dtype_name(r.precision);
   j["device"] = r.device;
+  j["initializer"] = initializer_name(r.initializer);
+  j["momentum"] = {{"value", r.momentum.value},
+                   {"start", r.momentum.start},
+                   {"error_threshold", finite_or_null(r.momentum.error_threshold)}};
+  j["anderson"] = r.anderson ? nlohmann::json{{"memory", r.anderson->memory},
+                                               {"refresh_every", r.anderson->refresh_every},
+                                               {"ridge_identity", r.anderson->ridge_identity}}
+                             : nlohmann::json(nullptr);
   j["batch_size"] = r.batch_size;
   j["tile_plan"] = to_json(r.plan);
   j["memory"] = to_json(r.memory);
@@ -237,6 +278,34 @@ void SolverArgs::check() const {
   if (s.batch_size && *s.batch_size < 1)
     throw InvalidArgument("--batch-size " + std::to_string(*s.batch_size) +
                           " must be a positive number of rows (omit it to plan from --memory-budget)");
+  check_acceleration();
+}
+
+void SolverArgs::check_acceleration() const {
+  const SolverArgs& s = *this;
+  if (s.momentum && !(*s.momentum > 0 && *s.momentum < 2))
+    throw InvalidArgument("--momentum " + num(*s.momentum) + " must be in (0, 2) (1 = no momentum)");
+  if (s.momentum_start < 0)
+    throw InvalidArgument("--momentum-start " + std::to_string(s.momentum_start) + " must be >= 0 (0 = fixed weight)");
+  if (s.momentum_error_threshold && (std::isnan(*s.momentum_error_threshold) || !(*s.momentum_error_threshold > 0)))
+    throw InvalidArgument("--momentum-error-threshold " + num(*s.momentum_error_threshold) + " must be > 0");
+  if (s.momentum_start > 0 && !s.anderson) {
+    const index_t blocks = s.momentum_start / s.inner_iterations;
+    if (blocks < 2 || (blocks - 1) * s.inner_iterations - 1 < s.min_iterations)
+      throw InvalidArgument("--momentum-start " + std::to_string(s.momentum_start) +
+                            " must leave two blocks of errors before it: at least --min-iterations (" +
+                            std::to_string(s.min_iterations) + ") + 2 * --inner-iterations (" +
+                            std::to_string(s.inner_iterations) + ")");
+  }
+  if (s.anderson && *s.anderson < 1)
+    throw InvalidArgument("--anderson " + std::to_string(*s.anderson) + " must be a memory >= 1 (omit it for no Anderson)");
+  if (s.anderson_refresh_every < 1)
+    throw InvalidArgument("--anderson-refresh-every " + std::to_string(s.anderson_refresh_every) + " must be >= 1");
+  if (!(std::isfinite(s.anderson_ridge) && s.anderson_ridge > 0))
+    throw InvalidArgument("--anderson-ridge " + num(s.anderson_ridge) + " must be a finite number > 0");
+  if (parse_initializer(s.initializer) == Initializer::gaussian && parse_cost().kind != CostKind::sqeuclidean)
+    throw InvalidArgument("--initializer gaussian is the closed form for the sqeuclidean cost, but --cost is '" +
+                          s.cost + "': use --initializer zeros");
 }
 
 }  // namespace otcal::cli

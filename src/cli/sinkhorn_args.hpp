@@ -80,6 +80,14 @@ struct SolverArgs {
   std::optional<index_t> batch_size;
   std::string precision = "float64";
   std::string on_divergence = "error";
+  // Acceleration and initializer (docs/sinkhorn.md §7-8); unset = off, as in the library.
+  std::optional<double> momentum;
+  index_t momentum_start = 0;
+  std::optional<double> momentum_error_threshold;  // unset: inf
+  std::optional<index_t> anderson;                 // memory
+  index_t anderson_refresh_every = 1;
+  double anderson_ridge = 1e-2;
+  std::string initializer = "zeros";
 
   // Registers --cost ... --precision (--on-divergence last) in `otcal sinkhorn`'s order.
   void add_to(CLI::App& sub, const SolverFlagHelp& help = {});
@@ -90,6 +98,8 @@ struct SolverArgs {
   SinkhornOptions options(bool quiet) const;
   // The value checks that need no input (ranges, min <= max), naming the flags: before any IO.
   void check() const;
+  // The momentum, Anderson and initializer flags (part of check()).
+  void check_acceleration() const;
   // The flags as given, for result.json's "options".
   nlohmann::json to_json() const;
 };

@@ -97,6 +97,20 @@ class Backend {
 
   // out_i = tau * (eps_t log w_i - fin(eps_t lse_i))
   virtual void potential_update(const T* lse, const T* log_w, double eps_t, double tau, T* out, index_t n) = 0;
+  // Momentum's over-relaxed update (weight w, docs/sinkhorn.md §8):
+  //   pot_i = (1 - w) * fin(pot_i) + w * tau * (eps_t log w_i - fin(eps_t lse_i))
+  virtual void relaxed_update(const T* lse, const T* log_w, double eps_t, double tau, double weight, T* pot,
+                              index_t n) = 0;
+  // Anderson's history of f (docs/sinkhorn.md §8); clean(v) is v with -inf read as 0 (OTT's
+  // nan_to_num(neginf=0)). Before an iteration: residual_i = clean(f_i). After it:
+  // residual_i = clean(f_i) - residual_i and mapped_i = f_i.
+  virtual void anderson_record_input(const T* f, T* residual, index_t n) = 0;
+  virtual void anderson_record_output(const T* f, T* residual, T* mapped, index_t n) = 0;
+  // sum_i u_i v_i, accumulated in float64 (partials as for marginal_error).
+  virtual Partials dot(const T* u, const T* v, index_t n) = 0;
+  // out_i = sum_k weights[k] * cols[k][i], summed in the order of k; a non-finite sum is -inf.
+  virtual void anderson_combine(const std::vector<const T*>& cols, const std::vector<double>& weights, T* out,
+                                index_t n) = 0;
   // sum_i |exp(pot_i/eps + lse_i) - target_i|^p, target_i = w_i (rho = inf) or w_i exp(-pot_i/rho).
   virtual Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
                                   index_t n) = 0;

@@ -17,6 +17,11 @@
 namespace otcal::detail {
 namespace {
 
+template <class T>
+T neg_inf_as_zero(T v) {
+  return v == -std::numeric_limits<T>::infinity() ? T(0) : v;
+}
+
 // Rows of the LSE sharing one granule of the other cloud while it is in L1; the other passes
 // do more work per entry (exp, k products) and go row by row.
 constexpr index_t kLseChunkRows = 8;
@@ -66,6 +71,34 @@ class CpuBackend final : public Backend<T> {
     const T e = static_cast<T>(eps_t), t = static_cast<T>(tau);
 #pragma omp parallel for schedule(static) if (n > cpu::kParallelWork)
     for (index_t i = 0; i < n; ++i) out[i] = detail::potential_update(lse[i], log_w[i], e, t);
+  }
+  void relaxed_update(const T* lse, const T* log_w, double eps_t, double tau, double weight, T* pot,
+                      index_t n) override {
+    const T e = static_cast<T>(eps_t), t = static_cast<T>(tau), w = static_cast<T>(weight);
+    const T keep = static_cast<T>(1.0 - weight);
+#pragma omp parallel for schedule(static) if (n > cpu::kParallelWork)
+    for (index_t i = 0; i < n; ++i) pot[i] = keep * fin(pot[i]) + w * detail::potential_update(lse[i], log_w[i], e, t);
+  }
+  void anderson_record_input(const T* f, T* residual, index_t n) override {
+    for (index_t i = 0; i < n; ++i) residual[i] = neg_inf_as_zero(f[i]);
+  }
+  void anderson_record_output(const T* f, T* residual, T* mapped, index_t n) override {
+    for (index_t i = 0; i < n; ++i) {
+      residual[i] = neg_inf_as_zero(f[i]) - residual[i];
+      mapped[i] = f[i];
+    }
+  }
+  Partials dot(const T* u, const T* v, index_t n) override {
+    return cpu::granular_partials(n, [&](index_t i) { return static_cast<double>(u[i]) * static_cast<double>(v[i]); });
+  }
+  void anderson_combine(const std::vector<const T*>& cols, const std::vector<double>& weights, T* out,
+                        index_t n) override {
+    std::vector<T> w(weights.begin(), weights.end());
+    for (index_t i = 0; i < n; ++i) {
+      T acc = 0;
+      for (std::size_t k = 0; k < cols.size(); ++k) acc += w[k] * cols[k][i];
+      out[i] = std::isfinite(acc) ? acc : -std::numeric_limits<T>::infinity();
+    }
   }
   Partials marginal_error(const T* pot, const T* lse, const T* w, double eps, double rho, double p,
                           index_t n) override {

@@ -14,6 +14,7 @@
 #include "geometry/resolve.hpp"
 #include "otcal/detail/lse_math.hpp"
 #include "otcal/errors.hpp"
+#include "sinkhorn/initializers.hpp"
 
 namespace otcal {
 namespace {
@@ -28,6 +29,35 @@ std::string num(double v) {
   os.precision(6);
   os << v;
   return os.str();
+}
+
+// Momentum and Anderson (docs/sinkhorn.md §8), with OTT-JAX's ranges.
+void check_acceleration(const SinkhornOptions& o) {
+  const Momentum& mo = o.momentum;
+  if (!(mo.value > 0 && mo.value < 2))
+    throw InvalidArgument("momentum value = " + num(mo.value) + " must be in (0, 2) (1 = no momentum)");
+  if (mo.start < 0) throw InvalidArgument("momentum start = " + std::to_string(mo.start) + " must be >= 0");
+  if (std::isnan(mo.error_threshold) || !(mo.error_threshold > 0))
+    throw InvalidArgument("momentum error_threshold = " + num(mo.error_threshold) + " must be > 0 (inf allowed)");
+  if (mo.start > 0 && !o.anderson) {
+    // The adaptive weight reads the errors of the two blocks that ended before `start`: both must
+    // exist and be computed (their last iterations at or past min_iterations).
+    const index_t blocks = mo.start / o.inner_iterations;
+    if (blocks < 2 || (blocks - 1) * o.inner_iterations - 1 < o.min_iterations)
+      throw InvalidArgument("momentum start = " + std::to_string(mo.start) +
+                            " must leave two blocks of errors before it: start >= min_iterations (" +
+                            std::to_string(o.min_iterations) + ") + 2 * inner_iterations (" +
+                            std::to_string(o.inner_iterations) + ")");
+  }
+  if (o.anderson) {
+    const AndersonAcceleration& an = *o.anderson;
+    if (an.memory < 1)
+      throw InvalidArgument("anderson memory = " + std::to_string(an.memory) + " must be >= 1 (unset anderson to turn it off)");
+    if (an.refresh_every < 1)
+      throw InvalidArgument("anderson refresh_every = " + std::to_string(an.refresh_every) + " must be >= 1");
+    if (!(an.ridge_identity > 0 && std::isfinite(an.ridge_identity)))
+      throw InvalidArgument("anderson ridge_identity = " + num(an.ridge_identity) + " must be a finite number > 0");
+  }
 }
 
 void check_options(const SinkhornOptions& o) {
@@ -55,6 +85,7 @@ void check_options(const SinkhornOptions& o) {
                           std::to_string(o.inner_iterations) + "), otherwise no error is ever computed");
   if (o.batch_size && *o.batch_size <= 0)
     throw InvalidArgument("batch_size = " + std::to_string(*o.batch_size) + " must be a positive number of rows");
+  check_acceleration(o);
 }
 
 double rho_of(double eps, double tau) { return tau >= 1 ? kInf : eps * tau / (1 - tau); }
@@ -74,12 +105,14 @@ template <class T>
 struct SolveLayout {
   WorkspaceDecl decl;
   BufferId<T> log_a, log_b, f, g, lse_row, lse_col;
+  // Anderson's history of f: `memory` residuals and `memory` mapped iterates (empty when off).
+  BufferId<T> anderson_residuals, anderson_mapped;
   BufferId<double> tile_state;
   detail::StatsScratch<T> stats;
 };
 
 template <class T>
-SolveLayout<T> solve_layout(Problem::Impl& p, detail::StatsNeeds needs) {
+SolveLayout<T> solve_layout(Problem::Impl& p, detail::StatsNeeds needs, const SinkhornOptions& o) {
   const auto N = static_cast<std::size_t>(p.shape.n), M = static_cast<std::size_t>(p.shape.m);
   const index_t rows_max = std::max(p.shape.n, p.shape.m);
   SolveLayout<T> l;
@@ -91,10 +124,85 @@ SolveLayout<T> solve_layout(Problem::Impl& p, detail::StatsNeeds needs) {
   l.g = l.decl.template add<T>("g", M);
   l.lse_row = l.decl.template add<T>("lse_row", N);
   l.lse_col = l.decl.template add<T>("lse_col", M);
+  const std::size_t history = o.anderson ? static_cast<std::size_t>(o.anderson->memory) * N : 0;
+  l.anderson_residuals = l.decl.template add<T>("anderson_residuals", history);
+  l.anderson_mapped = l.decl.template add<T>("anderson_mapped", history);
   l.tile_state = l.decl.template add<double>("tile_state", 0,
                                     2 * static_cast<std::size_t>(p.backend<T>().lse_partials_per_row(rows_max)));
   l.stats = detail::declare_stats_scratch<T>(l.decl, p, needs);
   return l;
+}
+
+// The initializer's cost condition, checked before any planning.
+void check_initializer(const Problem::Impl& p, const SinkhornOptions& o) {
+  if (o.initializer == Initializer::gaussian && p.geometry.cost.kind != CostKind::sqeuclidean)
+    throw InvalidArgument("initializer gaussian is the closed form for the sqeuclidean cost, but the cost is " +
+                          p.geometry.cost.name() + ": use initializer zeros");
+}
+
+// The starting f and g of a solve (docs/sinkhorn.md §7): zeros, or the Gaussian initializer's f
+// (from the resident clouds, so every rank computes the same values), then -inf at zero weights.
+template <class T>
+Potentials starting_potentials(Problem::Impl& p, const SinkhornOptions& o, double scale) {
+  const auto N = static_cast<std::size_t>(p.shape.n), M = static_cast<std::size_t>(p.shape.m);
+  Potentials out;
+  out.f.assign(N, 0.0);
+  out.g.assign(M, 0.0);
+  if (o.initializer == Initializer::gaussian) {
+    const detail::ResidentClouds<T>& rc = p.resident<T>().clouds;
+    const index_t d = p.shape.d;
+    std::vector<double> x(N * static_cast<std::size_t>(d)), y(M * static_cast<std::size_t>(d));
+    p.backend<T>().download(rc.cx.x, x.data(), p.shape.n * d);
+    p.backend<T>().download(rc.cy.x, y.data(), p.shape.m * d);
+    out.f = detail::gaussian_potential(x, p.shape.n, y, p.shape.m, d, p.a, p.b, scale);
+  }
+  for (std::size_t i = 0; i < N; ++i)
+    if (!(p.a[i] > 0)) out.f[i] = -kInf;
+  for (std::size_t j = 0; j < M; ++j)
+    if (!(p.b[j] > 0)) out.g[j] = -kInf;
+  return out;
+}
+
+// Anderson's mixing weights from the Gram matrix of its residuals (k x k, row-major), with
+// OTT-JAX's recipe: G / |G|_F + ridge I, solved against 1 by conjugate gradients started at 0 and
+// stopped as jax.scipy's cg stops (|r| <= 1e-5 |b|, or 10 k steps), then normalised to sum 1. A
+// zero Gram matrix (every residual 0) is left unnormalised (OTT would divide by 0): equal weights.
+std::vector<double> anderson_weights(std::vector<double> gram, std::size_t k, double ridge) {
+  double fro = 0;
+  for (double v : gram) fro += v * v;
+  fro = std::sqrt(fro);
+  if (fro > 0 && std::isfinite(fro))
+    for (double& v : gram) v /= fro;
+  for (std::size_t i = 0; i < k; ++i) gram[i * k + i] += ridge;
+  auto apply = [&](const std::vector<double>& v) {
+    std::vector<double> out(k, 0.0);
+    for (std::size_t i = 0; i < k; ++i)
+      for (std::size_t j = 0; j < k; ++j) out[i] += gram[i * k + j] * v[j];
+    return out;
+  };
+  auto dot = [&](const std::vector<double>& u, const std::vector<double>& v) {
+    double acc = 0;
+    for (std::size_t i = 0; i < k; ++i) acc += u[i] * v[i];
+    return acc;
+  };
+  std::vector<double> w(k, 0.0), r(k, 1.0), dir(k, 1.0);
+  const double stop = 1e-10 * static_cast<double>(k);  // (1e-5)^2 |1|^2
+  double rr = dot(r, r);
+  for (std::size_t step = 0; rr > stop && step < 10 * k; ++step) {
+    const std::vector<double> Ad = apply(dir);
+    const double alpha = rr / dot(dir, Ad);
+    for (std::size_t i = 0; i < k; ++i) {
+      w[i] += alpha * dir[i];
+      r[i] -= alpha * Ad[i];
+    }
+    const double rr_next = dot(r, r);
+    for (std::size_t i = 0; i < k; ++i) dir[i] = r[i] + (rr_next / rr) * dir[i];
+    rr = rr_next;
+  }
+  double total = 0;
+  for (double v : w) total += v;
+  for (double& v : w) v /= total;
+  return w;
 }
 
 // The rows every rank owns of an axis of n, in rank order.
@@ -119,6 +227,7 @@ template <class T>
 SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointCloud* pending) {
   const auto start = std::chrono::steady_clock::now();
   check_options(o);
+  check_initializer(p, o);
   const Context& ctx = p.ctx;
   const Shape s = p.shape;
   const std::vector<double>& a = p.a;
@@ -134,6 +243,9 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   res.inner_iterations = o.inner_iterations;
   res.tau_a = o.tau_a;
   res.tau_b = o.tau_b;
+  res.momentum = o.anderson ? Momentum{} : o.momentum;
+  res.anderson = o.anderson;
+  res.initializer = o.initializer;
   res.device = ctx.device_name();
   auto warn = [&](const std::string& w) {
     res.warnings.push_back(w);
@@ -150,7 +262,7 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   Communicator& comm = ctx.communicator();
   res.ranks = comm.size();
   const detail::StatsNeeds needs = detail::stats_needs(p, epsilon_spec(o));
-  const SolveLayout<T> layout = solve_layout<T>(p, needs);
+  const SolveLayout<T> layout = solve_layout<T>(p, needs, o);
   // A rank reduces only the rows it owns: its tiles are planned for those.
   const Shard ox = p.shards.x, oy = p.shards.y;
   const index_t rows_max = std::max<index_t>({ox.size(), oy.size(), 1});
@@ -184,13 +296,13 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
   double* const tile_state = ws.get(layout.tile_state);
   be.log_weights(rs.a, log_a, s.n);
   be.log_weights(rs.b, log_b, s.m);
-  {  // default initializer: 0, and -inf at zero weights (docs/sinkhorn.md §7)
-    std::vector<double> f0(N), g0(M);
-    for (std::size_t i = 0; i < N; ++i) f0[i] = a[i] > 0 ? 0.0 : -kInf;
-    for (std::size_t j = 0; j < M; ++j) g0[j] = b[j] > 0 ? 0.0 : -kInf;
-    be.upload(f0.data(), f, s.n);
-    be.upload(g0.data(), g, s.m);
+  {
+    const Potentials start_at = starting_potentials<T>(p, o, rg.scale);
+    be.upload(start_at.f.data(), f, s.n);
+    be.upload(start_at.g.data(), g, s.m);
   }
+  if (o.anderson && o.momentum.enabled())
+    warn("momentum is ignored when anderson is set (as OTT-JAX's Sinkhorn does)");
 
   // LSE of this rank's rows of x against all of y (h = g), or of its rows of y against all of x
   // (h = f), into its slice of lse_row / lse_col.
@@ -218,11 +330,19 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
       return 0;
     });
   };
+  // The momentum weight of the current iteration (1: the plain update, bit for bit).
+  double weight = 1.0;
   auto update_f = [&](double et) {
-    be.potential_update(lse_row + ox.begin, log_a + ox.begin, et, o.tau_a, f + ox.begin, ox.size());
+    if (weight == 1.0)
+      be.potential_update(lse_row + ox.begin, log_a + ox.begin, et, o.tau_a, f + ox.begin, ox.size());
+    else
+      be.relaxed_update(lse_row + ox.begin, log_a + ox.begin, et, o.tau_a, weight, f + ox.begin, ox.size());
   };
   auto update_g = [&](double et) {
-    be.potential_update(lse_col + oy.begin, log_b + oy.begin, et, o.tau_b, g + oy.begin, oy.size());
+    if (weight == 1.0)
+      be.potential_update(lse_col + oy.begin, log_b + oy.begin, et, o.tau_b, g + oy.begin, oy.size());
+    else
+      be.relaxed_update(lse_col + oy.begin, log_b + oy.begin, et, o.tau_b, weight, g + oy.begin, oy.size());
   };
   // A sum over the rows of each rank's slice, folded in rank order: the single-process sum's bits.
   auto sum_rows = [&](const detail::Partials& mine) { return timed([&] { return detail::ordered_sum(comm, mine); }); };
@@ -247,8 +367,48 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
     lse_y(f, eps);
     return ea + error_y();
   };
+  // Momentum (docs/sinkhorn.md §8): OTT's weight at iteration t; Anderson turns it off.
+  const Momentum momentum = res.momentum;
+  auto momentum_weight = [&](index_t t) {
+    if (momentum.start == 0 || t < momentum.start) return momentum.value;
+    const auto block = static_cast<std::size_t>(momentum.start / o.inner_iterations);
+    const double e1 = res.errors[block - 1], e2 = res.errors[block - 2];
+    if (!(e1 < momentum.error_threshold)) return momentum.value;
+    const double ratio = std::min(e1 / e2, 0.99);
+    return 2.0 / (1.0 + std::sqrt(1.0 - std::pow(ratio, 1.0 / static_cast<double>(o.inner_iterations))));
+  };
+  // Anderson (docs/sinkhorn.md §8): a ring of `memory` (residual, mapped iterate) pairs of f,
+  // iteration t writing slot t mod memory. Every rank holds all of f (gathered after each
+  // update), so every rank runs these O(memory^2 n) steps on all n rows and gets the
+  // single-process bits without a collective.
+  const index_t memory = o.anderson ? o.anderson->memory : 0;
+  auto residual_slot = [&](index_t k) { return ws.get(layout.anderson_residuals) + k * s.n; };
+  auto mapped_slot = [&](index_t k) { return ws.get(layout.anderson_mapped) + k * s.n; };
+  auto anderson_before = [&](index_t t) {
+    if (t > memory && t % o.anderson->refresh_every == 0) {
+      // Slots oldest first: t mod memory holds iteration t - memory.
+      std::vector<index_t> order(static_cast<std::size_t>(memory));
+      for (index_t k = 0; k < memory; ++k) order[static_cast<std::size_t>(k)] = (t + k) % memory;
+      const auto K = static_cast<std::size_t>(memory);
+      std::vector<double> gram(K * K);
+      for (std::size_t i = 0; i < K; ++i)
+        for (std::size_t j = 0; j <= i; ++j)
+          gram[i * K + j] = gram[j * K + i] =
+              detail::fold(be.dot(residual_slot(order[i]), residual_slot(order[j]), s.n));
+      const std::vector<double> w = anderson_weights(std::move(gram), K, o.anderson->ridge_identity);
+      std::vector<const T*> cols(K);
+      for (std::size_t k = 0; k < K; ++k) cols[k] = mapped_slot(order[k]);
+      be.anderson_combine(cols, w, f, s.n);
+    }
+    be.anderson_record_input(f, residual_slot(t % memory), s.n);
+  };
+  auto anderson_after = [&](index_t t) {
+    be.anderson_record_output(f, residual_slot(t % memory), mapped_slot(t % memory), s.n);
+  };
   auto iterate = [&](index_t t) {
     const double et = eps_at(t);
+    weight = momentum_weight(t);
+    if (memory > 0) anderson_before(t);
     if (o.parallel_dual_updates) {
       lse_y(f, et);
       lse_x(g, et);
@@ -264,6 +424,7 @@ SinkhornResult solve(Problem::Impl& p, const SinkhornOptions& o, const PointClou
       update_f(et);
       gather(f, counts_x);
     }
+    if (memory > 0) anderson_after(t);
   };
 
   const index_t inner = o.inner_iterations;
@@ -491,6 +652,21 @@ SinkhornResult sinkhorn(const Problem& problem, const SinkhornOptions& options) 
   return precision_for(problem, options.precision) == DType::float32 ? solve<float>(problem.impl(), options, nullptr)
                                                                      : solve<double>(problem.impl(), options, nullptr);
 }
+
+Potentials initial_potentials(const Problem& problem, const SinkhornOptions& options) {
+  const DType precision = precision_for(problem, options.precision);
+  check_initializer(problem.impl(), options);
+  const ResolvedGeometry rg = resolve_geometry(problem, options);
+  Potentials out = precision == DType::float32 ? starting_potentials<float>(problem.impl(), options, rg.scale)
+                                               : starting_potentials<double>(problem.impl(), options, rg.scale);
+  out.epsilon = rg.epsilon;
+  out.scale = rg.scale;
+  out.cost = problem.geometry().cost;
+  out.precision = precision;
+  return out;
+}
+
+const char* initializer_name(Initializer init) { return init == Initializer::gaussian ? "gaussian" : "zeros"; }
 
 ResolvedGeometry resolve_geometry(const Problem& problem, const SinkhornOptions& options) {
   return precision_for(problem, options.precision) == DType::float32
