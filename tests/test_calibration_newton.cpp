@@ -174,3 +174,76 @@ TEST(CalibrationNewton, WeightsAreBitwiseTheSameForEveryThreadCount) {
 }
 
 }  // namespace
+
+namespace {
+
+// The Newton-matrix pass starts each record's tail at its slot (fill_newton_slots) instead of a
+// binary search: on a random CSR with continuous values, zero v, inactive rows and several chunks,
+// the upper triangle must be bitwise each entry's sum over its records in ascending order, with
+// slots and without, and the slots must be the entries' positions in their records' Aᵀ slices.
+TEST(CalibrationNewton, SlotsGiveTheRecordOrderSumsOfTheSearchBitwise) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  const index_t k = 37, n = 2 * otcal::calib::kNewtonChunkRecords + 777;
+  std::vector<std::vector<std::pair<index_t, double>>> rows(static_cast<std::size_t>(k));
+  for (index_t i = 0; i < n; ++i)
+    for (index_t r = 0; r < k; ++r)
+      if (r != 5 && u(rng) < 0.15)  // row 5 stays empty (inactive)
+        rows[static_cast<std::size_t>(r)].push_back({i, u(rng) < 0.5 ? 1.0 : std::exp(3 * u(rng) - 1)});
+  otcal::CsrMatrix A;
+  A.rows = k;
+  A.cols = n;
+  A.indptr.assign(1, 0);
+  for (const auto& row : rows) {
+    for (const auto& [i, x] : row) {
+      A.indices32.push_back(static_cast<std::int32_t>(i));
+      A.values.push_back(x);
+    }
+    A.indptr.push_back(static_cast<std::int64_t>(A.values.size()));
+  }
+  const otcal::CsrMatrix At = otcal::transpose(A);
+  std::vector<double> v(static_cast<std::size_t>(n));
+  for (double& x : v) x = u(rng) < 0.05 ? 0.0 : 0.1 + 2 * u(rng);
+  const otcal::calib::CsrView Av = otcal::calib::csr_view(A), Atv = otcal::calib::csr_view(At);
+  std::vector<std::uint16_t> slot(static_cast<std::size_t>(A.nnz()));
+  otcal::calib::fill_newton_slots(Av, Atv, slot.data());
+  for (index_t r = 0; r < k; ++r)
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p)
+      ASSERT_EQ(At.indices32[At.indptr[A.indices32[p]] + slot[p]], r) << "entry " << p;
+
+  for (bool drop_some : {false, true}) {
+    SCOPED_TRACE(drop_some ? "rows 0, 5 and 20 inactive" : "all non-empty rows active");
+    std::vector<index_t> active_rows, active_of(static_cast<std::size_t>(k), -1);
+    for (index_t r = 0; r < k; ++r)
+      if (r != 5 && !(drop_some && (r == 0 || r == 20))) {
+        active_of[r] = static_cast<index_t>(active_rows.size());
+        active_rows.push_back(r);
+      }
+    const auto ka = static_cast<index_t>(active_rows.size());
+    // Reference: each entry summed over records ascending, the pass's product (x_a v_i) x_b.
+    std::vector<double> ref(static_cast<std::size_t>(ka * ka), 0.0);
+    for (index_t i = 0; i < n; ++i)
+      for (std::int64_t qa = At.indptr[i]; qa < At.indptr[i + 1]; ++qa) {
+        const index_t a = active_of[At.indices32[qa]];
+        const double wi = At.values[qa] * v[i];
+        if (a < 0 || wi == 0) continue;
+        for (std::int64_t qb = qa; qb < At.indptr[i + 1]; ++qb) {
+          const index_t b = active_of[At.indices32[qb]];
+          if (b >= 0) ref[a * ka + b] += wi * At.values[qb];
+        }
+      }
+    std::vector<double> searched(ref.size(), NAN), slotted(ref.size(), NAN);
+    otcal::calib::accumulate_newton_matrix(Av, Atv, active_rows, active_of, v.data(), searched.data());
+    otcal::calib::accumulate_newton_matrix(Av, Atv, active_rows, active_of, v.data(), slotted.data(), slot.data());
+    for (index_t a = 0; a < ka; ++a)
+      for (index_t b = a; b < ka; ++b) {
+        ASSERT_NE(ref[a * ka + b], 0.0) << a << ", " << b;  // every pair shares records
+        ASSERT_EQ(searched[a * ka + b], ref[a * ka + b]) << a << ", " << b;
+        ASSERT_EQ(slotted[a * ka + b], ref[a * ka + b]) << a << ", " << b;
+      }
+  }
+}
+
+}  // namespace

@@ -62,8 +62,10 @@ class CpuExactPasses final : public calib::ExactPasses {
                  const detail::DistanceMath& dist, Communicator* comm)
       : A_(calib::csr_view(A)), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_(sigma2),
         dist_(dist), n_(A.cols), d_(ws.get(ids.d)), u_(ws.get(ids.u)), g_(ws.get(ids.g)), dF_(ws.get(ids.dF)),
-        v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), acc_(A_, ws, ids.acc), comm_(comm) {
+        v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), slot_(ws.get(ids.slot)),
+        acc_(A_, ws, ids.acc), comm_(comm) {
     for (index_t i = 0; i < n_; ++i) d_[i] = design[i];
+    if (slot_) calib::fill_newton_slots(A_, At_, slot_);
   }
   void scale_design(double f) override {
     for (index_t i = 0; i < n_; ++i) d_[i] *= f;
@@ -90,7 +92,7 @@ class CpuExactPasses final : public calib::ExactPasses {
   void newton_matrix(double* T) override {
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * dF_[i] / sigma2(i);
-    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T);
+    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T, slot_);
     if (comm_) fold_over_ranks(T);
   }
   void keep_best() override {
@@ -136,6 +138,7 @@ class CpuExactPasses final : public calib::ExactPasses {
   detail::DistanceMath dist_;
   index_t n_;
   double *d_, *u_, *g_, *dF_, *v_, *tmp_, *best_g_;
+  std::uint16_t* slot_;  // null when k > 65536: the Newton-matrix pass searches instead
   calib::RowAccumulator acc_;
   Communicator* comm_;
 };

@@ -51,6 +51,7 @@ inline BuildLayout build_layout(const Context& ctx, const RecordTable& table, co
 // ---- calibrate_exact (§4.3-§4.5) -----------------------------------------------------------------
 struct CpuExactIds : ExactRecordIds {
   CsrIds At;
+  BufferId<std::uint16_t> slot;  // per entry of A, its position in the record's Aᵀ slice (none: k > 65536)
   BufferId<double> tmp;  // Aᵀη
   AccumulatorIds acc;
 };
@@ -88,6 +89,7 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
   }
   CpuExactIds& c = l.cpu;
   c.At = declare_csr(l.decl, "At", A.cols, A.rows, A.nnz());
+  c.slot = l.decl.add<std::uint16_t>("At.slot", newton_slots_fit(A.rows) ? static_cast<std::size_t>(A.nnz()) : 0);
   static_cast<ExactRecordIds&>(c) = declare_exact_records(l.decl, A.cols, l.ka, has_sigma2);
   c.tmp = l.decl.add<double>("At_eta", n);
   c.acc = declare_accumulator(l.decl, A.rows, ctx.distributed() ? &A : nullptr);
