@@ -7,6 +7,7 @@
 #include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -243,6 +244,154 @@ TEST(CalibrationNewton, SlotsGiveTheRecordOrderSumsOfTheSearchBitwise) {
         ASSERT_EQ(searched[a * ka + b], ref[a * ka + b]) << a << ", " << b;
         ASSERT_EQ(slotted[a * ka + b], ref[a * ka + b]) << a << ", " << b;
       }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// A constraint matrix shaped like a survey's: `cats` categorical margins (each record in at most
+// one row of each, value 1; some records in none, margin rows `empty_row` without records), then
+// `continuous` rows of positive values with holes. Rows listed in `broken` get a second category
+// for a few records (margin `broken_twice`) or a value 2 (margin `broken_value`).
+struct MarginMatrix {
+  otcal::CsrMatrix A;
+  std::vector<index_t> offsets;
+};
+
+MarginMatrix margin_matrix(std::mt19937_64& rng, const std::vector<int>& cats, int continuous, index_t n,
+                           int broken_twice, int broken_value) {
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<std::vector<std::pair<index_t, double>>> rows;
+  MarginMatrix m;
+  for (std::size_t p = 0; p < cats.size(); ++p) {
+    m.offsets.push_back(static_cast<index_t>(rows.size()));
+    const std::size_t base = rows.size();
+    rows.resize(base + static_cast<std::size_t>(cats[p]));
+    for (index_t i = 0; i < n; ++i) {
+      if (u(rng) < 0.1) continue;  // a missing category
+      // the margin's last row stays empty (inactive)
+      const auto c = static_cast<std::size_t>(u(rng) * (cats[p] - 1)) % static_cast<std::size_t>(cats[p] - 1);
+      rows[base + c].push_back({i, static_cast<int>(p) == broken_value && u(rng) < 0.01 ? 2.0 : 1.0});
+      if (static_cast<int>(p) == broken_twice && c > 0 && u(rng) < 0.01) rows[base + c - 1].push_back({i, 1.0});
+    }
+    for (std::size_t r = base; r < rows.size(); ++r) std::sort(rows[r].begin(), rows[r].end());
+  }
+  m.offsets.push_back(static_cast<index_t>(rows.size()));
+  for (int c = 0; c < continuous; ++c) {
+    rows.emplace_back();
+    for (index_t i = 0; i < n; ++i)
+      if (u(rng) < 0.7) rows.back().push_back({i, std::exp(3 * u(rng) - 1)});
+  }
+  m.A.rows = static_cast<index_t>(rows.size());
+  m.A.cols = n;
+  m.A.indptr.assign(1, 0);
+  for (const auto& row : rows) {
+    for (const auto& [i, x] : row) {
+      m.A.indices32.push_back(static_cast<std::int32_t>(i));
+      m.A.values.push_back(x);
+    }
+    m.A.indptr.push_back(static_cast<std::int64_t>(m.A.values.size()));
+  }
+  return m;
+}
+
+// Over categorical margins T's entries are weighted counts (tally_newton_margins): with missing
+// categories, inactive rows, continuous rows, zero v, several chunks and a margin that fails the
+// check (left to the generic pass), the upper triangle must be bitwise the generic pass's.
+TEST(CalibrationNewton, MarginTalliesGiveTheGenericNewtonMatrixBitwise) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  const index_t n = 2 * otcal::calib::kNewtonChunkRecords + 555;
+  struct Case {
+    int twice, value;
+    bool large;  // margins 2 and 4 of ~200 categories: their block is tallied in T itself
+    const char* name;
+  };
+  for (const Case& cs : {Case{-1, -1, false, "every margin checked"}, Case{1, 3, false, "margins 1 and 3 fail the check"},
+                         Case{0, -1, true, "large margins, margin 0 fails the check"}}) {
+    SCOPED_TRACE(cs.name);
+    std::vector<int> cats(5);
+    for (int& c : cats) c = 3 + static_cast<int>(u(rng) * 9);
+    if (cs.large) cats[2] = cats[4] = 190 + static_cast<int>(u(rng) * 20);
+    ASSERT_EQ(cs.large, (cats[2] + 1) * (cats[4] + 1) > otcal::calib::kTallyBlockCells);
+    const MarginMatrix m = margin_matrix(rng, cats, 3, n, cs.twice, cs.value);
+    const otcal::CsrMatrix& A = m.A;
+    const index_t k = A.rows;
+    std::vector<index_t> active_rows, active_of(static_cast<std::size_t>(k), -1);
+    for (index_t r = 0; r < k; ++r)
+      if (A.indptr[r + 1] > A.indptr[r]) {
+        active_of[r] = static_cast<index_t>(active_rows.size());
+        active_rows.push_back(r);
+      }
+    const auto ka = static_cast<index_t>(active_rows.size());
+    ASSERT_LT(ka, k);  // some margin rows are inactive
+    const otcal::CsrMatrix At = otcal::transpose(A);
+    const otcal::calib::CsrView Av = otcal::calib::csr_view(A), Atv = otcal::calib::csr_view(At);
+    std::vector<double> v(static_cast<std::size_t>(n));
+    for (double& x : v) x = u(rng) < 0.05 ? 0.0 : 0.1 + 2 * u(rng);
+
+    std::vector<std::uint16_t> cat16(cats.size() * static_cast<std::size_t>(n));
+    std::vector<std::int32_t> cat32(cat16.size());
+    const auto mc = otcal::calib::fill_margin_categories(Av, m.offsets, active_of, ka, cat16.data());
+    const auto mc32 = otcal::calib::fill_margin_categories(Av, m.offsets, active_of, ka, cat32.data());
+    std::vector<index_t> expect_checked;
+    for (int p = 0; p < static_cast<int>(cats.size()); ++p)
+      if (p != cs.twice && p != cs.value) expect_checked.push_back(p);
+    EXPECT_EQ(mc.slot, expect_checked);
+    EXPECT_EQ(mc32.slot, expect_checked);
+    EXPECT_EQ(mc.other_rows, mc32.other_rows);
+
+    std::vector<double> generic(static_cast<std::size_t>(ka * ka), NAN), tallied(generic.size(), NAN),
+        tallied32(generic.size(), NAN);
+    otcal::calib::accumulate_newton_matrix(Av, Atv, active_rows, active_of, v.data(), generic.data());
+    otcal::calib::tally_newton_margins(Av, active_rows, mc, cat16.data(), v.data(), tallied.data());
+    otcal::calib::accumulate_newton_matrix(Av, Atv, active_rows, active_of, v.data(), tallied.data(), nullptr,
+                                           &mc.other_rows);
+    otcal::calib::tally_newton_margins(Av, active_rows, mc32, cat32.data(), v.data(), tallied32.data());
+    otcal::calib::accumulate_newton_matrix(Av, Atv, active_rows, active_of, v.data(), tallied32.data(), nullptr,
+                                           &mc32.other_rows);
+    index_t nonzero = 0;
+    for (index_t a = 0; a < ka; ++a)
+      for (index_t b = a; b < ka; ++b) {
+        const double g = generic[a * ka + b];
+        nonzero += g != 0;
+        ASSERT_EQ(std::memcmp(&tallied[a * ka + b], &g, sizeof g), 0) << a << ", " << b << ": " << tallied[a * ka + b] << " vs " << g;
+        ASSERT_EQ(std::memcmp(&tallied32[a * ka + b], &g, sizeof g), 0) << a << ", " << b;
+      }
+    // Entries between different rows of one margin are 0 (no record is in both); most of the
+    // others hold sums, the margins sharing records.
+    index_t within = 0;
+    for (int c : cats) within += static_cast<index_t>(c - 1) * (c - 2) / 2;
+    EXPECT_GT(nonzero, (ka * (ka + 1) / 2 - within) / 2);
+  }
+}
+
+// Whole calibrations: a system built with margins (tallied T) gives bitwise the weights of the same
+// system with its margins hidden (margin_offsets = {0}: the generic pass), for every thread count.
+TEST(CalibrationNewton, TalliedMarginsGiveTheGenericWeightsBitwise) {
+  const std::uint64_t seed = testsupport::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  auto s = otcal::make_synthetic_survey(2 * otcal::calib::kNewtonChunkRecords + 999, 3, 6, 2, seed);
+  auto ctx1 = otcal::Context::cpu({.memory_budget = 512u << 20, .threads = 1, .on_warning = [](const std::string&) {}});
+  const otcal::ConstraintSystem sys = otcal::build_constraints(ctx1, s.table, s.spec);
+  ASSERT_GE(sys.margin_offsets.size(), 3u);
+  otcal::ConstraintSystem hidden = sys;
+  hidden.margin_offsets = {0};
+  for (otcal::CalFun f : {otcal::CalFun::raking, otcal::CalFun::linear}) {
+    const auto generic = otcal::calibrate_exact(ctx1, hidden, {.calfun = f, .epsilon = 1e-12});
+    ASSERT_TRUE(generic.converged);
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE("threads " + std::to_string(threads));
+      auto ctx = otcal::Context::cpu(
+          {.memory_budget = 512u << 20, .threads = threads, .on_warning = [](const std::string&) {}});
+      const auto tallied = otcal::calibrate_exact(ctx, sys, {.calfun = f, .epsilon = 1e-12});
+      ASSERT_TRUE(tallied.converged);
+      ASSERT_EQ(generic.weights, tallied.weights);
+    }
   }
 }
 

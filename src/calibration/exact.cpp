@@ -59,13 +59,18 @@ class CpuExactPasses final : public calib::ExactPasses {
   CpuExactPasses(const detail::Workspace& ws, const calib::CpuExactIds& ids, const CsrMatrix& A,
                  const calib::CsrView& At, const std::vector<index_t>& active_rows,
                  const std::vector<index_t>& active_of, const std::vector<double>& design, const double* sigma2,
-                 const detail::DistanceMath& dist, Communicator* comm)
+                 const detail::DistanceMath& dist, Communicator* comm, const std::vector<index_t>& margin_offsets)
       : A_(calib::csr_view(A)), At_(At), active_rows_(active_rows), active_of_(active_of), sigma2_(sigma2),
         dist_(dist), n_(A.cols), d_(ws.get(ids.d)), u_(ws.get(ids.u)), g_(ws.get(ids.g)), dF_(ws.get(ids.dF)),
         v_(ws.get(ids.v)), tmp_(ws.get(ids.tmp)), best_g_(ws.get(ids.best_g)), slot_(ws.get(ids.slot)),
-        acc_(A_, ws, ids.acc), comm_(comm) {
+        cat16_(ws.get(ids.cat16)), cat32_(ws.get(ids.cat32)), acc_(A_, ws, ids.acc), comm_(comm) {
     for (index_t i = 0; i < n_; ++i) d_[i] = design[i];
     if (slot_) calib::fill_newton_slots(A_, At_, slot_);
+    const index_t ka = static_cast<index_t>(active_rows_.size());
+    if (cat16_)
+      margins_ = calib::fill_margin_categories(A_, margin_offsets, active_of_, ka, cat16_);
+    else if (cat32_)
+      margins_ = calib::fill_margin_categories(A_, margin_offsets, active_of_, ka, cat32_);
   }
   void scale_design(double f) override {
     for (index_t i = 0; i < n_; ++i) d_[i] *= f;
@@ -92,7 +97,16 @@ class CpuExactPasses final : public calib::ExactPasses {
   void newton_matrix(double* T) override {
 #pragma omp parallel for schedule(static)
     for (index_t i = 0; i < n_; ++i) v_[i] = d_[i] * dF_[i] / sigma2(i);
-    calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T, slot_);
+    if (!margins_.any()) {
+      calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T, slot_);
+    } else {
+      if (cat16_)
+        calib::tally_newton_margins(A_, active_rows_, margins_, cat16_, v_, T);
+      else
+        calib::tally_newton_margins(A_, active_rows_, margins_, cat32_, v_, T);
+      if (!margins_.other_rows.empty())
+        calib::accumulate_newton_matrix(A_, At_, active_rows_, active_of_, v_, T, slot_, &margins_.other_rows);
+    }
     if (comm_) fold_over_ranks(T);
   }
   void keep_best() override {
@@ -138,7 +152,10 @@ class CpuExactPasses final : public calib::ExactPasses {
   detail::DistanceMath dist_;
   index_t n_;
   double *d_, *u_, *g_, *dF_, *v_, *tmp_, *best_g_;
-  std::uint16_t* slot_;  // null when k > 65536: the Newton-matrix pass searches instead
+  std::uint16_t* slot_;  // null when k > 65536 or with margins: the Newton-matrix pass searches instead
+  std::uint16_t* cat16_;  // each record's category per margin (one of the two, or neither: no margins)
+  std::int32_t* cat32_;
+  calib::MarginCategories margins_;  // the checked margins, whose entries of T are tallied
   calib::RowAccumulator acc_;
   Communicator* comm_;
 };
@@ -328,7 +345,7 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
     T_data = T_host.data();
   } else {
     passes = std::make_unique<CpuExactPasses>(ws, layout.cpu, A, At, active_rows, active_of, sys.design_weights,
-                                              sigma2, dist, fold_comm);
+                                              sigma2, dist, fold_comm, sys.margin_offsets);
     T_data = ws.get(layout.cpu.T);
   }
   double best_ratio = INFINITY;  // the best iterate is what force returns on failure

@@ -3,8 +3,10 @@
 //   RowAccumulator  S = A w, reduced over records in fixed granules (batch-invariant, bitwise)
 //   transpose_apply (Aᵀ c)_i, per record (no cross-record reduction)
 //   accumulate_newton_matrix  T = A diag(v) Aᵀ over the active rows (one triangle), O(Σ_i nnz_i²/2)
+//   tally_newton_margins      T's categorical-margin entries as weighted counts (MarginCategories)
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "calibration/calib_backend.hpp"
@@ -244,7 +246,7 @@ inline constexpr std::int64_t kNewtonPrefetchRecords = 4;
 // that the Newton solve reads (newton_solve.hpp); the other triangle is left unwritten. Half the
 // O(Σ_i nnz_i²) work of the full matrix: a record's entries in Aᵀ are in ascending row order, so
 // those with b >= a start where row(a) sits: slot[p] (fill_newton_slots) or, without slots, a
-// binary search over the record's ~nnz_i entries.
+// binary search over the record's last min(nnz_i, k - r) entries.
 //
 // Memory, not arithmetic, bounds this pass: a record's Aᵀ slice is read once per row it belongs to
 // (nnz_i times), and a row's records are spread over all n, so row by row every read is a miss.
@@ -257,27 +259,40 @@ inline constexpr std::int64_t kNewtonPrefetchRecords = 4;
 // and each is written by one thread (dynamic scheduling within a chunk); each entry still sums its
 // records in ascending order, one by one, so T is bitwise the same for every thread count and chunk
 // size (and each entry is what the row-by-row pass computed for it). `cursor`: ka scratch values.
+//
+// `rows_of_T` (optional): only these rows of T (ascending T indices) are computed, the others are
+// left as they are (the margin tallies below fill them).
 inline void accumulate_newton_matrix(const CsrView& A, const CsrView& At, const std::vector<index_t>& active_rows,
                                      const std::vector<index_t>& active_of, const double* v, double* T,
-                                     const std::uint16_t* slot = nullptr) {
+                                     const std::uint16_t* slot = nullptr,
+                                     const std::vector<index_t>* rows_of_T = nullptr) {
   const index_t ka = static_cast<index_t>(active_rows.size());
   const index_t n = A.cols;
   const bool wide = A.wide_indices();
   const bool wide_t = At.wide_indices();
-  std::vector<std::int64_t> cursor(static_cast<std::size_t>(ka));
+  std::vector<index_t> every;
+  if (!rows_of_T) {
+    every.resize(static_cast<std::size_t>(ka));
+    for (index_t a = 0; a < ka; ++a) every[static_cast<std::size_t>(a)] = a;
+    rows_of_T = &every;
+  }
+  const index_t rows = static_cast<index_t>(rows_of_T->size());
+  std::vector<std::int64_t> cursor(static_cast<std::size_t>(rows));
   const bool all_active = ka == At.cols;  // active_of is the identity
-  for (index_t a = 0; a < ka; ++a) {
+  for (index_t j = 0; j < rows; ++j) {
+    const index_t a = (*rows_of_T)[static_cast<std::size_t>(j)];
     std::fill(T + a * ka + a, T + (a + 1) * ka, 0.0);
-    cursor[static_cast<std::size_t>(a)] = A.indptr[active_rows[static_cast<std::size_t>(a)]];
+    cursor[static_cast<std::size_t>(j)] = A.indptr[active_rows[static_cast<std::size_t>(a)]];
   }
   constexpr std::int64_t ahead = kNewtonPrefetchRecords;
   for (index_t c0 = 0; c0 < n; c0 += kNewtonChunkRecords) {
     const index_t c1 = std::min(n, c0 + kNewtonChunkRecords);
 #pragma omp parallel for schedule(dynamic, 8)
-    for (index_t a = 0; a < ka; ++a) {
+    for (index_t j = 0; j < rows; ++j) {
+      const index_t a = (*rows_of_T)[static_cast<std::size_t>(j)];
       double* Trow = T + a * ka;
       const index_t r = active_rows[static_cast<std::size_t>(a)];
-      std::int64_t p = cursor[static_cast<std::size_t>(a)];
+      std::int64_t p = cursor[static_cast<std::size_t>(j)];
       const std::int64_t end = A.indptr[r + 1];
       for (; p < end; ++p) {
         const std::int64_t i = wide ? A.indices64[p] : A.indices32[p];
@@ -295,12 +310,15 @@ inline void accumulate_newton_matrix(const CsrView& A, const CsrView& At, const 
         if (wi == 0) continue;
         const std::int64_t q0 = At.indptr[i], q1 = At.indptr[i + 1];
         std::int64_t q;
+        // Without slots: at most k-1-r rows follow r in the slice, so the search starts there (a few
+        // entries for the last rows, which are the ones left when margins are tallied).
+        const std::int64_t from = std::max(q0, q1 - (At.cols - r));
         if (slot)
           q = q0 + slot[p];
         else if (wide_t)
-          q = std::lower_bound(At.indices64 + q0, At.indices64 + q1, std::int64_t{r}) - At.indices64;
+          q = std::lower_bound(At.indices64 + from, At.indices64 + q1, std::int64_t{r}) - At.indices64;
         else
-          q = std::lower_bound(At.indices32 + q0, At.indices32 + q1, static_cast<std::int32_t>(r)) - At.indices32;
+          q = std::lower_bound(At.indices32 + from, At.indices32 + q1, static_cast<std::int32_t>(r)) - At.indices32;
         if (all_active && !wide_t) {  // the common case: b is the row index itself (no lookup)
           for (; q < q1; ++q) Trow[At.indices32[q]] += wi * At.values[q];
           continue;
@@ -310,7 +328,229 @@ inline void accumulate_newton_matrix(const CsrView& A, const CsrView& At, const 
           if (b >= 0) Trow[b] += wi * At.values[q];
         }
       }
-      cursor[static_cast<std::size_t>(a)] = p;
+      cursor[static_cast<std::size_t>(j)] = p;
+    }
+  }
+}
+
+// ---- T over categorical margins: weighted counts ------------------------------------------------
+// A categorical margin (ConstraintSystem::margin_offsets) puts each record in at most one of its
+// rows, with coefficient 1, so over margins T is a table of weighted counts: T[a][b] for a in
+// margin p and b in margin q > p is Σ v_i over the records whose category in p is a and in q is b.
+// With each record's category per margin stored once (cat_p[i]), the block p x q is one sweep over
+// the records in order adding v_i to one cell of a block that stays in cache: sequential reads of
+// small arrays and v instead of the generic pass's read of every record's Aᵀ slice once per row it
+// is in. Entries between a margin row and another row b (continuous, linear, or a margin that
+// failed the check below) are v_i A_bi zipped from row b's CSR with cat_p; rows in no checked
+// margin keep the generic pass (restricted to their own rows of T).
+//
+// The sums are the generic pass's, bit for bit: its term (A_ai v_i) A_bi with A = 1 is v_i (or
+// v_i A_bi), each entry adds its records in ascending order starting from +0, and the records that
+// pass skips (v_i = 0) add ±0 here, which leaves such a sum unchanged.
+struct MarginCategories {
+  index_t n = 0;
+  std::vector<index_t> slot;         // per checked margin: its index in the cat buffer (n values each)
+  std::vector<index_t> first, last;  // per checked margin: its rows of T, [first, last)
+  std::vector<index_t> other_rows;   // rows of T in no checked margin, ascending (the generic pass)
+  bool any() const { return !slot.empty(); }
+};
+
+// The category stored per record and margin is the row's place among the margin's active rows
+// (its row of T minus `first`), and "none" (no row of the margin, or an inactive one) is the
+// margin's count of active rows, last - first: a block of T with one spare row and column then
+// takes every record without a branch. uint16 when ka < 65535 (2 bytes per record and margin).
+inline bool margin_categories_fit_16(index_t ka) { return ka < 65535; }
+
+// Fills cat (margins x n, margin m at cat + m n) from A's margin rows and checks each margin: a
+// record in two of its rows, or a coefficient other than 1, leaves the margin to the generic pass
+// (nothing is wrong with such a system; it only is not a set of indicator rows). `offsets` as
+// ConstraintSystem::margin_offsets; offsets that are not ascending within A's rows check nothing.
+template <class Cat>
+MarginCategories fill_margin_categories(const CsrView& A, const std::vector<index_t>& offsets,
+                                        const std::vector<index_t>& active_of, index_t ka, Cat* cat) {
+  MarginCategories mc;
+  mc.n = A.cols;
+  const index_t margins = offsets.size() < 2 ? 0 : static_cast<index_t>(offsets.size()) - 1;
+  bool ordered = margins > 0 && offsets[0] >= 0 && offsets[static_cast<std::size_t>(margins)] <= A.rows;
+  for (index_t m = 0; ordered && m < margins; ++m) ordered = offsets[m] <= offsets[m + 1];
+  // Each margin's active rows are consecutive rows of T (active_of keeps the row order).
+  std::vector<index_t> first(static_cast<std::size_t>(margins), -1), last(static_cast<std::size_t>(margins), -1);
+  for (index_t m = 0; ordered && m < margins; ++m)
+    for (index_t r = offsets[m]; r < offsets[m + 1]; ++r)
+      if (const index_t a = active_of[static_cast<std::size_t>(r)]; a >= 0) {
+        if (first[m] < 0) first[m] = a;
+        last[m] = a + 1;
+      }
+  std::vector<char> ok(static_cast<std::size_t>(margins), 0);
+#pragma omp parallel for schedule(dynamic, 1) if (ordered)
+  for (index_t m = 0; m < (ordered ? margins : 0); ++m) {
+    if (first[m] < 0) continue;  // no active row: nothing to tally
+    Cat* c = cat + m * A.cols;
+    const Cat none = static_cast<Cat>(last[m] - first[m]);
+    std::fill(c, c + A.cols, none);
+    bool fine = true;
+    for (index_t r = offsets[m]; fine && r < offsets[m + 1]; ++r) {
+      const index_t a = active_of[static_cast<std::size_t>(r)];
+      for (std::int64_t p = A.indptr[r]; fine && p < A.indptr[r + 1]; ++p) {
+        Cat& slot = c[A.index(p)];
+        fine = a >= 0 && A.values[p] == 1.0 && slot == none;
+        slot = static_cast<Cat>(a - first[m]);
+      }
+    }
+    ok[static_cast<std::size_t>(m)] = fine;
+  }
+  std::vector<char> tallied(static_cast<std::size_t>(ka), 0);
+  for (index_t m = 0; m < margins; ++m) {
+    if (!ok[static_cast<std::size_t>(m)]) continue;
+    mc.slot.push_back(m);
+    mc.first.push_back(first[m]);
+    mc.last.push_back(last[m]);
+    std::fill(tallied.begin() + first[m], tallied.begin() + last[m], 1);
+  }
+  for (index_t a = 0; a < ka; ++a)
+    if (!tallied[static_cast<std::size_t>(a)]) mc.other_rows.push_back(a);
+  return mc;
+}
+
+// Partner margins per sweep over the records: the margin's own categories and v are read once for
+// up to this many blocks (together within a core's L2 at 100 categories).
+inline constexpr index_t kTallyPartners = 4;
+// A block with its spare row and column up to this many cells is tallied in thread scratch (then
+// copied into T, the same sums); larger ones are tallied in T directly, skipping "none".
+inline constexpr index_t kTallyBlockCells = index_t{1} << 15;
+// Entries of another row's CSR zipped with every margin in turn (they stay in L1 meanwhile).
+inline constexpr std::int64_t kZipEntries = 4096;
+
+// One sweep over the records for four small blocks, side by side in the rows of one scratch matrix
+// (row c: the four blocks' rows c; `col[j]`: block j's first column): one row address per record.
+template <class Cat>
+void tally_four_blocks(const Cat* __restrict cp, const Cat* const* cq, const double* __restrict v, index_t n,
+                       double* __restrict rows, index_t width, const index_t* col) {
+  const Cat* __restrict q0 = cq[0];
+  const Cat* __restrict q1 = cq[1];
+  const Cat* __restrict q2 = cq[2];
+  const Cat* __restrict q3 = cq[3];
+  const index_t c1 = col[1], c2 = col[2], c3 = col[3];
+  for (index_t i = 0; i < n; ++i) {
+    double* __restrict row = rows + static_cast<index_t>(cp[i]) * width;
+    const double vi = v[i];
+    row[q0[i]] += vi;
+    row[c1 + q1[i]] += vi;
+    row[c2 + q2[i]] += vi;
+    row[c3 + q3[i]] += vi;
+  }
+}
+
+// T's entries whose smaller row is in a checked margin (mc), the other entries untouched: margin
+// blocks by tallies, margin x other rows by the zip. Parallel over blocks and over other rows;
+// each entry is written by one thread.
+template <class Cat>
+void tally_newton_margins(const CsrView& A, const std::vector<index_t>& active_rows, const MarginCategories& mc,
+                          const Cat* cat, const double* v, double* T) {
+  const index_t ka = static_cast<index_t>(active_rows.size());
+  const index_t n = mc.n, margins = static_cast<index_t>(mc.slot.size());
+  struct Item {
+    index_t x, y0, y1;  // margin x with margins [y0, y1); y0 == x: x's own diagonal block
+  };
+  std::vector<Item> items;
+  for (index_t x = 0; x < margins; ++x) {
+    items.push_back({x, x, x + 1});
+    for (index_t y = x + 1; y < margins; y += kTallyPartners) items.push_back({x, y, std::min(margins, y + kTallyPartners)});
+  }
+  const auto categories = [&](index_t m) { return cat + mc.slot[static_cast<std::size_t>(m)] * n; };
+  const auto count = [&](index_t m) { return mc.last[static_cast<std::size_t>(m)] - mc.first[static_cast<std::size_t>(m)]; };
+#pragma omp parallel
+  {
+    std::vector<double> scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (std::size_t it = 0; it < items.size(); ++it) {
+      const Item w = items[it];
+      const index_t f = mc.first[w.x], mx = count(w.x);
+      const Cat* cp = categories(w.x);
+      if (w.y0 == w.x) {  // within a margin only the diagonal holds records
+        scratch.assign(static_cast<std::size_t>(mx + 1), 0.0);
+        for (index_t i = 0; i < n; ++i) scratch[cp[i]] += v[i];
+        for (index_t c = 0; c < mx; ++c) {
+          double* row = T + (f + c) * ka;
+          std::fill(row + f + c, row + f + mx, 0.0);
+          row[f + c] = scratch[static_cast<std::size_t>(c)];
+        }
+        continue;
+      }
+      const index_t g = w.y1 - w.y0;
+      bool small = true;
+      for (index_t j = 0; j < g; ++j) small = small && (mx + 1) * (count(w.y0 + j) + 1) <= kTallyBlockCells;
+      const Cat* cq[kTallyPartners];
+      index_t fq[kTallyPartners], mq[kTallyPartners];
+      for (index_t j = 0; j < g; ++j) {
+        cq[j] = categories(w.y0 + j);
+        fq[j] = mc.first[w.y0 + j];
+        mq[j] = count(w.y0 + j);
+      }
+      if (!small) {  // large blocks: in T itself, skipping the records without a category
+        for (index_t j = 0; j < g; ++j)
+          for (index_t c = 0; c < mx; ++c) std::fill(T + (f + c) * ka + fq[j], T + (f + c) * ka + fq[j] + mq[j], 0.0);
+        for (index_t i = 0; i < n; ++i) {
+          const index_t c = cp[i];
+          if (c == mx) continue;
+          double* row = T + (f + c) * ka;
+          for (index_t j = 0; j < g; ++j)
+            if (const index_t b = cq[j][i]; b != mq[j]) row[fq[j] + b] += v[i];
+        }
+        continue;
+      }
+      // Small blocks side by side in scratch, each with its spare row and column: no branch.
+      index_t col[kTallyPartners] = {}, width = 0;
+      for (index_t j = 0; j < g; ++j) {
+        col[j] = width;
+        width += mq[j] + 1;
+      }
+      scratch.assign(static_cast<std::size_t>((mx + 1) * width), 0.0);
+      if (g == kTallyPartners) {
+        tally_four_blocks(cp, cq, v, n, scratch.data(), width, col);
+      } else {
+        for (index_t i = 0; i < n; ++i) {
+          double* row = scratch.data() + static_cast<index_t>(cp[i]) * width;
+          for (index_t j = 0; j < g; ++j) row[col[j] + cq[j][i]] += v[i];
+        }
+      }
+      for (index_t c = 0; c < mx; ++c)
+        for (index_t j = 0; j < g; ++j)
+          std::copy(scratch.data() + c * width + col[j], scratch.data() + c * width + col[j] + mq[j],
+                    T + (f + c) * ka + fq[j]);
+    }
+  }
+  static_assert(kTallyPartners == 4, "the unrolled sweep above takes four partners");
+  // Margin rows x the later other rows: T[c][o] = Σ v_i A_oi over row o's records of category c,
+  // summed per margin in a scratch column (its spare entry takes the records without a category)
+  // and then copied into T's column o.
+  const index_t others = static_cast<index_t>(mc.other_rows.size());
+  std::vector<index_t> at(static_cast<std::size_t>(margins) + 1, 0);
+  for (index_t x = 0; x < margins; ++x) at[x + 1] = at[x] + count(x) + 1;
+#pragma omp parallel
+  {
+    std::vector<double> column;
+#pragma omp for schedule(dynamic, 1)
+    for (index_t j = 0; j < others; ++j) {
+      const index_t o = mc.other_rows[static_cast<std::size_t>(j)];
+      const index_t r = active_rows[static_cast<std::size_t>(o)];
+      index_t before = 0;  // the checked margins whose rows precede o
+      while (before < margins && mc.last[before] <= o) ++before;
+      column.assign(static_cast<std::size_t>(at[before]), 0.0);
+      for (std::int64_t p0 = A.indptr[r]; p0 < A.indptr[r + 1]; p0 += kZipEntries) {
+        const std::int64_t p1 = std::min(A.indptr[r + 1], p0 + kZipEntries);
+        for (index_t x = 0; x < before; ++x) {
+          const Cat* __restrict cp = categories(x);
+          double* __restrict acc = column.data() + at[x];
+          for (std::int64_t p = p0; p < p1; ++p) {
+            const std::int64_t i = A.index(p);
+            const double vi = v[i], term = vi * A.values[p];
+            acc[cp[i]] += vi == 0 ? 0.0 : term;  // the generic pass's skip, for A_oi not finite
+          }
+        }
+      }
+      for (index_t x = 0; x < before; ++x)
+        for (index_t c = 0; c < count(x); ++c) T[(mc.first[x] + c) * ka + o] = column[static_cast<std::size_t>(at[x] + c)];
     }
   }
 }

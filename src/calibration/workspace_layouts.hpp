@@ -51,7 +51,10 @@ inline BuildLayout build_layout(const Context& ctx, const RecordTable& table, co
 // ---- calibrate_exact (§4.3-§4.5) -----------------------------------------------------------------
 struct CpuExactIds : ExactRecordIds {
   CsrIds At;
-  BufferId<std::uint16_t> slot;  // per entry of A, its position in the record's Aᵀ slice (none: k > 65536)
+  BufferId<std::uint16_t> slot;  // per entry of A, its position in the record's Aᵀ slice (none: k > 65536
+                                 // or margins, whose tallies leave the generic pass few rows)
+  BufferId<std::uint16_t> cat16;  // margins x n: each record's category per margin (fill_margin_categories), ka < 65535
+  BufferId<std::int32_t> cat32;   // the same for larger ka
   BufferId<double> tmp;  // Aᵀη
   AccumulatorIds acc;
 };
@@ -89,7 +92,14 @@ inline ExactLayout exact_layout(const Context& ctx, const ConstraintSystem& sys,
   }
   CpuExactIds& c = l.cpu;
   c.At = declare_csr(l.decl, "At", A.cols, A.rows, A.nnz());
-  c.slot = l.decl.add<std::uint16_t>("At.slot", newton_slots_fit(A.rows) ? static_cast<std::size_t>(A.nnz()) : 0);
+  // Categorical margins: T's margin entries are weighted counts (tally_newton_margins) from each
+  // record's category per margin; the generic pass, then without slots, keeps the other rows.
+  const bool margins = sys.n_categorical > 0 && sys.margin_offsets.size() >= 2;
+  const std::size_t categories = margins ? (sys.margin_offsets.size() - 1) * n : 0;
+  const bool narrow = margin_categories_fit_16(l.ka);
+  c.cat16 = l.decl.add<std::uint16_t>("margin_categories16", narrow ? categories : 0);
+  c.cat32 = l.decl.add<std::int32_t>("margin_categories32", narrow ? 0 : categories);
+  c.slot = l.decl.add<std::uint16_t>("At.slot", !margins && newton_slots_fit(A.rows) ? static_cast<std::size_t>(A.nnz()) : 0);
   static_cast<ExactRecordIds&>(c) = declare_exact_records(l.decl, A.cols, l.ka, has_sigma2);
   c.tmp = l.decl.add<double>("At_eta", n);
   c.acc = declare_accumulator(l.decl, A.rows, ctx.distributed() ? &A : nullptr);
