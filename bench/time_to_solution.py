@@ -449,6 +449,9 @@ def main():
         repeats = 1 if large else args.repeats
         M = None
         for eps in epsilons:
+            # (key, name, desc, runner, runs) of this eps, summarised after the rounds; each runner
+            # binds its own name/kw (a default argument), since it is called after the loop moved on.
+            pending = []
             for name in methods:
                 key = "%d/%g/%s" % (n, eps, name)
                 if large and name not in large_methods:
@@ -474,7 +477,7 @@ def main():
                         pot_scale = float(M.mean())
                         M /= pot_scale
                         meta.setdefault("pot_cost_build_s", {})[str(n)] = time.perf_counter() - t0
-                    runner = lambda: run_pot(name, x, y, M, pot_scale, eps, args, args.pot_time_cap)  # noqa: E731
+                    runner = lambda name=name: run_pot(name, x, y, M, pot_scale, eps, args, args.pot_time_cap)  # noqa: E731
                     desc = name
                 else:
                     variant = otcal_variant(otcal, name, eps)
@@ -482,11 +485,16 @@ def main():
                         cells[key] = {"status": "unavailable", "reason": "this otcal build has no otcal.Momentum"}
                         continue
                     kw, desc = variant
-                    runner = lambda: run_otcal(otcal, x, y, eps, kw, args, cap)  # noqa: E731
-                runs = [runner()]
-                cheap = runs[0]["status"] == "converged" and runs[0]["time_s"] < args.repeat_below
-                while cheap and len(runs) < repeats:
-                    runs.append(runner())
+                    runner = lambda kw=kw: run_otcal(otcal, x, y, eps, kw, args, cap)  # noqa: E731
+                pending.append((key, name, desc, runner, [runner()]))
+            # Repeats go round-robin over the cheap cells of this eps (method A, B, ..., A, B, ...),
+            # so that a drift of the machine (clock, another process) is shared by every method
+            # instead of landing on whichever ran its repeats last.
+            cheap = [p for p in pending if p[4][0]["status"] == "converged" and p[4][0]["time_s"] < args.repeat_below]
+            for _ in range(1, repeats):
+                for p in cheap:
+                    p[4].append(p[3]())
+            for key, name, desc, runner, runs in pending:
                 for r in runs:
                     runs_out.append(dict(r, n=n, eps=eps, method=name, config=desc, load_average=list(os.getloadavg())))
                 cell = summarise(runs)
