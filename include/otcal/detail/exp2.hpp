@@ -82,8 +82,8 @@ OTCAL_HD OTCAL_EXP2_INLINE double exp2_nonpositive(double x) {
 // error) of degree 6 on [-0.5, 0.5] with p(0) = 1 exactly, coefficients rounded to float32:
 // approximation error 2.0e-9 (0.03 ulp), so the error is the rounding of the FMA chain: at most
 // 0.952 ulp against std::exp2 in long double over every float of [-126, 0] (checked once,
-// exhaustively, on AVX2 + FMA), tested below 1.5 ulp (tests/test_cpu_exp2.cpp). Results below 2^-126 are flushed to 0 (no subnormals), -inf gives
-// 0 and NaN gives NaN, as in float64.
+// exhaustively, on AVX2 + FMA), tested below 1.5 ulp (tests/test_cpu_exp2.cpp). Results below
+// 2^-126 are flushed to 0 (no subnormals), -inf gives 0 and NaN gives NaN, as in float64.
 OTCAL_HD OTCAL_EXP2_INLINE float exp2_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
   return ::exp2f(x);
