@@ -14,26 +14,13 @@
 #include "otcal/sinkhorn.hpp"
 #include "support/process.hpp"
 #include "support/reference.hpp"
+#include "support/sinkhorn_fixtures.hpp"
 
 namespace {
 
-otcal::Context quiet_cpu(std::size_t budget = std::size_t{256} << 20, int threads = 0) {
-  return otcal::Context::cpu({.memory_budget = budget, .threads = threads, .on_warning = [](const std::string&) {}});
-}
-
-otcal::PointCloud geometry(const ref::Clouds& c, const std::string& cost = "sqeuclidean",
-                           const std::string& scale = "mean") {
-  otcal::PointCloud g;
-  g.x = otcal::ConstMatrix::of(c.x.data(), c.n, c.d);
-  g.y = otcal::ConstMatrix::of(c.y.data(), c.m, c.d);
-  g.options.cost = otcal::Cost::parse(cost);
-  g.options.scale = otcal::ScaleCost::parse(scale);
-  return g;
-}
-
-bool bitwise_equal(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
-}
+using testsupport::bitwise_equal;
+using testsupport::geometry;
+using testsupport::quiet_cpu;
 
 struct Variant {
   std::string name;
