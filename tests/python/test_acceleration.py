@@ -81,8 +81,13 @@ def test_acceleration_matches_ott(rng, case, tau):
     mine_kw, ott_kw = CASES[case]
     ref = ott_solve(x, y, a, b, tau, **ott_kw)
     out = otcal_solve(x, y, a, b, tau, **mine_kw)
-    assert bool(ref.converged) and out.converged, case
-    assert abs(out.n_iters - int(ref.n_iters)) <= 10, f"{case}: {out.n_iters} vs OTT {int(ref.n_iters)} iterations"
+    # Some draws stall short of the threshold from the Gaussian start, in OTT and in otcal alike
+    # (seed 3457811571: the error stays at 1.27e-4 for 5000 iterations in both, while the zero
+    # start converges in 3660). What must hold is that otcal does what OTT does: the same
+    # outcome, the same iteration count when both converge, and the same potentials either way.
+    assert bool(ref.converged) == bool(out.converged), f"{case}: converged {out.converged}, OTT {bool(ref.converged)}"
+    if out.converged:
+        assert abs(out.n_iters - int(ref.n_iters)) <= 10, f"{case}: {out.n_iters} vs OTT {int(ref.n_iters)} iterations"
     assert_potentials_close(out, ref, case)
 
 
