@@ -15,6 +15,11 @@
 //    (grid.y), write (max, sum) partials into the tile state, and a second kernel merges them in
 //    part order. Both paths perform the same operations in the same order, so the result is
 //    bitwise independent of the path and of tile_rows (batch-size invariance on CUDA too).
+//    The squared Euclidean cost has two kernels of its own, with the same parts, paths and state:
+//    d <= 8 cuda/lse_fast.cuh (bias form, several rows per thread, no per-entry max), and in
+//    float32 for 8 < d <= 256 cuda/lse_tensor_core.cuh (the inner products on the tensor cores,
+//    3xTF32). Fused or split is lse_split's choice: fused once the blocks fill the device for
+//    several waves or when the split path would need more than kMaxSplitTiles tiles.
 //  * Scalar results (errors, mass, moments, flags) are reduced by fixed-shape grids (block
 //    count depends only on n) into per-block partials written straight into a small mapped pinned
 //    host buffer; the host merges them in block order after one stream synchronisation. Nothing
@@ -30,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -38,6 +44,9 @@
 #include "otcal/detail/cost_math.hpp"
 #include "otcal/detail/exp2.hpp"
 #include "otcal/detail/lse_math.hpp"
+#include "lse_fast.cuh"
+#include "lse_tensor_core.cuh"
+#include "otcal/detail/lse_fast_math.hpp"
 #include "row_engine.cuh"
 #include "row_formulas.cuh"
 #include "row_reductions.cuh"
@@ -52,6 +61,8 @@ using cuda_engine::kRowsPerBlock;
 
 constexpr index_t kMinChunksPerPart = 64;  // a part is >= 2048 columns, so a partial is worth its state
 constexpr index_t kMaxParts = 64;
+constexpr index_t kFusedWaves = 16;     // fused row LSE from 16 blocks per SM (about 2 full waves)
+constexpr index_t kMaxSplitTiles = 8;   // more tiles than this: fused (no per-tile launches)
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksMax = 256;  // fixed-shape scalar reductions: partials merged on the host
 constexpr int kElementThreads = 256;
@@ -323,6 +334,13 @@ struct DotTerm {
 };
 
 template <class T>
+struct FillOp {
+  T value;
+  T* out;
+  __device__ void operator()(index_t i) const { out[i] = value; }
+};
+
+template <class T>
 struct LogWeightsOp {
   const T* w;
   T* out;
@@ -499,12 +517,40 @@ class CudaBackend final : public Backend<T> {
   }
   unsigned value_flags(const T* v, index_t n) override { return reduce_flags(n, ValueFlags<T>{v}); }
 
+  // Fused (one launch; each block walks every part of its rows) or split (one part per block along
+  // grid.y, then the in-order merge: two launches per tile). Both give the same bits, so this is
+  // only speed: fused once its blocks fill the device for several waves (a partial last wave of
+  // long blocks idles SMs), or when the split path would need many small tiles (2 launches each).
+  bool lse_split(index_t n, index_t rows_per_block, index_t parts, index_t tile_rows) const {
+    if (parts == 1) return false;
+    const index_t blocks = (n + rows_per_block - 1) / rows_per_block;
+    const index_t tiles = (n + std::max<index_t>(tile_rows, 1) - 1) / std::max<index_t>(tile_rows, 1);
+    return blocks < kFusedWaves * static_cast<index_t>(sm_count_) && tiles <= kMaxSplitTiles;
+  }
+  static InvalidArgument missing_lse_state() {
+    return InvalidArgument("row_lse: the CUDA backend needs the tile state workspace (2 * tile_rows * "
+                           "lse_partials_per_row(m) doubles); declare it in the operation's workspace");
+  }
+
   // Public (not private) because extended launch helpers must be callable from dispatch lambdas.
   // Each pass is the row engine (row_engine.cuh) with a formula and a reduction.
   template <CostKind K>
   void launch_row_lse(const RowLseArgs<T>& a) {
     const index_t n = a.rows.n;
     if (n == 0) return;
+    if constexpr (K == CostKind::sqeuclidean) {
+      if (a.cols.d >= 1 && a.cols.d <= kLseFastMaxD) return launch_row_lse_fast(a);
+      if constexpr (std::is_same_v<T, float>) {
+        // d > 8: the inner products on the tensor cores (3xTF32), when the device has them.
+        const ColumnParts parts = lse_parts(a.cols.n);
+        const bool split = lse_split(n, cuda_engine::kTcRows, parts.parts, a.tile_rows);
+        if (split && a.state == nullptr) throw missing_lse_state();
+        if (cuda_engine::launch_lse_tensor_core(a, parts, split, stream())) {
+          OTCAL_CUDA_CHECK_LAUNCH("lse_tensor_core_kernel");
+          return;
+        }
+      }
+    }
     cuda_engine::RowLoop<T> L{};
     L.rows = a.rows;
     L.cols = a.cols;
@@ -514,10 +560,7 @@ class CudaBackend final : public Backend<T> {
     const cuda_engine::LseExponent<K, T> formula{static_cast<T>(kLog2e / a.eps),
                                                  static_cast<T>(kLog2e / a.eps * a.inv_scale)};
     cuda_engine::LseReduction<T> red{a.out, a.state, 0};
-    const index_t row_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-    // Enough rows to give every SM a few blocks, or nothing to split: one fused pass over all
-    // rows (tile_rows only sizes the state, which this path does not need).
-    if (L.parts.parts == 1 || row_blocks >= 2 * static_cast<index_t>(sm_count_)) {
+    if (!lse_split(n, kRowsPerBlock, L.parts.parts, a.tile_rows)) {
       L.split = false;
       L.first = 0;
       L.count = n;
@@ -525,9 +568,7 @@ class CudaBackend final : public Backend<T> {
       OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (lse)");
       return;
     }
-    if (a.state == nullptr)
-      throw InvalidArgument("row_lse: the CUDA backend needs the tile state workspace (2 * tile_rows * "
-                            "lse_partials_per_row(m) doubles); declare it in the operation's workspace");
+    if (a.state == nullptr) throw missing_lse_state();
     const index_t tile = std::max<index_t>(a.tile_rows, 1);
     L.split = true;
     red.state_stride = tile;
@@ -536,6 +577,46 @@ class CudaBackend final : public Backend<T> {
       L.count = std::min(tile, n - t0);
       cuda_engine::launch_rows<K>(L, formula, red, stream());
       OTCAL_CUDA_CHECK_LAUNCH("row_engine_kernel (lse, split)");
+      cuda_engine::lse_merge_parts_kernel<T>
+          <<<grid_for(L.count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(a.state, tile, L.parts.parts,
+                                                                                       t0, L.count, a.out);
+      OTCAL_CUDA_CHECK_LAUNCH("lse_merge_parts_kernel");
+    }
+  }
+
+  // The fast squared-Euclidean kernel (cuda/lse_fast.cuh), d = 1..8: the same parts, paths and
+  // state layout as the engine, so lse_merge_parts_kernel merges its split partials. Fused when
+  // its blocks (kLseFastBlockRows rows each) give every SM two, as for the engine.
+  void launch_row_lse_fast(const RowLseArgs<T>& a) {
+    const index_t n = a.rows.n;
+    cuda_lse_fast::LseFastArgs<T> L{};
+    L.rows = a.rows;
+    L.cols = a.cols;
+    L.col_values = a.col_potential;
+    L.scales = lse_fast_scales(a.eps, a.inv_scale);
+    L.parts = lse_parts(a.cols.n);
+    L.out = a.out;
+    if (a.cols.n == 0) {  // no columns: every row is -inf (the engine's empty state)
+      launch_for_each(n, FillOp<T>{-std::numeric_limits<T>::infinity(), a.out}, "row_lse (no columns)");
+      return;
+    }
+    if (!lse_split(n, cuda_lse_fast::kLseFastBlockRows, L.parts.parts, a.tile_rows)) {
+      L.first = 0;
+      L.count = n;
+      cuda_lse_fast::launch_lse_fast(L, stream());
+      OTCAL_CUDA_CHECK_LAUNCH("lse_fast_kernel");
+      return;
+    }
+    if (a.state == nullptr) throw missing_lse_state();
+    const index_t tile = std::max<index_t>(a.tile_rows, 1);
+    L.split = true;
+    L.state = a.state;
+    L.state_stride = tile;
+    for (index_t t0 = 0; t0 < n; t0 += tile) {
+      L.first = t0;
+      L.count = std::min(tile, n - t0);
+      cuda_lse_fast::launch_lse_fast(L, stream());
+      OTCAL_CUDA_CHECK_LAUNCH("lse_fast_kernel (split)");
       cuda_engine::lse_merge_parts_kernel<T>
           <<<grid_for(L.count, kRowsPerBlock, kMaxGridX), kRowsPerBlock, 0, stream()>>>(a.state, tile, L.parts.parts,
                                                                                        t0, L.count, a.out);

@@ -23,7 +23,9 @@
 //           chunks of 32. tol = 1e-12 (float64) and 1e-5 (float32): a sum of positive terms each
 //           off by a few ulp is off by a few ulp relative, i.e. the LSE by a few ulp absolute,
 //           plus the rounding of t - max against different maxima (|t| * ulp); the float32 bound
-//           leaves two orders of magnitude over FLT_EPSILON for 32-term float chunks.
+//           leaves two orders of magnitude over FLT_EPSILON for 32-term float chunks. The fast
+//           sqeuclidean kernel (d <= 8) rounds relative to the terms of its bias form, not to the
+//           result: its rows are compared to 2e-5 (float32) and 1e-12 (float64) of fast_lse_scale.
 //  [solve]  full solves. float64: 1e-9 relative (floor 1) on f, g, reg_ot_cost and the computed
 //           errors, the conformance tolerance of docs/sinkhorn.md §11.1; n_iters and converged
 //           equal. float32: the per-step [rel] differences accumulate over the iterations of a
@@ -34,11 +36,14 @@
 //           (a lost or doubled part) moves potentials by O(epsilon).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/backend.hpp"
@@ -74,6 +79,54 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
       continue;
     }
     EXPECT_NEAR(got[i], want[i], tol * std::max(1.0, std::fabs(want[i]))) << what << "[" << i << "]";
+  }
+}
+
+// The scale of the fast squared-Euclidean row LSE's error (cuda/lse_fast.cuh, d <= 8), per row:
+// the kernel forms t'_ij = h_j/eps - |v_j|^2/(eps s) + 2 u_i.v_j/(eps s) (natural-log units here)
+// with u = x_i - y_0, v = y_j - y_0, so its rounding is relative to the largest of those terms, not
+// to the result (include/otcal/detail/lse_fast_math.hpp; tests/test_lse_fast_math.cpp measures the
+// emulation against a float64 reference at < 0.2 of a bound of about 2 (d + 3) eps_T * scale).
+// scale_i = max(1, |want_i|, max|h|/eps + (2 |u_i| max|v| + max|v|^2) / (eps s)); x [n, d] and
+// y [m, d] row-major, the rows' and the columns' cloud.
+std::vector<double> fast_lse_scale(const std::vector<double>& x, index_t n, const std::vector<double>& y, index_t m,
+                                   index_t d, const std::vector<double>& h, double eps, double inv_scale,
+                                   const std::vector<double>& want) {
+  double vmax = 0, hmax = 0;
+  for (index_t j = 0; j < m; ++j) {
+    double v2 = 0;
+    for (index_t k = 0; k < d; ++k) v2 += (y[j * d + k] - y[k]) * (y[j * d + k] - y[k]);
+    vmax = std::max(vmax, std::sqrt(v2));
+    if (std::isfinite(h[static_cast<std::size_t>(j)])) hmax = std::max(hmax, std::fabs(h[static_cast<std::size_t>(j)]));
+  }
+  std::vector<double> scale(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) {
+    double u2 = 0;
+    for (index_t k = 0; k < d; ++k) u2 += (x[i * d + k] - y[k]) * (x[i * d + k] - y[k]);
+    const double terms = hmax / eps + (2 * std::sqrt(u2) * vmax + vmax * vmax) * inv_scale / eps;
+    scale[static_cast<std::size_t>(i)] = std::max({1.0, std::fabs(want[static_cast<std::size_t>(i)]), terms});
+  }
+  return scale;
+}
+
+// The fast path's tolerance: 2e-5 (float32) and 1e-12 (float64) of the scale above. The
+// emulation's bound is 2 (d + 3) eps_T * scale, 1.3e-6 * scale at d = 8 in float32; the device
+// exp2 (ex2.approx, 2^-22 relative) and the CPU reference's own float32 rounding (its exponent
+// |t| * eps_T, |t| <= scale) stay well inside 2e-5.
+template <class T>
+constexpr double fast_lse_tolerance() {
+  return std::is_same_v<T, double> ? 1e-12 : 2e-5;
+}
+
+void expect_close_scaled(const std::vector<double>& got, const std::vector<double>& want,
+                         const std::vector<double>& scale, double tol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(want[i])) {
+      EXPECT_EQ(got[i], want[i]) << what << "[" << i << "]";
+      continue;
+    }
+    EXPECT_NEAR(got[i], want[i], tol * scale[i]) << what << "[" << i << "]";
   }
 }
 
@@ -295,7 +348,15 @@ TYPED_TEST(CudaVsCpu, RowLseApplyAndMomentsEveryCost) {
           this->gpu.be->row_lse({rg.cloud, cg.cloud, cost, inv_scale, eps, swap ? fg.data() : hg.data(), og.data(),
                                  stg.data(), tile});
           const std::vector<double> got = this->gpu.get(og.data(), rows);
-          expect_close(got, this->cpu.get(oc.data(), rows), tolerance<T>(), "row_lse tile " + std::to_string(tile));
+          const std::vector<double> want = this->cpu.get(oc.data(), rows);
+          if (cost.kind == CostKind::sqeuclidean && d <= 8)  // the fast kernel: [rel] to its scale
+            expect_close_scaled(got, want,
+                                fast_lse_scale(swap ? c.y : c.x, rows, swap ? c.x : c.y, cc.cloud.n, d,
+                                               as_T_values(swap ? f : gpot, std::is_same_v<T, float>), eps, inv_scale,
+                                               want),
+                                fast_lse_tolerance<T>(), "row_lse tile " + std::to_string(tile));
+          else
+            expect_close(got, want, tolerance<T>(), "row_lse tile " + std::to_string(tile));
           if (first.empty()) first = got;
           else EXPECT_EQ(got, first) << "row_lse differs between tile sizes on CUDA, tile " << tile;
         }
@@ -335,9 +396,10 @@ TYPED_TEST(CudaVsCpu, RowLseApplyAndMomentsEveryCost) {
 
 // A wide other cloud (m > 2048) makes the CUDA backend cut the columns into parts. With few rows
 // the parts go to different blocks and are merged by a second kernel (split); with enough rows to
-// fill the device (>= 2 blocks of 128 rows per SM: 40009 rows are 313 blocks, enough for the
-// 132 SMs of an H100/H200) one block walks all parts (fused). Every row of both paths is compared
-// with the CPU [rel], and the paths with each other [exact], for two costs.
+// fill the device for several waves, or with more than 8 tiles (kMaxSplitTiles in
+// cuda_backend.cu), one block walks all parts (fused). Here the large cloud (40009 rows) is
+// passed with tiles of ceil(n/9) rows, which forces the fused path on any device. Every row of
+// both paths is compared with the CPU [rel], and the paths with each other [exact], for two costs.
 TYPED_TEST(CudaVsCpu, RowLseSplitColumnsMatchesFusedAndCpu) {
   using T = TypeParam;
   const std::uint64_t seed = fresh_seed();
@@ -363,6 +425,16 @@ TYPED_TEST(CudaVsCpu, RowLseSplitColumnsMatchesFusedAndCpu) {
     this->cpu.be->row_lse({xlc.cloud, yc.cloud, cost, 1.0, 0.25, hc.data(), olc.data(), stc.data(), n_large});
     const std::vector<double> want = this->cpu.get(olc.data(), n_large);
     const std::vector<double> want_small(want.begin(), want.begin() + n_small);
+    // sqeuclidean at d = 3 runs the fast kernel: [rel] to its scale; cosine the engine: [rel].
+    const bool fast = cost.kind == CostKind::sqeuclidean;
+    const std::vector<double> scale =
+        fast_lse_scale(c.x, n_large, c.y, m, d, as_T_values(h, std::is_same_v<T, float>), 0.25, 1.0, want);
+    const std::vector<double> scale_small(scale.begin(), scale.begin() + n_small);
+    const auto expect_rows_close = [&](const std::vector<double>& got, const std::vector<double>& w,
+                                       const std::vector<double>& sc, const std::string& what) {
+      if (fast) expect_close_scaled(got, w, sc, fast_lse_tolerance<T>(), what);
+      else expect_close(got, w, tolerance<T>(), what);
+    };
 
     // Split path: 257 rows are 3 blocks of 128, far below 2 per SM; tile sizes 1, 100 and all.
     std::vector<double> split;
@@ -370,17 +442,86 @@ TYPED_TEST(CudaVsCpu, RowLseSplitColumnsMatchesFusedAndCpu) {
       auto st = this->gpu.doubles(2 * tile * this->gpu.be->lse_partials_per_row(m));
       this->gpu.be->row_lse({xs.cloud, yg.cloud, cost, 1.0, 0.25, hg.data(), os.data(), st.data(), tile});
       const std::vector<double> got = this->gpu.get(os.data(), n_small);
-      expect_close(got, want_small, tolerance<T>(), "split row_lse tile " + std::to_string(tile));  // [rel]
+      expect_rows_close(got, want_small, scale_small, "split row_lse tile " + std::to_string(tile));  // [rel]
       if (split.empty()) split = got;
       else EXPECT_EQ(got, split) << "split row_lse differs between tile sizes, tile " << tile;  // [exact]
     }
 
-    // Fused path: every one of the 40009 rows against the CPU [rel]; the shared rows [exact].
-    this->gpu.be->row_lse({xl.cloud, yg.cloud, cost, 1.0, 0.25, hg.data(), ol.data(), stl.data(), n_large});
+    // Fused path (9 tiles): every one of the 40009 rows against the CPU [rel]; the shared rows [exact].
+    this->gpu.be->row_lse({xl.cloud, yg.cloud, cost, 1.0, 0.25, hg.data(), ol.data(), stl.data(), (n_large + 8) / 9});
     const std::vector<double> fused = this->gpu.get(ol.data(), n_large);
-    expect_close(fused, want, tolerance<T>(), "fused row_lse");
+    expect_rows_close(fused, want, scale, "fused row_lse");
     const std::vector<double> fused_small(fused.begin(), fused.begin() + n_small);
     EXPECT_EQ(fused_small, split) << "fused and split paths differ on the same rows";
+  }
+}
+
+// The fast squared-Euclidean row LSE (cuda/lse_fast.cuh, d = 1..8; d = 64 checks the engine
+// fallback next to it) against the CPU backend, on ragged sizes: one part (m = 131), parts on the
+// split path (m = 4099: 3 parts, 97 and 1000 rows), with -inf columns, tile sizes 1, 7 and all
+// [exact] across them (tiles 1 and 7 give more than 8 tiles, so they take the fused path, the
+// whole cloud as one tile the split path); then the fused path with parts (4099 rows in tiles of
+// ceil(n/9); m = 2111: 2 parts) [exact] against the split path on its first 300 rows. Every row
+// against the CPU, [rel] to the fast kernel's scale (fast_lse_scale); float32 at d = 64 runs the
+// tensor-core kernel (3xTF32, the same bias form, so the same scale), float64 the engine.
+TYPED_TEST(CudaVsCpu, RowLseFastSqeuclideanEveryPath) {
+  using T = TypeParam;
+  const bool is_float = std::is_same_v<T, float>;
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const CostParams cost{CostKind::sqeuclidean, 2.0};
+  const double eps = 0.3, inv_scale = 0.7;
+  for (const index_t d : {1, 3, 8, 64})
+    for (const auto& [n, m] : {std::pair<index_t, index_t>{257, 131}, {97, 4099}, {1000, 4099}}) {
+      SCOPED_TRACE("d " + std::to_string(d) + " n " + std::to_string(n) + " m " + std::to_string(m));
+      const ref::Clouds c = ref::random_clouds(n, m, d, seed + static_cast<std::uint64_t>(d * 7919 + n));
+      const std::vector<double> h = random_potentials(m, rng);
+      auto xc = this->cpu.cloud(c.x, n, d), xg = this->gpu.cloud(c.x, n, d);
+      auto yc = this->cpu.cloud(c.y, m, d), yg = this->gpu.cloud(c.y, m, d);
+      auto hc = this->cpu.put(h), hg = this->gpu.put(h);
+      auto oc = this->cpu.buffer(n), og = this->gpu.buffer(n);
+      auto stc = this->cpu.doubles(2 * n * this->cpu.be->lse_partials_per_row(m));
+      this->cpu.be->row_lse({xc.cloud, yc.cloud, cost, inv_scale, eps, hc.data(), oc.data(), stc.data(), n});
+      const std::vector<double> want = this->cpu.get(oc.data(), n);
+      const std::vector<double> scale = fast_lse_scale(c.x, n, c.y, m, d, as_T_values(h, is_float), eps, inv_scale, want);
+      std::vector<double> first;
+      for (const index_t tile : {index_t{1}, index_t{7}, n}) {
+        auto stg = this->gpu.doubles(2 * tile * this->gpu.be->lse_partials_per_row(m));
+        this->gpu.be->row_lse({xg.cloud, yg.cloud, cost, inv_scale, eps, hg.data(), og.data(), stg.data(), tile});
+        const std::vector<double> got = this->gpu.get(og.data(), n);
+        if (d <= 8 || is_float) expect_close_scaled(got, want, scale, fast_lse_tolerance<T>(), "tile " + std::to_string(tile));
+        else expect_close(got, want, tolerance<T>(), "tile " + std::to_string(tile));
+        if (first.empty()) first = got;
+        else EXPECT_EQ(got, first) << "row_lse differs between tile sizes on CUDA, tile " << tile;  // [exact]
+      }
+    }
+
+  // The fused path with parts, against the split path on the same rows and against the CPU.
+  const index_t n_fused = 4099, m = 2111, n_small = 300, fused_tile = (n_fused + 8) / 9;
+  ASSERT_GT(this->gpu.be->lse_partials_per_row(m), 1) << "m = 2111 should be split into parts";
+  for (const index_t d : {1, 3, 8}) {
+    SCOPED_TRACE("fused d " + std::to_string(d));
+    const ref::Clouds c = ref::random_clouds(n_fused, m, d, seed + static_cast<std::uint64_t>(d));
+    const std::vector<double> h = random_potentials(m, rng);
+    const std::vector<double> x_small(c.x.begin(), c.x.begin() + n_small * d);
+    auto xl = this->gpu.cloud(c.x, n_fused, d), xlc = this->cpu.cloud(c.x, n_fused, d);
+    auto xs = this->gpu.cloud(x_small, n_small, d);
+    auto yg = this->gpu.cloud(c.y, m, d), yc = this->cpu.cloud(c.y, m, d);
+    auto hg = this->gpu.put(h), hc = this->cpu.put(h);
+    auto olc = this->cpu.buffer(n_fused), ol = this->gpu.buffer(n_fused), os = this->gpu.buffer(n_small);
+    auto stc = this->cpu.doubles(2 * n_fused * this->cpu.be->lse_partials_per_row(m));
+    auto stl = this->gpu.doubles(2 * n_fused * this->gpu.be->lse_partials_per_row(m));
+    auto sts = this->gpu.doubles(2 * n_small * this->gpu.be->lse_partials_per_row(m));
+    this->cpu.be->row_lse({xlc.cloud, yc.cloud, cost, inv_scale, eps, hc.data(), olc.data(), stc.data(), n_fused});
+    this->gpu.be->row_lse({xl.cloud, yg.cloud, cost, inv_scale, eps, hg.data(), ol.data(), stl.data(), fused_tile});
+    this->gpu.be->row_lse({xs.cloud, yg.cloud, cost, inv_scale, eps, hg.data(), os.data(), sts.data(), n_small});
+    const std::vector<double> want = this->cpu.get(olc.data(), n_fused);
+    const std::vector<double> fused = this->gpu.get(ol.data(), n_fused);
+    expect_close_scaled(fused, want, fast_lse_scale(c.x, n_fused, c.y, m, d, as_T_values(h, is_float), eps, inv_scale, want),
+                        fast_lse_tolerance<T>(), "fused row_lse");
+    const std::vector<double> fused_small(fused.begin(), fused.begin() + n_small);
+    EXPECT_EQ(fused_small, this->gpu.get(os.data(), n_small)) << "fused and split paths differ on the same rows";
   }
 }
 
