@@ -7,18 +7,26 @@
 //    before anything is allocated; the passes take the allocated workspace and allocate nothing.
 //    No CUB or cuSPARSE call is made here, so there is no temp storage to size. Per Newton step
 //    or epoch only k-sized vectors (η, S, c) and, for Newton, the ka x ka matrix cross the bus.
-//  * S = A w: one warp per constraint row, lanes stride the row, a fixed shuffle tree reduces
-//    the 32 partials: deterministic (same result every run), not bitwise the CPU's granule order.
-//    The weight of a record is a functor, so the gradient calibrator's dropped-out, gated w'_i is
-//    recomputed from θ inside the SpMV (no batch buffer: results cannot depend on batch size).
+//  * S = A w in the CPU's order (RowAccumulator, kernels.hpp), bitwise: one thread per (row,
+//    granule of kReductionGranule records) sums its entries in ascending record order into a
+//    declared partials buffer (granule_slot_count(A) values, one per non-empty pair: millions of
+//    threads at 10^6-10^7 records), then one thread per row folds its partials in granule order
+//    from 0. Same products, same sums, same order as the CPU: the same S for every run and batch.
+//  * The gradient calibrator's dropped-out, gated w'_i is computed once per epoch into a declared
+//    n-vector by a per-record kernel and read by the SpMV and the gradient kernel (no batch
+//    buffer: results cannot depend on batch size; the same values as the CPU's w'_i formula).
 //  * Aᵀc and u = Aᵀη: one thread per record, the record's entries in ascending constraint order
 //    with __dmul_rn/__dadd_rn (no FMA contraction): the CPU transpose_apply's exact arithmetic.
-//  * T = A diag(v) Aᵀ over the active rows: one warp per active row a; records of row a in
-//    ascending order, lanes split the record's (distinct) columns b, __syncwarp between records:
-//    the CPU's accumulation order per entry, so T is deterministic and symmetric. O(Σ nnz_i²).
-//  * The Newton solve (Cholesky dropping dependent constraints, src/calibration/newton_solve.hpp)
-//    runs on the HOST (one ka² download per Newton step; it reads the lower triangle only);
-//    g, F', u and the finite check run on the device with the shared OTCAL_HD element math.
+//  * T = A diag(v) Aᵀ over the active rows: one warp per (active row a, block of T's columns
+//    b >= a), so ~ka x blocks/2 warps have work and a long row is split across blocks. Each entry
+//    adds its records in ascending order, term (A_ai v_i) A_bi, skipping A_ai v_i = 0: the CPU's
+//    accumulate_newton_matrix expression, so the upper triangle is bitwise the CPU's; it is then
+//    mirrored (T exactly symmetric). The block's sums live in shared memory; the lanes load 32
+//    records' (i, A_ai v_i, slice bounds) at once, so the walk over the row has no dependent load
+//    per record. O(Σ nnz_i² / 2).
+//  * The Newton solve runs on the device too (cuda/newton_device.cu, cuSOLVER on T in place; only
+//    b and Δ cross the bus); g, F', u and the finite check run on the device with the shared
+//    OTCAL_HD element math.
 //  * Gradient epochs: SpMV(w'), download S (k), host L(S) and c (the CPU code), upload c,
 //    gradient kernel (per record), Adam kernel(s). θ is initialised on the host (Philox, the CPU
 //    code) and uploaded once; the final weights come back once.
@@ -32,6 +40,7 @@
 #include <vector>
 
 #include "calibration/calib_backend.hpp"
+#include "calibration/kernels.hpp"
 #include "cuda_check.hpp"
 #include "otcal/detail/calib_math.hpp"
 #include "otcal/errors.hpp"
@@ -102,39 +111,91 @@ struct ProductWeight {  // d_i g_i, the CPU's v = d * g
   const double* b;
   __device__ __forceinline__ double operator()(std::int64_t i) const { return __dmul_rn(a[i], b[i]); }
 };
-struct DropoutWeight {  // w'_i of the gradient calibrator: dropout, then the training gate
-  const double* theta;
-  const double* log_alpha;  // null in the dense stage
-  std::uint64_t seed;
-  double rate, temperature;
-  std::uint32_t epoch, gate_step;
-  __device__ __forceinline__ double operator()(std::int64_t i) const {
-    double w = detail::dropout_weight(seed, rate, i, theta[i], epoch);
-    if (log_alpha) w *= detail::training_gate(seed, temperature, i, log_alpha[i], gate_step).z;
-    return w;
-  }
+
+// The device side of GranuleSlotIds.
+struct DevSlots {
+  const std::int64_t* row_offsets = nullptr;  // k + 1
+  const std::int64_t* entry_begin = nullptr;  // count + 1
+  double* partials = nullptr;                 // count
+  std::int64_t count = 0;
 };
 
-// S_r = Σ_p A_rp w(i_p), one warp per row, fixed lane partition and shuffle tree.
+// Per row, its (row, granule) pairs in granule order, each with its first entry of A; entries of
+// one pair are consecutive in A's row, so pair j holds [entry_begin[j], entry_begin[j + 1]). Fills
+// the declared buffers (through the host vectors, which the caller keeps until the upload is done).
+DevSlots upload_slots(cudaStream_t s, const detail::Workspace& ws, const GranuleSlotIds& ids, const CsrMatrix& A,
+                      std::vector<std::int64_t>& row_offsets, std::vector<std::int64_t>& entry_begin) {
+  row_offsets.assign(static_cast<std::size_t>(A.rows) + 1, 0);
+  entry_begin.clear();
+  for (index_t r = 0; r < A.rows; ++r) {
+    std::int64_t last = -1;
+    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
+      const std::int64_t g = A.index(p) / kReductionGranule;
+      if (g != last) entry_begin.push_back(p);
+      last = g;
+    }
+    row_offsets[static_cast<std::size_t>(r) + 1] = static_cast<std::int64_t>(entry_begin.size());
+  }
+  entry_begin.push_back(A.nnz());
+  const std::size_t count = entry_begin.size() - 1;
+  if (ws.count(ids.partials) != count || ws.count(ids.entry_begin) != count + 1 ||
+      ws.count(ids.row_offsets) != row_offsets.size())
+    throw InvalidArgument("calibration: the granule slots do not match the workspace they were declared with");
+  DevSlots d;
+  d.row_offsets = ws.get(ids.row_offsets);
+  d.entry_begin = ws.get(ids.entry_begin);
+  d.partials = ws.get(ids.partials);
+  d.count = static_cast<std::int64_t>(count);
+  upload(s, row_offsets.data(), ws.get(ids.row_offsets), row_offsets.size());
+  upload(s, entry_begin.data(), ws.get(ids.entry_begin), entry_begin.size());
+  return d;
+}
+
+GranuleSlotIds declare_slots(WorkspaceDecl& decl, const CsrMatrix& A) {
+  const auto count = static_cast<std::size_t>(granule_slot_count(A));
+  GranuleSlotIds ids;
+  ids.row_offsets = decl.add<std::int64_t>("S.slot_offsets", static_cast<std::size_t>(A.rows) + 1);
+  ids.entry_begin = decl.add<std::int64_t>("S.slot_entries", count + 1);
+  ids.partials = decl.add<double>("S.granule_partials", count);
+  return ids;
+}
+
+// One thread per (row, granule) pair: the RowAccumulator's partial, 0 + A_rp w_i + ... in
+// ascending record order, each product and sum rounded alone (its `part += A.values[p] * w[i]`).
 template <class W>
-__global__ void spmv_rows_kernel(DevCsr A, W weight, double* S) {
-  const std::int64_t lane = threadIdx.x & 31;
-  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < A.rows;
-       r += warps) {
+__global__ void granule_partials_kernel(DevCsr A, DevSlots sl, W weight) {
+  for (std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < sl.count;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    double part = 0;
+    const std::int64_t end = sl.entry_begin[j + 1];
+    for (std::int64_t p = sl.entry_begin[j]; p < end; ++p)
+      part = __dadd_rn(part, __dmul_rn(A.values[p], weight(A.index(p))));
+    sl.partials[j] = part;
+  }
+}
+
+// One thread per row: S_r = 0 + partial_0 + partial_1 + ... in granule order, the CPU's fold
+// (RowAccumulator's `s += part` per completed granule and `sum + partial` at the end; the empty
+// granules it adds are +0, which changes no sum). An empty row is 0.
+__global__ void fold_partials_kernel(DevSlots sl, double* S, index_t rows) {
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+       r += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     double s = 0;
-    for (std::int64_t p = A.indptr[r] + lane; p < A.indptr[r + 1]; p += 32)
-      s = __dadd_rn(s, __dmul_rn(A.values[p], weight(A.index(p))));
-    for (int off = 16; off > 0; off >>= 1) s = __dadd_rn(s, __shfl_down_sync(0xffffffffu, s, off));
-    if (lane == 0) S[r] = s;
+    const std::int64_t end = sl.row_offsets[r + 1];
+    for (std::int64_t j = sl.row_offsets[r]; j < end; ++j) s = __dadd_rn(s, sl.partials[j]);
+    S[r] = s;
   }
 }
 
 template <class W>
-void spmv(cudaStream_t s, const DevCsr& A, const W& weight, double* S) {
+void spmv(cudaStream_t s, const DevCsr& A, const DevSlots& sl, const W& weight, double* S) {
   if (A.rows == 0) return;
-  spmv_rows_kernel<<<grid_for(A.rows, kWarpsPerBlock), kThreads, 0, s>>>(A, weight, S);
-  OTCAL_CUDA_CHECK_LAUNCH("spmv_rows_kernel");
+  if (sl.count > 0) {
+    granule_partials_kernel<<<grid_for(sl.count), kThreads, 0, s>>>(A, sl, weight);
+    OTCAL_CUDA_CHECK_LAUNCH("granule_partials_kernel");
+  }
+  fold_partials_kernel<<<grid_for(A.rows), kThreads, 0, s>>>(sl, S, A.rows);
+  OTCAL_CUDA_CHECK_LAUNCH("fold_partials_kernel");
 }
 
 // (Aᵀc)_i with the CPU's arithmetic (ascending entries, no contraction).
@@ -169,23 +230,93 @@ __global__ void newton_weight_kernel(const double* d, const double* dF, const do
   }
 }
 
-__global__ void newton_matrix_kernel(DevCsr A, DevCsr At, const index_t* active_rows, const index_t* active_of,
-                                     const double* v, double* T, index_t ka) {
-  const std::int64_t lane = threadIdx.x & 31;
+// Column blocks of T per Newton-matrix pass: enough that about kNewtonWarps warps have work (each
+// (row a, block c >= a's block) is one warp; ~ka x blocks / 2 of them), at most one column each.
+// More blocks split a long row further but make every block re-read the row's records and the
+// start of their Aᵀ slices, so the target is about one device's resident warps (132 SMs x 64).
+// A block is at most kNewtonBlockColumns wide: the warp sums its piece of T's row in shared memory
+// (8 warps x 6 KiB per thread block), a few cycles per read-modify-write instead of a trip to L2.
+constexpr std::int64_t kNewtonWarps = 8192;
+constexpr index_t kNewtonBlockColumns = 768;
+struct NewtonBlocks {
+  index_t width = 1, count = 0;
+};
+NewtonBlocks newton_blocks(index_t ka) {
+  NewtonBlocks nb;
+  if (ka <= 0) return nb;
+  const std::int64_t want = std::clamp<std::int64_t>((2 * kNewtonWarps + ka - 1) / ka, 1, ka);
+  nb.width = std::min<index_t>(static_cast<index_t>((ka + want - 1) / want), kNewtonBlockColumns);
+  nb.count = (ka + nb.width - 1) / nb.width;
+  return nb;
+}
+
+// T[a][b] for b in [max(a, c w), (c + 1) w), one warp per (a, c). Per entry the CPU's sum: records
+// of row a ascending, 0 += (A_ai v_i) A_bi, skipped when A_ai v_i == 0, each entry owned by one
+// lane per record (a slice holds each row once) and __syncwarp between records; the block's sums
+// live in shared memory and are stored once, so every entry of the upper triangle is written.
+// Every 32 records the lanes load one record's A entry, v_i and Aᵀ slice bounds each, so the walk
+// has no chain of dependent loads per record. Within a slice (rows ascending, and active_of
+// ascending over active rows) the block is the rows [row(blo), row(bhi - 1)]; at most k - row(blo)
+// entries hold such rows, so the warp reads the slice 32 entries at a time from there (the CPU's
+// search start) and leaves once it has passed the block.
+__global__ void __launch_bounds__(kThreads)
+    newton_matrix_kernel(DevCsr A, DevCsr At, const index_t* active_rows, const index_t* active_of, const double* v,
+                         double* T, index_t ka, NewtonBlocks nb) {
+  __shared__ double sums[kWarpsPerBlock][kNewtonBlockColumns];
+  double* acc = sums[threadIdx.x / 32];
+  const int lane = static_cast<int>(threadIdx.x & 31);
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock;
-  for (std::int64_t a = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; a < ka; a += warps) {
-    double* Trow = T + a * ka;
+  const std::int64_t groups = static_cast<std::int64_t>(ka) * nb.count;
+  for (std::int64_t w = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < groups;
+       w += warps) {
+    const index_t a = static_cast<index_t>(w / nb.count), c = static_cast<index_t>(w % nb.count);
+    if ((c + 1) * static_cast<std::int64_t>(nb.width) <= a) continue;  // the block lies left of a: nothing
+    const index_t blo = std::max<index_t>(a, c * nb.width), bhi = std::min<index_t>(ka, (c + 1) * nb.width);
+    const std::int64_t rlo = active_rows[blo], rhi = active_rows[bhi - 1];
+    for (index_t b = lane; b < bhi - blo; b += 32) acc[b] = 0;
+    __syncwarp();
     const index_t r = active_rows[a];
-    for (std::int64_t p = A.indptr[r]; p < A.indptr[r + 1]; ++p) {
-      const std::int64_t i = A.index(p);
-      const double wi = __dmul_rn(A.values[p], v[i]);
-      if (wi == 0) continue;  // uniform across the warp
-      for (std::int64_t q = At.indptr[i] + lane; q < At.indptr[i + 1]; q += 32) {
-        const index_t b = active_of[At.index(q)];
-        if (b >= 0) Trow[b] = __dadd_rn(Trow[b], __dmul_rn(wi, At.values[q]));
+    const std::int64_t end = A.indptr[r + 1];
+    for (std::int64_t p0 = A.indptr[r]; p0 < end; p0 += 32) {
+      const std::int64_t p = p0 + lane;
+      double wl = 0;
+      std::int64_t ql = 0, qe = 0;
+      if (p < end) {
+        const std::int64_t i = A.index(p);
+        wl = __dmul_rn(A.values[p], v[i]);
+        qe = At.indptr[i + 1];
+        ql = std::max<std::int64_t>(At.indptr[i], qe - (At.cols - rlo));
       }
-      __syncwarp();  // the next record may add to the same entries from other lanes
+      const int records = static_cast<int>(std::min<std::int64_t>(32, end - p0));
+      for (int j = 0; j < records; ++j) {
+        const double wi = __shfl_sync(0xffffffffu, wl, j);
+        const std::int64_t q0 = __shfl_sync(0xffffffffu, ql, j), q1 = __shfl_sync(0xffffffffu, qe, j);
+        if (wi == 0) continue;  // uniform across the warp
+        for (std::int64_t base = q0; base < q1; base += 32) {
+          const std::int64_t q = base + lane;
+          const std::int64_t row = q < q1 ? At.index(q) : std::numeric_limits<std::int64_t>::max();
+          if (row >= rlo && row <= rhi) {
+            const index_t b = active_of[row];
+            if (b >= 0) acc[b - blo] = __dadd_rn(acc[b - blo], __dmul_rn(wi, At.values[q]));
+          }
+          if (__any_sync(0xffffffffu, row > rhi)) break;  // the rest of the slice is past the block
+        }
+        __syncwarp();  // the next record may add to the same entries from other lanes
+      }
     }
+    double* Trow = T + a * ka;
+    for (index_t b = lane; b < bhi - blo; b += 32) Trow[blo + b] = acc[b];
+    __syncwarp();  // the next group clears acc
+  }
+}
+
+// T[b][a] = T[a][b] for b > a: the lower triangle mirrors the computed upper one.
+__global__ void mirror_upper_kernel(double* T, index_t ka) {
+  const std::int64_t total = static_cast<std::int64_t>(ka) * ka;
+  for (std::int64_t e = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t row = e / ka, col = e % ka;
+    if (col < row) T[e] = T[col * ka + row];
   }
 }
 
@@ -206,7 +337,7 @@ class CudaExactPasses final : public ExactPasses {
         dF_(ws.get(ids.dF)), v_(ws.get(ids.v)), best_g_(ws.get(ids.best_g)),
         sigma2_(sigma2.empty() ? nullptr : ws.get(ids.sigma2)), T_(ws.get(ids.T)), S_(ws.get(ids.S)),
         eta_(ws.get(ids.eta)), active_rows_(ws.get(ids.active_rows)), active_of_(ws.get(ids.active_of)),
-        flag_(ws.get(ids.flag)) {
+        flag_(ws.get(ids.flag)), newton_(ctx.compute_stream(), ws, ids.newton) {
     if (ws.count(ids.T) != static_cast<std::size_t>(ka_) * static_cast<std::size_t>(ka_) ||
         (!sigma2.empty() && ws.count(ids.sigma2) != sigma2.size()))
       throw InvalidArgument("calibration: the exact passes do not match the workspace they were declared with");
@@ -216,6 +347,8 @@ class CudaExactPasses final : public ExactPasses {
     upload(s_, sigma2.data(), sigma2_, sigma2.size());
     upload(s_, active_rows.data(), active_rows_, active_rows.size());
     upload(s_, active_of.data(), active_of_, active_of.size());
+    std::vector<std::int64_t> slot_rows, slot_entries;
+    slots_ = upload_slots(s_, ws, ids.slots, A, slot_rows, slot_entries);
     OTCAL_CUDA_CHECK(cudaStreamSynchronize(s_));  // the host vectors above are pageable temporaries
   }
 
@@ -236,11 +369,11 @@ class CudaExactPasses final : public ExactPasses {
     return bad == 0;
   }
   void estimate_design(double* S) override {
-    spmv(s_, A_, ArrayWeight{d_}, S_);
+    spmv(s_, A_, slots_, ArrayWeight{d_}, S_);
     download(s_, S_, S, static_cast<std::size_t>(k_));
   }
   void estimate_weights(double* S) override {
-    spmv(s_, A_, ProductWeight{d_, g_}, S_);
+    spmv(s_, A_, slots_, ProductWeight{d_, g_}, S_);
     download(s_, S_, S, static_cast<std::size_t>(k_));
   }
   void newton_matrix(double* T) override {
@@ -250,11 +383,16 @@ class CudaExactPasses final : public ExactPasses {
       OTCAL_CUDA_CHECK_LAUNCH("newton_weight_kernel");
     }
     const std::size_t t_count = static_cast<std::size_t>(ka_) * static_cast<std::size_t>(ka_);
-    zero(s_, T_, t_count);
-    newton_matrix_kernel<<<grid_for(ka_, kWarpsPerBlock), kThreads, 0, s_>>>(A_, At_, active_rows_, active_of_, v_, T_,
-                                                                            ka_);
+    const NewtonBlocks nb = newton_blocks(ka_);
+    newton_matrix_kernel<<<grid_for(static_cast<std::int64_t>(ka_) * nb.count, kWarpsPerBlock), kThreads, 0, s_>>>(
+        A_, At_, active_rows_, active_of_, v_, T_, ka_, nb);
     OTCAL_CUDA_CHECK_LAUNCH("newton_matrix_kernel");
-    download(s_, T_, T, t_count);
+    mirror_upper_kernel<<<grid_for(static_cast<std::int64_t>(t_count)), kThreads, 0, s_>>>(T_, ka_);
+    OTCAL_CUDA_CHECK_LAUNCH("mirror_upper_kernel");
+    if (T) download(s_, T_, T, t_count);  // null: T stays on the device for newton_solve
+  }
+  void newton_solve(const double* b, double* delta) override {
+    newton_.solve(T_, b, delta, [this] { newton_matrix(nullptr); });
   }
   void keep_best() override { copy(best_g_, g_); }
   void restore_best() override { copy(g_, best_g_); }
@@ -270,16 +408,32 @@ class CudaExactPasses final : public ExactPasses {
   index_t n_, k_, ka_;
   detail::DistanceMath dist_;
   DevCsr A_, At_;
+  DevSlots slots_;
   double *d_, *u_, *g_, *dF_, *v_, *best_g_, *sigma2_, *T_, *S_, *eta_;
   index_t *active_rows_, *active_of_;
   unsigned* flag_;
+  DeviceNewtonSolve newton_;
 };
 
 // ---- gradient calibrator kernels ---------------------------------------------------------------
+// w'_i of the epoch for every record, the CPU pass 1's formula: the dropout weight, then (L0
+// stage, log_alpha not null) times the training gate's z. Read by the SpMV and the gradient kernel.
+__global__ void dropout_weights_kernel(const double* theta, const double* log_alpha, std::uint64_t seed, double rate,
+                                       double temperature, std::uint32_t epoch, std::uint32_t gate_step,
+                                       double* w_prime, index_t n) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    double w = detail::dropout_weight(seed, rate, i, theta[i], epoch);
+    if (log_alpha) w *= detail::training_gate(seed, temperature, i, log_alpha[i], gate_step).z;
+    w_prime[i] = w;
+  }
+}
+
 struct GradientKernelArgs {
   DevCsr At;
   const double* c;
   const double* theta;
+  const double* w_prime;    // the epoch's w'_i (dense stage: the dropout weight itself)
   const double* log_alpha;  // null: dense stage
   double* grad_theta;
   double* grad_alpha;
@@ -288,18 +442,20 @@ struct GradientKernelArgs {
   std::uint32_t epoch, gate_step;
 };
 
-// The CPU pass 2, per record.
+// The CPU pass 2, per record. Dense stage: w' is the dropout weight, read. L0 stage: the gate's
+// dz and the bare dropout weight are needed too, so both are drawn again here, once per record
+// (w' = we z, the same product as grad_theta's we * z * ac, so grad_theta reads it).
 __global__ void gradient_kernel(GradientKernelArgs a) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.At.rows;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const double ac = transpose_dot(a.At, a.c, i);
-    const double we = detail::dropout_weight(a.seed, a.rate, i, a.theta[i], a.epoch);
     if (!a.log_alpha) {
-      a.grad_theta[i] = we * ac;
+      a.grad_theta[i] = __dmul_rn(a.w_prime[i], ac);
     } else {
+      const double we = detail::dropout_weight(a.seed, a.rate, i, a.theta[i], a.epoch);
       const double la = a.log_alpha[i];
       const detail::HardConcreteGate gt = detail::training_gate(a.seed, a.temperature, i, la, a.gate_step);
-      a.grad_theta[i] = we * gt.z * ac;
+      a.grad_theta[i] = __dmul_rn(a.w_prime[i], ac);
       if (fabs(la) > detail::kLogAlphaClamp) {
         a.grad_alpha[i] = 0;
       } else {
@@ -343,6 +499,8 @@ CudaExactIds declare_cuda_exact_workspace(WorkspaceDecl& decl, const CsrMatrix& 
   ids.active_rows = decl.add<index_t>("active_rows", kas);
   ids.active_of = decl.add<index_t>("active_of", k);
   ids.flag = decl.add<unsigned>("nonfinite_flag", 1);
+  ids.slots = declare_slots(decl, A);
+  ids.newton = declare_newton_device(decl, ka);
   return ids;
 }
 
@@ -363,6 +521,8 @@ CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMa
   static_cast<GradientStateIds&>(ids) = declare_gradient_state(decl, A.cols, l0);
   ids.S = decl.add<double>("S", k);
   ids.c = decl.add<double>("c", k);
+  ids.slots = declare_slots(decl, A);
+  ids.w_prime = decl.add<double>("w_prime", static_cast<std::size_t>(A.cols));
   return ids;
 }
 
@@ -378,6 +538,9 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const detail::Workspace&
   GradientDeviceRun out;
   out.loss = std::numeric_limits<double>::quiet_NaN();
   const DevCsr dA = upload_csr(s, ws, ids.A, A), dAt = upload_csr(s, ws, ids.At, At);
+  std::vector<std::int64_t> slot_rows, slot_entries;  // kept until the stream has read them (below)
+  const DevSlots slots = upload_slots(s, ws, ids.slots, A, slot_rows, slot_entries);
+  double* w_prime = ws.get(ids.w_prime);
   double* theta = ws.get(ids.theta);
   double* m = ws.get(ids.m);
   double* v = ws.get(ids.v);
@@ -388,7 +551,7 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const detail::Workspace&
   if (initial_estimate) {  // quirk 4: S0 = A w0, with θ's buffer holding w0 until θ is set below
     initial_estimate->assign(kk, 0.0);
     upload(s, w0.data(), theta, nn);
-    spmv(s, dA, ArrayWeight{theta}, S_dev);
+    spmv(s, dA, slots, ArrayWeight{theta}, S_dev);
     download(s, S_dev, initial_estimate->data(), kk);
   }
   // θ on the host exactly as the CPU (Philox noise, floor), uploaded once.
@@ -402,13 +565,18 @@ GradientDeviceRun run_gradient_cuda(const Context& ctx, const detail::Workspace&
   const double lambda = o.l0_lambda / (o.l0_penalty_per_record ? static_cast<double>(std::max<index_t>(n, 1)) : 1.0);
   // One loss-and-gradient evaluation; returns L(S), S on the host.
   auto evaluate = [&](const double* log_alpha, std::uint32_t epoch, std::uint32_t gate_step, double* grad_alpha) {
-    spmv(s, dA, DropoutWeight{theta, log_alpha, o.seed, o.dropout_rate, o.temperature, epoch, gate_step}, S_dev);
+    if (n > 0) {
+      dropout_weights_kernel<<<grid_for(n), kThreads, 0, s>>>(theta, log_alpha, o.seed, o.dropout_rate, o.temperature,
+                                                             epoch, gate_step, w_prime, n);
+      OTCAL_CUDA_CHECK_LAUNCH("dropout_weights_kernel");
+    }
+    spmv(s, dA, slots, ArrayWeight{w_prime}, S_dev);
     download(s, S_dev, S.data(), kk);
     const double loss = loss_fn(S.data(), c.data());
     upload(s, c.data(), c_dev, kk);
     if (n > 0) {
-      GradientKernelArgs a{dAt,   c_dev,          theta,         log_alpha, grad,  grad_alpha,
-                           o.seed, o.dropout_rate, o.temperature, lambda,    epoch, gate_step};
+      GradientKernelArgs a{dAt,    c_dev,          theta,         w_prime, log_alpha, grad,     grad_alpha,
+                           o.seed, o.dropout_rate, o.temperature, lambda,  epoch,     gate_step};
       gradient_kernel<<<grid_for(n), kThreads, 0, s>>>(a);
       OTCAL_CUDA_CHECK_LAUNCH("gradient_kernel");
     }

@@ -4,21 +4,26 @@
 // vs Context::cpu() to 1e-9; the gradient calibrator (with dropout, and with L0 gates) for batch
 // sizes 1, 7 and n to 1e-6 relative in float64; peak device workspace <= planned <= budget; the
 // device plan is the declared workspace (src/calibration/workspace_layouts.hpp), refused one byte
-// below the minimum it names, and run at exactly that minimum.
+// below the minimum it names, and run at exactly that minimum. The device passes themselves: S = A w
+// bitwise the CPU's RowAccumulator and the Newton matrix's upper triangle bitwise the CPU's
+// accumulate_newton_matrix (mirrored, so exactly symmetric), on ragged random systems; the
+// gradient calibrator's weights after a few epochs with dropout to 1e-12.
 // Label gpu: the binary exits 77 (skipped) where no CUDA device works (tests/support/test_main.cpp).
 //
 // What "equal" means across backends: the same float64 formulas, but the device exp/log may differ
-// from glibc's in the last ulp and S = A w is reduced per warp on the device (granules on the
-// CPU), so results agree to rounding, amplified by the Newton iterations / Adam epochs.
+// from glibc's in the last ulp (S = A w and T are bitwise the CPU's for the same w and v), so
+// results agree to rounding, amplified by the Newton iterations / Adam epochs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "calibration/kernels.hpp"
 #include "calibration/workspace_layouts.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
@@ -262,6 +267,157 @@ TEST(GpuCalibration, LastDropoutDrawWithoutDropoutIsThePostStepWeights) {
   const auto post_step = otcal::calibrate_gradient(gctx, v.cpu_sys, o);
   o.final_weights_last_dropout_draw = true;
   EXPECT_EQ(otcal::calibrate_gradient(gctx, v.cpu_sys, o).weights, post_step.weights);
+}
+
+// ---- the device passes against the CPU's, bit for bit ------------------------------------------
+
+// A k x n constraint matrix with ragged rows: empty rows, rows with one entry, one dense row and
+// sparse rows of varied density; values ±[0.25, 4) and exact 1s (indicator-like rows), so the
+// sums round and their order shows.
+otcal::CsrMatrix random_csr(std::mt19937_64& rng, index_t k, index_t n, double density) {
+  otcal::CsrMatrix A;
+  A.rows = k;
+  A.cols = n;
+  A.indptr.push_back(0);
+  std::uniform_real_distribution<double> U(0, 1);
+  for (index_t r = 0; r < k; ++r) {
+    const int kind = static_cast<int>(r % 11);
+    const bool indicator = r % 3 == 0;
+    auto push = [&](index_t i) {
+      A.indices32.push_back(static_cast<std::int32_t>(i));
+      A.values.push_back(indicator ? 1.0 : (U(rng) < 0.5 ? -1 : 1) * std::exp2(4 * U(rng) - 2));
+    };
+    if (kind == 1) {
+      push(static_cast<index_t>(U(rng) * static_cast<double>(n)) % n);
+    } else if (kind != 0) {
+      const double p = r == 2 ? 0.6 : std::min(1.0, density * (0.2 + 1.8 * U(rng)));
+      std::geometric_distribution<index_t> skip(p);
+      for (index_t i = skip(rng); i < n; i += 1 + skip(rng)) push(i);
+    }
+    A.indptr.push_back(static_cast<std::int64_t>(A.values.size()));
+  }
+  return A;
+}
+
+// The CPU backend's S = A w: its RowAccumulator over all records in one batch.
+std::vector<double> cpu_estimate(const otcal::CsrMatrix& A, const std::vector<double>& w) {
+  otcal::Context cpu = otcal::Context::cpu(quiet());
+  otcal::WorkspaceDecl decl;
+  decl.operation = "test cpu S";
+  const otcal::calib::AccumulatorIds ids = otcal::calib::declare_accumulator(decl, A.rows);
+  otcal::detail::Workspace ws(cpu.workspace(), decl, std::max<index_t>(A.cols, 1));
+  otcal::calib::RowAccumulator acc(otcal::calib::csr_view(A), ws, ids);
+  acc.add_batch(0, A.cols, w.data());
+  std::vector<double> S(static_cast<std::size_t>(A.rows));
+  acc.finish(S.data());
+  return S;
+}
+
+// S = A d, S = A (d g) and T from the CUDA exact passes (linear distance, unbounded: F' = 1, so
+// v = d / σ² exactly) against the CPU's passes on the same d, g and v.
+void expect_device_passes_bitwise(const otcal::CsrMatrix& A, std::uint64_t seed) {
+  std::mt19937_64 rng(seed ^ 0x5eed);
+  std::uniform_real_distribution<double> U(0, 1);
+  const index_t n = A.cols, k = A.rows;
+  std::vector<double> design(static_cast<std::size_t>(n)), sigma2(static_cast<std::size_t>(n)),
+      eta(static_cast<std::size_t>(k), 0.0);
+  for (double& d : design) d = (U(rng) < 0.1 ? -1 : 1) * std::exp(3 * U(rng));
+  for (double& x : sigma2) x = 0.5 + 2 * U(rng);
+  std::vector<index_t> active_rows, active_of(static_cast<std::size_t>(k), -1);
+  for (index_t r = 0; r < k; ++r)
+    if (otcal::calib::row_is_active(A, r)) {
+      active_of[static_cast<std::size_t>(r)] = static_cast<index_t>(active_rows.size());
+      active_rows.push_back(r);
+      eta[static_cast<std::size_t>(r)] = 0.2 * (U(rng) - 0.5);
+    }
+  const index_t ka = static_cast<index_t>(active_rows.size());
+  const otcal::CsrMatrix At = otcal::transpose(A);
+
+  otcal::Context ctx = otcal::Context::cuda(0, quiet(std::size_t{2} << 30));
+  otcal::WorkspaceDecl decl;
+  decl.operation = "test device passes";
+  const otcal::calib::CudaExactIds ids = otcal::calib::declare_cuda_exact_workspace(decl, A, ka, true);
+  const otcal::TilePlan plan = otcal::calib::plan_calibration(decl, ctx, n);
+  otcal::detail::Workspace ws(ctx.workspace(), decl, plan.rows, ctx.compute_stream());
+  otcal::detail::DistanceMath dist;
+  dist.calfun = otcal::detail::CalFunCode::linear;
+  dist.L = -INFINITY;
+  dist.U = INFINITY;
+  const std::unique_ptr<otcal::calib::ExactPasses> passes =
+      otcal::calib::make_cuda_exact_passes(ctx, ws, ids, A, At, active_rows, design, sigma2, dist);
+
+  std::vector<double> S(static_cast<std::size_t>(k), -1.0);
+  passes->estimate_design(S.data());
+  EXPECT_EQ(S, cpu_estimate(A, design)) << "S = A d";
+  for (index_t r = 0; r < k; ++r)
+    if (!otcal::calib::row_is_active(A, r)) EXPECT_EQ(S[static_cast<std::size_t>(r)], 0.0) << "empty row " << r;
+
+  ASSERT_TRUE(passes->recompute(eta.data()));
+  std::vector<double> g(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n));
+  passes->download_g(g.data());
+  for (index_t i = 0; i < n; ++i) v[i] = design[i] * g[i];  // the CPU's v = d * g
+  std::fill(S.begin(), S.end(), -1.0);
+  passes->estimate_weights(S.data());
+  EXPECT_EQ(S, cpu_estimate(A, v)) << "S = A (d g)";
+
+  if (ka == 0) return;
+  const std::size_t t_count = static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka);
+  std::vector<double> T(t_count, -1.0), T_cpu(t_count, 0.0);
+  passes->newton_matrix(T.data());
+  for (index_t i = 0; i < n; ++i) v[i] = design[i] * 1.0 / sigma2[i];  // the CPU's d F' / σ², F' = 1
+  otcal::calib::accumulate_newton_matrix(otcal::calib::csr_view(A), otcal::calib::csr_view(At), active_rows,
+                                         active_of, v.data(), T_cpu.data());
+  std::size_t upper_diff = 0, asymmetric = 0;
+  for (index_t a = 0; a < ka; ++a)
+    for (index_t b = a; b < ka; ++b) {
+      upper_diff += T[a * ka + b] != T_cpu[a * ka + b];
+      asymmetric += T[b * ka + a] != T[a * ka + b];
+    }
+  EXPECT_EQ(upper_diff, 0u) << "entries of T's upper triangle that differ from the CPU's, of " << ka * (ka + 1) / 2;
+  EXPECT_EQ(asymmetric, 0u) << "entries of T that differ from their mirror";
+}
+
+TEST(GpuCalibration, DevicePassesEqualCpuBitwiseOnRaggedSystems) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  struct Shape {
+    index_t k, n;
+    double density;
+  };
+  // n not a multiple of the 256-record granule; few long rows, many short ones, a tiny system
+  for (const Shape sh : {Shape{10, 200000, 0.3}, Shape{2000, 50000, 0.01}, Shape{23, 1000 + 37, 0.05},
+                         Shape{5, 255, 0.5}}) {
+    SCOPED_TRACE(std::to_string(sh.k) + " rows x " + std::to_string(sh.n) + " records");
+    const otcal::CsrMatrix A = random_csr(rng, sh.k, sh.n, sh.density);
+    ASSERT_GT(A.nnz(), 0);
+    expect_device_passes_bitwise(A, seed + static_cast<std::uint64_t>(sh.k));
+  }
+  SCOPED_TRACE("a survey's constraint system (categorical margins, continuous totals)");
+  expect_device_passes_bitwise(survey(3001, seed).cpu_sys.A, seed);
+}
+
+// With S bitwise the CPU's, only the device exp/log (a last-ulp difference in w' and Adam) can
+// separate the two backends over a few epochs.
+TEST(GpuCalibration, GradientWeightsAfterFewEpochsWithDropoutMatchCpuClosely) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Survey v = survey(2777, seed);
+  for (bool l0 : {false, true}) {
+    SCOPED_TRACE(l0 ? "l0" : "dense");
+    otcal::GradientOptions o;
+    o.epochs = 4;
+    o.learning_rate = 0.02;
+    o.dropout_rate = 0.3;
+    o.seed = seed;
+    o.regularize_with_l0 = l0;
+    const auto cpu = otcal::calibrate_gradient(otcal::Context::cpu(quiet()), v.cpu_sys, o);
+    const auto gpu = otcal::calibrate_gradient(otcal::Context::cuda(0, quiet()), v.cpu_sys, o);
+    EXPECT_LE(max_rel_diff(gpu.weights, cpu.weights), 1e-12);
+    ASSERT_EQ(gpu.history.size(), cpu.history.size());
+    for (std::size_t h = 0; h < cpu.history.size(); ++h)
+      EXPECT_LE(max_rel_diff(gpu.history[h].estimates, cpu.history[h].estimates), 1e-12) << "history row " << h;
+  }
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 // On CUDA the constraint CSR A (k x n) and its transpose Aᵀ are uploaded once into the budgeted
 // device workspace (the builder itself runs on the host, O(nnz) counting sort, and the result is
 // uploaded once); every per-record array (d, u, g, F', σ², θ, Adam moments, gates) lives on the
-// device. Only k-sized vectors (S, η, c), the ka x ka Newton matrix and scalars cross the bus.
+// device. Only k-sized vectors (S, η, c, the Newton step's b and Δ) and scalars cross the bus: the
+// ka x ka Newton matrix is built and solved on the device (newton_device.hpp).
 //
 // Every device buffer is declared into the operation's WorkspaceDecl (declare_cuda_*) before it
 // is planned, and the passes take the allocated detail::Workspace: they allocate nothing.
@@ -20,10 +21,12 @@
 #include <string>
 #include <vector>
 
+#include "calibration/newton_device.hpp"
 #include "core/workspace.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/detail/calib_math.hpp"
 #include "otcal/detail/philox.hpp"
+#include "otcal/errors.hpp"
 
 namespace otcal::calib {
 
@@ -50,6 +53,14 @@ inline CsrIds declare_csr(WorkspaceDecl& d, const std::string& name, index_t row
   return c;
 }
 
+// The CUDA S = A w in the CPU's granule order (cuda/calibration.cu): per row, where its granule
+// partials start (k + 1), each partial's first entry of A (one per non-empty (row, granule) pair,
+// plus the end: granule_slot_count(A) + 1) and the partials themselves.
+struct GranuleSlotIds {
+  BufferId<std::int64_t> row_offsets, entry_begin;
+  BufferId<double> partials;
+};
+
 // A constraint row takes part in the Newton system when some record has a non-zero coefficient
 // in it (docs/calibration.md §4.3); the others are dropped (or refused when their target is not 0).
 inline bool row_is_active(const CsrMatrix& A, index_t r) { return A.indptr[r + 1] > A.indptr[r]; }
@@ -72,7 +83,8 @@ inline index_t initial_log_weights(const std::vector<double>& w0, std::uint64_t 
 }
 
 // Per-record passes of the exact calibrator's Newton iteration. η is length k (all rows; dropped
-// rows stay 0); S is length k; T is ka x ka over the active rows, row-major, on the host.
+// rows stay 0); S is length k; T is ka x ka over the active rows, row-major, on the host (CPU) or
+// left on the device (CUDA: newton_matrix(nullptr), then newton_solve).
 class ExactPasses {
  public:
   virtual ~ExactPasses() = default;
@@ -84,6 +96,13 @@ class ExactPasses {
   virtual void keep_best() = 0;                     // best_g = g
   virtual void restore_best() = 0;                  // g = best_g
   virtual void download_g(double* g) = 0;           // n values to the host
+  // Δ (ka) for T Δ = b (ka) on the T just built and kept by the passes (CUDA: cuSOLVER on the
+  // device, newton_device.hpp); the CPU passes hand T to the host solve instead.
+  virtual void newton_solve(const double* b, double* delta) {
+    (void)b;
+    (void)delta;
+    throw InvalidArgument("calibration: these passes keep the Newton matrix on the host; solve it there");
+  }
 };
 
 // The per-record arrays of the exact Newton iteration, declared alike on both backends: d, u, g,
@@ -106,13 +125,15 @@ inline ExactRecordIds declare_exact_records(WorkspaceDecl& decl, index_t n_recor
 }
 
 // Device workspace of the CUDA exact passes: both CSRs, 6 per-record float64 arrays (d, u, g, F',
-// v, best g) and σ² when given, T (ka²), S and η (k), the active-row maps and the non-finite flag.
-// The host keeps its own ka² copy of T for Eigen (host memory, not the device budget).
+// v, best g) and σ² when given, T (ka²), S and η (k), the active-row maps, the non-finite flag and
+// the device Newton solve's buffers (cuSOLVER workspace, ka-vectors). T never goes to the host.
 struct CudaExactIds : ExactRecordIds {
   CsrIds A, At;
   BufferId<double> S, eta;
   BufferId<index_t> active_rows, active_of;
   BufferId<unsigned> flag;
+  GranuleSlotIds slots;
+  NewtonDeviceIds newton;
 };
 CudaExactIds declare_cuda_exact_workspace(WorkspaceDecl& decl, const CsrMatrix& A, index_t ka, bool has_sigma2);
 // `sigma2` is empty (all 1) or n values; `design` n values. Uploads everything once into `ws`.
@@ -125,8 +146,8 @@ std::unique_ptr<ExactPasses> make_cuda_exact_passes(const Context& ctx, const de
 
 // The gradient calibrator's epochs on the device. The host supplies the loss: given S (length k,
 // downloaded once per evaluation) it returns L and fills c = ∂L/∂S (length k, uploaded). Results
-// do not depend on the batch size on the device at all: w' is recomputed from θ inside the SpMV
-// and the gradient kernels, so no batch buffer exists.
+// do not depend on the batch size on the device at all: w' is computed from θ for all n records
+// once per evaluation (an n-vector), so no batch buffer exists.
 struct GradientDeviceRun {
   std::vector<double> weights;
   std::vector<HistoryRow> history;
@@ -155,11 +176,14 @@ inline GradientStateIds declare_gradient_state(WorkspaceDecl& decl, index_t n_re
   return ids;
 }
 
-// Device workspace of the gradient epochs: both CSRs, θ, Adam m and v, the gradient (n each; four
-// more for the L0 gates), S and c (k). No per-row (batch) buffer.
+// Device workspace of the gradient epochs: both CSRs, θ, Adam m and v, the gradient and the
+// epoch's w' (n each; four more for the L0 gates), S and c (k), the SpMV's granule slots. No
+// per-row (batch) buffer.
 struct CudaGradientIds : GradientStateIds {
   CsrIds A, At;
   BufferId<double> S, c;
+  GranuleSlotIds slots;
+  BufferId<double> w_prime;  // the epoch's w'_i (n)
 };
 CudaGradientIds declare_cuda_gradient_workspace(WorkspaceDecl& decl, const CsrMatrix& A, bool l0);
 // `logged(S)` turns S into the history row's estimates (quirk 4). `floored_warning` is called

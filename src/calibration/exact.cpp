@@ -333,16 +333,13 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
                               std::to_string(rl.offset + i) + "; it must be positive and finite");
   });
 
-  // T lives in the workspace on the CPU; on CUDA the device builds it and the host copy is plain
-  // host memory (one ka² download per Newton step, then the host factorization).
+  // T lives in the workspace on the CPU; on CUDA it stays in the device workspace (T_data null:
+  // newton_matrix does not download it) and the passes solve it there (newton_device.hpp).
   std::unique_ptr<calib::ExactPasses> passes;
-  std::vector<double> T_host;
   double* T_data = nullptr;
   if (layout.on_device) {
     passes = calib::make_cuda_exact_passes(ctx, ws, layout.device, A, At_host, active_rows, sys.design_weights,
                                            sigma2_host, dist);
-    T_host.resize(static_cast<std::size_t>(ka) * static_cast<std::size_t>(ka));
-    T_data = T_host.data();
   } else {
     passes = std::make_unique<CpuExactPasses>(ws, layout.cpu, A, At, active_rows, active_of, sys.design_weights,
                                               sigma2, dist, fold_comm, sys.margin_offsets);
@@ -393,6 +390,11 @@ CalibrationResult calibrate_exact(const Context& ctx, const ConstraintSystem& sy
   // Δ for T Δ = b (T just built): factor in place dropping dependent constraints; when that cannot
   // stand for pinv (non-finite pivot, or inconsistent dropped rows) rebuild T and take pinv's step.
   auto newton_step = [&](const Eigen::VectorXd& b) -> Eigen::VectorXd {
+    if (layout.on_device) {  // the same step on the device: potrf, or pinv for a singular T
+      Eigen::VectorXd delta(ka);
+      passes->newton_solve(b.data(), delta.data());
+      return delta;
+    }
     const calib::NewtonFactor f = calib::factor_dropping_dependent(Tm);
     if (f.ok) {
       calib::NewtonSolve s = calib::solve_with_factor(Tm, f, b, allowance);

@@ -9,8 +9,8 @@
 // ConstraintSystem), the results (plain vectors, like every operation's outputs) and O(k) host
 // vectors (S, η, c) that are the same on both backends. The Newton matrix is factored in T's own
 // (budgeted) storage (the Cholesky factor, or the fallback eigensolve), so no other ka² matrix
-// exists on the CPU; on CUDA the host copy of T is host memory outside the device budget
-// (docs/calibration.md §4.7).
+// exists on the CPU; on CUDA T is built and solved in the device workspace (cuSOLVER's scratch
+// declared there too) and never copied to the host (docs/calibration.md §4.7).
 #include <algorithm>
 #include <cstdint>
 #include <string>
