@@ -145,6 +145,9 @@ struct ApplyReduction {
 // PlanEntry, stored as T). A thread owns a row, so writing its values directly would scatter each
 // warp store over 32 rows; the chunk is transposed through shared memory instead and each warp
 // stores whole row segments (coalesced). Every thread calls fold (it synchronises the block).
+// The chunk's costs go to the tile first and each value replaces its cost there, a few at a time:
+// the 32 float64 entry formulas unrolled at once (32 results live until the tile writes) made
+// ptxas spill 104 bytes in the float32 sqeuclidean plan kernel. Same formula, same bits.
 template <class T>
 struct EmitReduction {
   T* out;        // [count, m]
@@ -163,9 +166,12 @@ struct EmitReduction {
                                        index_t j0, int jn, T (&cost)[kChunk], const ChunkShared<T>& sh) const {
     __shared__ T tile[kRowsPerBlock][kChunk + 1];  // +1: the per-thread row writes hit distinct banks
     if (row.active) {
+      T* mine = tile[threadIdx.x];
 #pragma unroll
-      for (int jj = 0; jj < kChunk; ++jj)
-        tile[threadIdx.x][jj] = static_cast<T>(formula.value(terms, row, cost[jj], jj, sh));
+      for (int jj = 0; jj < kChunk; ++jj) mine[jj] = cost[jj];
+      // Every slot, padding included (as before; never stored): a fixed trip count, no remainder loop.
+#pragma unroll 8
+      for (int jj = 0; jj < kChunk; ++jj) mine[jj] = static_cast<T>(formula.value(terms, row, mine[jj], jj, sh));
     }
     __syncthreads();
     const int lane = threadIdx.x % kChunk, warp = threadIdx.x / kChunk;

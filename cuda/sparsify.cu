@@ -9,8 +9,13 @@
 //    inv_scale) / eps) in float64, stored in T, exactly the CPU formula (device exp may differ
 //    from glibc's in the last ulp). The chunk is transposed through shared memory so the stores
 //    of the dense block stay coalesced.
+//  * Dense source (a caller's host matrix): chunks of whole rows written by the CPU backend's own
+//    row copy into two pinned buffers in turn and uploaded on the copy stream while the host fills
+//    the next; events order the uploads after the compute stream's readers of the block and the
+//    compute stream after the last upload (CudaDenseSource).
 //  * row_max: one CTA per row, max (exact, so bitwise equal given equal entries) and the kBlock*
-//    flags by warp vote (__reduce_or_sync) and one atomicOr per warp.
+//    flags by warp vote (__reduce_or_sync) and one atomicOr per warp; a NaN row's max is NaN by a
+//    block vote (__syncthreads_or) in the same pass.
 //  * key_histogram: entries swept by a grid-stride loop; lanes holding the same bin are grouped
 //    by __match_any_sync and one leader adds the group size to the uint64 counter (warp-aggregated
 //    global atomics: 65 536 bins do not fit a per-CTA shared-memory copy). Integer counts, so the
@@ -19,10 +24,12 @@
 //    counts), then per piece cub::DeviceScan::ExclusiveSum of the counts gives each row's offset
 //    in the staging buffer and one CTA per row writes its kept entries with a cub::BlockScan over
 //    tiles of columns, so columns stay ascending.
-//  * mass: per-row totals in float64 summed sequentially in column order (the CPU order), then
+//  * mass: per-row totals in float64 summed sequentially in column order (the CPU order: a lane
+//    per row, the rows of a warp loaded as coalesced 32 x 32 tiles through shared memory), then
 //    cub::DeviceSegmentedRadixSort::SortPairsDescending of (value, column) per row — stable, so
 //    ties stay in ascending column order as in the CPU comparator — a per-row sequential float64
-//    prefix walk to the cut, and a second segmented sort of the kept prefixes by column.
+//    prefix walk to the cut (a warp per row over coalesced 32-entry segments, the values added in
+//    order by shuffle broadcast), and a second segmented sort of the kept prefixes by column.
 //  * Streaming (§7.2, the FAISS paged-copy pattern): two device staging buffers and two pinned
 //    host buffers of `cap` entries. Piece p goes to slot p % 2: the compute stream waits for the
 //    copy that last read staging[slot] (event copied[slot]); compaction runs on the compute
@@ -123,13 +130,38 @@ class CudaCloudSource final : public PlanBlockSource<T> {
   const T* g_;
 };
 
-// Rows of a caller's host matrix: converted to T on the host and copied (the ids of a sampled
-// sweep live on the device, so the host keeps its own copy of them via upload_ids).
+// Rows of a caller's host matrix (docs/sparsify.md §7.2). The host side is the CPU backend's own
+// dense source (OpenMP over rows), so the block holds exactly the CPU's values; it writes chunks of
+// whole rows into two pinned buffers in turn, and each chunk is copied to the block on the copy
+// stream while the host fills the next. The host waits only for the copy that last read the
+// pinned buffer it is about to refill; the compute stream is never synchronised here: the copies
+// wait for its earlier readers of the block (event block_free) and it waits for the last copy
+// (copies are in order on the copy stream, so the last event covers them all). The ids of a
+// sampled sweep live on the device, so the host keeps its own copy of them via upload_ids.
 template <class T>
 class CudaDenseSource final : public PlanBlockSource<T> {
  public:
-  CudaDenseSource(cudaStream_t s, const ConstMatrix& h, const std::vector<index_t>* host_ids)
-      : s_(s), h_(h), host_ids_(host_ids) {}
+  // `chunk_rows` rows of m entries per pinned buffer; the buffers are taken from the pinned budget
+  // by the backend (dense_source), which checks it first.
+  CudaDenseSource(cudaStream_t compute, cudaStream_t copy, const ConstMatrix& h,
+                  const std::vector<index_t>* host_ids, index_t chunk_rows, Buffer<T> pinned0, Buffer<T> pinned1)
+      : compute_(compute), copy_(copy), h_(h), host_ids_(host_ids), chunk_rows_(std::max<index_t>(chunk_rows, 1)),
+        host_rows_(make_cpu_sparsify_backend<T>()->dense_source(h)) {
+    pinned_[0] = std::move(pinned0);
+    pinned_[1] = std::move(pinned1);
+    OTCAL_CUDA_CHECK(cudaEventCreateWithFlags(&block_free_, cudaEventDisableTiming));
+    for (cudaEvent_t& e : copied_) OTCAL_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  ~CudaDenseSource() override {
+    // A copy may still read a pinned buffer when an operation unwinds.
+    for (cudaEvent_t e : copied_) (void)cudaEventSynchronize(e);
+    (void)cudaEventDestroy(block_free_);
+    for (cudaEvent_t e : copied_) (void)cudaEventDestroy(e);
+    (void)cudaGetLastError();
+  }
+  CudaDenseSource(const CudaDenseSource&) = delete;
+  CudaDenseSource& operator=(const CudaDenseSource&) = delete;
+
   index_t rows() const override { return h_.rows; }
   index_t cols() const override { return h_.cols; }
   void build(index_t r0, index_t count, const index_t* ids, T* out) override {
@@ -142,29 +174,33 @@ class CudaDenseSource final : public PlanBlockSource<T> {
         throw DeviceError("internal: dense CUDA source swept by row ids that were not uploaded through upload_ids");
       hid = host_ids_->data() + (ids - host_base_);
     }
-    staged_.resize(static_cast<std::size_t>(count * m));
-    for (index_t r = 0; r < count; ++r) {
-      const index_t i = hid ? hid[r] : r0 + r;
-      T* row = staged_.data() + r * m;
-      if (h_.dtype == DType::float32) {
-        const float* src = static_cast<const float*>(h_.data) + i * m;
-        for (index_t j = 0; j < m; ++j) row[j] = static_cast<T>(src[j]);
-      } else {
-        const double* src = static_cast<const double*>(h_.data) + i * m;
-        for (index_t j = 0; j < m; ++j) row[j] = static_cast<T>(src[j]);
-      }
+    OTCAL_CUDA_CHECK(cudaEventRecord(block_free_, compute_));
+    OTCAL_CUDA_CHECK(cudaStreamWaitEvent(copy_, block_free_, 0));
+    int s = next_;
+    for (index_t a = 0; a < count; a += chunk_rows_) {
+      const index_t rows = std::min(chunk_rows_, count - a);
+      OTCAL_CUDA_CHECK(cudaEventSynchronize(copied_[s]));  // pinned[s] is free once its last copy is done
+      host_rows_->build(r0 + a, rows, hid != nullptr ? hid + a : nullptr, pinned_[s].data());
+      OTCAL_CUDA_CHECK(cudaMemcpyAsync(out + a * m, pinned_[s].data(),
+                                       static_cast<std::size_t>(rows * m) * sizeof(T), cudaMemcpyHostToDevice, copy_));
+      OTCAL_CUDA_CHECK(cudaEventRecord(copied_[s], copy_));
+      s = 1 - s;
     }
-    OTCAL_CUDA_CHECK(cudaMemcpyAsync(out, staged_.data(), staged_.size() * sizeof(T), cudaMemcpyHostToDevice, s_));
-    OTCAL_CUDA_CHECK(cudaStreamSynchronize(s_));  // staged_ is reused by the next call
+    next_ = s;
+    OTCAL_CUDA_CHECK(cudaStreamWaitEvent(compute_, copied_[1 - s], 0));
   }
   void set_device_ids(const index_t* base) { host_base_ = base; }
 
  private:
-  cudaStream_t s_;
+  cudaStream_t compute_, copy_;
   ConstMatrix h_;
   const std::vector<index_t>* host_ids_;
   const index_t* host_base_ = nullptr;
-  std::vector<T> staged_;
+  index_t chunk_rows_;
+  std::unique_ptr<PlanBlockSource<T>> host_rows_;  // the CPU's conversion, into pinned memory
+  Buffer<T> pinned_[2];
+  cudaEvent_t block_free_{}, copied_[2]{};
+  int next_ = 0;
 };
 
 // ---- per-row reductions ------------------------------------------------------------------------
@@ -193,24 +229,12 @@ __global__ void __launch_bounds__(kThreads) row_max_kernel(const T* block, index
     // Flags: warp vote, one atomic per warp that saw a bad value.
     const unsigned wf = __reduce_or_sync(0xffffffffu, f);
     if ((threadIdx.x & 31) == 0 && wf != 0) atomicOr(flags, wf);
-    // NaN never wins a comparison, so a NaN row's max is fixed up by row_nan_kernel (CPU: NaN).
+    // NaN never wins a comparison, so a NaN row's max is NaN by the row's own vote (the CPU's
+    // convention), in this pass: no second walk of the row.
+    const bool nan_row = __syncthreads_or(f & kBlockNaN) != 0;
     const T bm = Reduce(tmp).Reduce(mx, [](T a, T b) { return b > a ? b : a; });
-    if (threadIdx.x == 0) out_max[r] = bm;
+    if (threadIdx.x == 0) out_max[r] = nan_row ? std::numeric_limits<T>::quiet_NaN() : bm;
     __syncthreads();  // tmp is reused by the next row
-  }
-}
-
-// NaN rows: out_max = NaN (the CPU convention). Separate so the hot kernel stays simple.
-template <class T>
-__global__ void row_nan_kernel(const T* block, index_t rows, index_t m, T* out_max) {
-  for (index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
-       r += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const T* row = block + r * m;
-    for (index_t j = 0; j < m; ++j)
-      if (row[j] != row[j]) {
-        out_max[r] = std::numeric_limits<T>::quiet_NaN();
-        break;
-      }
   }
 }
 
@@ -297,14 +321,38 @@ __global__ void __launch_bounds__(kThreads) compact_kernel(const T* block, index
 
 // ---- mass ----------------------------------------------------------------------------------------
 
+// Row totals in float64, each summed sequentially in column order: the CPU's order, so the same
+// bits. The sum is one dependent chain per row whatever the layout, so the lanes are spent on rows
+// and the loads are made coalesced by a transpose: a warp owns kTotalRows = 32 rows, loads a
+// 32 x 32 tile of them one row segment per load (consecutive columns across the lanes) into shared
+// memory, and each lane then folds its own row's 32 values in order. (A warp per row would fold
+// with one lane, or all 32 redundantly: 32 times the instructions for the same chain.)
+constexpr int kTotalRows = 32;
+constexpr int kTotalWarps = 4;  // 4 warps x 32 x 33 doubles = 33 KiB of shared memory
 template <class T>
-__global__ void row_total_kernel(const T* block, index_t rows, index_t m, double* tot) {
-  for (index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
-       r += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const T* row = block + r * m;
+__global__ void __launch_bounds__(kTotalWarps * 32) row_total_kernel(const T* block, index_t rows, index_t m,
+                                                                    double* tot) {
+  __shared__ T tiles[kTotalWarps][kTotalRows][32 + 1];  // +1: the column reads hit distinct banks
+  const int lane = threadIdx.x & 31;
+  T(&tile)[kTotalRows][32 + 1] = tiles[threadIdx.x >> 5];
+  const index_t stride = static_cast<index_t>(gridDim.x) * kTotalWarps * kTotalRows;
+  for (index_t r0 = (static_cast<index_t>(blockIdx.x) * kTotalWarps + (threadIdx.x >> 5)) * kTotalRows; r0 < rows;
+       r0 += stride) {
+    const int nr = static_cast<int>(min(static_cast<index_t>(kTotalRows), rows - r0));
+    const T* first = block + r0 * m;
     double t = 0;
-    for (index_t j = 0; j < m; ++j) t += static_cast<double>(row[j]);  // the CPU's order
-    tot[r] = t;
+    for (index_t j0 = 0; j0 < m; j0 += 32) {
+      const int jn = static_cast<int>(min(index_t{32}, m - j0));
+      if (lane < jn) {
+#pragma unroll 8
+        for (int rr = 0; rr < nr; ++rr) tile[rr][lane] = first[rr * m + j0 + lane];
+      }
+      __syncwarp();
+      if (lane < nr)
+        for (int jj = 0; jj < jn; ++jj) t += static_cast<double>(tile[lane][jj]);  // the CPU's order
+      __syncwarp();  // the tile is rewritten by the next segment
+    }
+    if (lane < nr) tot[r0 + lane] = t;
   }
 }
 
@@ -324,29 +372,47 @@ __global__ void segments_kernel(index_t rows, index_t m, const std::int64_t* len
   }
 }
 
-// The cut of docs/sparsify.md §4.4 on the descending sorted row (the CPU's mass_impl, same float64 sequence).
+// The cut of docs/sparsify.md §4.4 on the descending sorted row (the CPU's mass_impl, same float64
+// sequence). A warp per row: the lanes load a 32-entry segment of the sorted row (coalesced); the
+// positive entries are a prefix of it (descending), counted by one ballot; the running sum is the
+// CPU's sequential one, each value broadcast by a shuffle, and every lane computes the same sums,
+// so the branches stay uniform. The walk stops at the segment that holds the cut: the kept prefix
+// of a plan-like row is short.
+constexpr int kCutWarps = kThreads / 32;
 template <class T>
-__global__ void mass_cut_kernel(const T* sorted, index_t rows, index_t m, const T* row_max, const double* tot,
-                                double value, index_t max_k, std::int64_t* counts) {
-  for (index_t r = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
-       r += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    counts[r] = 0;
-    if (!has_mass(row_max, r) || !(tot[r] > 0)) continue;
-    const T* v = sorted + r * m;
-    const index_t cap = min(max_k > 0 ? max_k : m, m);
-    index_t k = 0;
-    if (value >= 1) {
-      while (k < cap && v[k] > T(0)) ++k;
-    } else {
+__global__ void __launch_bounds__(kThreads) mass_cut_kernel(const T* sorted, index_t rows, index_t m,
+                                                           const T* row_max, const double* tot, double value,
+                                                           index_t max_k, std::int64_t* counts) {
+  const int lane = threadIdx.x & 31;
+  const index_t stride = static_cast<index_t>(gridDim.x) * kCutWarps;
+  for (index_t r = static_cast<index_t>(blockIdx.x) * kCutWarps + (threadIdx.x >> 5); r < rows; r += stride) {
+    index_t k = 0;  // the same on every lane
+    if (has_mass(row_max, r) && tot[r] > 0) {
+      const T* v = sorted + r * m;
+      const index_t cap = min(max_k > 0 ? max_k : m, m);
       const double target = value * tot[r];
       double cum = 0;
-      while (k < cap && v[k] > T(0)) {
-        cum += static_cast<double>(v[k]);
-        ++k;
-        if (!(cum < target)) break;
+      for (index_t k0 = 0; k0 < cap; k0 += 32) {
+        const int kn = static_cast<int>(min(index_t{32}, cap - k0));
+        const T x = lane < kn ? v[k0 + lane] : T(0);
+        const int npos = __popc(__ballot_sync(0xffffffffu, x > T(0)));
+        int q = npos;
+        bool done = npos < kn;  // a non-positive entry (or the cap) ends the walk
+        if (value < 1) {        // else target = +inf: every positive entry up to the cap
+          for (q = 0; q < npos;) {
+            cum += static_cast<double>(__shfl_sync(0xffffffffu, x, q));
+            ++q;
+            if (!(cum < target)) {  // the crossing entry is kept
+              done = true;
+              break;
+            }
+          }
+        }
+        k = k0 + q;
+        if (done) break;
       }
     }
-    counts[r] = k;
+    if (lane == 0) counts[r] = k;
   }
 }
 
@@ -424,8 +490,19 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
                                                         const CostParams& cost) override {
     return std::make_unique<CudaCloudSource<T>>(stream(), rows, cols, cost, false, 1.0, 1.0, nullptr, nullptr);
   }
+  // Called after bind_workspace: the two pinned buffers of the dense source are taken here, from
+  // the pinned budget next to the output's (checked first), before anything runs.
   std::unique_ptr<PlanBlockSource<T>> dense_source(const ConstMatrix& host) override {
-    auto src = std::make_unique<CudaDenseSource<T>>(stream(), host, &host_ids_);
+    require_bound("dense_source");
+    const index_t m = std::max<index_t>(host.cols, 1);
+    const index_t chunk_rows = std::clamp<index_t>(static_cast<index_t>(cap_ / m), 1, std::max<index_t>(host.rows, 1));
+    const auto entries = static_cast<std::size_t>(chunk_rows) * static_cast<std::size_t>(m);
+    check_pinned(2 * align_up(entries * sizeof(T)), "the two pinned buffers of the dense plan's rows (2 x " +
+                                                        std::to_string(entries) + " entries)");
+    Buffer<T> p0(ctx_.pinned_host(), entries, ctx_.copy_stream());
+    Buffer<T> p1(ctx_.pinned_host(), entries, ctx_.copy_stream());
+    auto src = std::make_unique<CudaDenseSource<T>>(stream(), copy_stream(), host, &host_ids_, chunk_rows,
+                                                    std::move(p0), std::move(p1));
     dense_ = src.get();
     return src;
   }
@@ -439,10 +516,6 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     unsigned host_flags = 0;
     OTCAL_CUDA_CHECK(cudaMemcpyAsync(&host_flags, flags_, sizeof host_flags, cudaMemcpyDeviceToHost, stream()));
     sync();
-    if (host_flags & kBlockNaN) {
-      row_nan_kernel<T><<<grid_for(rows), kThreads, 0, stream()>>>(block, rows, m, out_max);
-      OTCAL_CUDA_CHECK_LAUNCH("row_nan_kernel");
-    }
     return host_flags;
   }
 
@@ -658,17 +731,19 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
 
   // The pinned budget is its own LimitingAdaptor (docs/host-layer.md §2.3, §4): checked at plan
   // time like the device budget, so a too-large staging_entries fails before anything runs.
-  void check_pinned_budget(const std::string& operation) const {
+  void check_pinned_budget(const std::string& operation) {
+    operation_ = operation.empty() ? std::string("sparsify") : operation;
+    check_pinned(2 * align_up(pinned_slot_bytes()),
+                 "the two pinned staging buffers (2 x " + std::to_string(cap_) + " entries)");
+  }
+  void check_pinned(std::size_t need, const std::string& what) const {
     const auto* lim = dynamic_cast<const LimitingAdaptor*>(&ctx_.pinned_host());
     if (lim == nullptr) return;
-    const std::size_t need = 2 * align_up(pinned_slot_bytes());
     const std::size_t live = lim->allocated_bytes();
     if (live + need > lim->limit())
-      throw BudgetTooSmall((operation.empty() ? std::string("sparsify") : operation) + ": the two pinned staging "
-                               "buffers need " + format_bytes(need) + " (2 x " + std::to_string(cap_) +
-                               " entries) but the pinned budget is " + format_bytes(lim->limit()) + " with " +
-                               format_bytes(live) + " in use; raise ContextOptions::pinned_budget or lower "
-                               "staging_entries",
+      throw BudgetTooSmall(operation_ + ": " + what + " need " + format_bytes(need) + " but the pinned budget is " +
+                               format_bytes(lim->limit()) + " with " + format_bytes(live) +
+                               " in use; raise ContextOptions::pinned_budget or lower staging_entries",
                            live + need);
   }
 
@@ -794,7 +869,8 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
     require_rows(rows, "mass_select");
     const auto items = static_cast<std::size_t>(rows) * static_cast<std::size_t>(m);
     // Totals first: the sort below reorders the block in place.
-    row_total_kernel<T><<<grid_for(rows), kThreads, 0, stream()>>>(block, rows, m, tot_);
+    row_total_kernel<T><<<grid_for(rows, kTotalWarps * kTotalRows), kTotalWarps * 32, 0, stream()>>>(block, rows,
+                                                                                                     m, tot_);
     OTCAL_CUDA_CHECK_LAUNCH("row_total_kernel");
     iota_kernel<I><<<grid_for(static_cast<std::int64_t>(items)), kThreads, 0, stream()>>>(order, rows, m);
     OTCAL_CUDA_CHECK_LAUNCH("iota_kernel");
@@ -815,8 +891,8 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
         return sort_pairs(true, temp, bytes, keys, vals, n_items, n_segments, seg_begin_, seg_end_,
                           8 * static_cast<int>(sizeof(T)));
       });
-      mass_cut_kernel<T><<<grid_for(gn), kThreads, 0, stream()>>>(keys.Current(), gn, m, row_max + g0, tot_ + g0,
-                                                                  value, max_k, counts + g0);
+      mass_cut_kernel<T><<<grid_for(gn, kCutWarps), kThreads, 0, stream()>>>(keys.Current(), gn, m, row_max + g0,
+                                                                             tot_ + g0, value, max_k, counts + g0);
       OTCAL_CUDA_CHECK_LAUNCH("mass_cut_kernel");
       // Pass 2: the kept prefix of each row by column, ascending (the CSR order).
       segments_kernel<<<grid_for(gn), kThreads, 0, stream()>>>(gn, m, counts + g0, seg_begin_, seg_end_);
@@ -844,6 +920,7 @@ class CudaSparsifyBackend final : public SparsifyBackend<T> {
 
   Context ctx_;  // owning: the backend lives for one operation, outside the context
   std::int64_t cap_request_ = 0;
+  std::string operation_ = "sparsify";  // the operation named in budget messages
   // Fixed by declare_workspace.
   DeviceLayout<T> layout_;
   bool declared_ = false;

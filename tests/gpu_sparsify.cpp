@@ -2,7 +2,11 @@
 // against dense float64 references in the cpu suite): every mode on Context::cuda(0) vs
 // Context::cpu(), for the point-cloud source (potentials of a small Sinkhorn solve) and the dense
 // source, batch sizes 1, 7 and n; the streamed output through small staging buffers (pieces of
-// whole rows) and through a sink equals the one-piece output; the memory contract on CUDA.
+// whole rows) and through a sink equals the one-piece output; the memory contract on CUDA. Dense
+// plans shaped for the warp-level kernels (ragged m, more rows than a 32-row tile, order-sensitive
+// float64 sums, rows all below the cut, NaN rows) in float32 and float64, uploaded through pinned
+// chunks of one row and of the default size: bitwise the CPU's output; the dense upload's pinned
+// buffers are charged to the pinned budget.
 // Label gpu: the binary exits 77 (skipped) where no CUDA device works (tests/support/test_main.cpp).
 //
 // What "equal" means across backends: the entry formula is the same float64 expression and its
@@ -22,6 +26,7 @@
 #include <vector>
 
 #include "otcal/errors.hpp"
+#include "otcal/memory.hpp"
 #include "otcal/sinkhorn.hpp"
 #include "otcal/sparsify.hpp"
 #include "support/reference.hpp"
@@ -208,6 +213,127 @@ TEST(GpuSparsify, DenseSourceEveryModeMatchesCpu) {
       expect_bitwise(otcal::sparsify(gpu, plan, o), want,
                      std::string("dense ") + otcal::sparsify_mode_name(base.mode) + " bs " + std::to_string(bs));
     }
+  }
+}
+
+// A dense plan shaped for the warp-level kernels of cuda/sparsify.cu (row totals through 32 x 32
+// tiles, the mass cut a warp per row over 32-entry segments): more rows than one tile, magnitudes
+// over 8 decades per row (float64 sums that depend on their order), a row all below the threshold,
+// a massless row, a row of ties, a row whose only positive entry is its last column (the ragged
+// segment), a half-zero row.
+template <class V>
+std::vector<V> ragged_plan(std::int64_t n, std::int64_t m, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  std::vector<V> t(static_cast<std::size_t>(n * m));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double scale = i == 1 ? 1e-9 : std::pow(10.0, -3.0 * U(rng));  // row 1: all below 1e-4
+    for (std::int64_t j = 0; j < m; ++j) {
+      double v = scale * std::pow(10.0, -8.0 * U(rng));
+      if (i == 2) v = 0.25;
+      if (i == 3 || (i == 4 && j != m - 1) || (i == 6 && U(rng) < 0.5)) v = 0.0;
+      t[static_cast<std::size_t>(i * m + j)] = static_cast<V>(v);
+    }
+  }
+  return t;
+}
+
+std::vector<SparsifyOptions> cut_modes(std::int64_t n) {
+  std::vector<SparsifyOptions> out = every_mode(n);
+  SparsifyOptions o;
+  o.mode = SparsifyMode::mass;
+  for (const double v : {0.5, 0.9, 0.999999}) {
+    o.value = v;
+    o.max_k.reset();
+    out.push_back(o);
+    o.max_k = 40;  // a cap past the first 32-entry segment
+    out.push_back(o);
+  }
+  o = {};
+  o.mode = SparsifyMode::threshold;
+  o.value = 1e-6;
+  out.push_back(o);
+  return out;
+}
+
+template <class V>
+void expect_ragged_dense_bitwise(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const auto cpu = otcal::Context::cpu(quiet());
+  const auto gpu = otcal::Context::cuda(0, quiet());
+  const std::int64_t n = 45;  // one full 32-row tile and a ragged one
+  for (const std::int64_t m : {std::int64_t{5}, std::int64_t{32}, std::int64_t{77}, std::int64_t{300}}) {
+    const std::vector<V> t = ragged_plan<V>(n, m, rng);
+    const auto plan = otcal::ConstMatrix::of(t.data(), n, m);
+    for (const auto& base : cut_modes(n)) {
+      const SparsifyResult want = otcal::sparsify(cpu, plan, base);
+      for (const std::int64_t bs : {std::int64_t{1}, std::int64_t{7}, n})
+        for (const std::int64_t staging : {std::int64_t{0}, m}) {  // m: the rows go up one per pinned chunk
+          SparsifyOptions o = base;
+          o.batch_size = bs;
+          o.staging_entries = staging;
+          expect_bitwise(otcal::sparsify(gpu, plan, o), want,
+                         std::string(sizeof(V) == 4 ? "float32" : "float64") + " m " + std::to_string(m) + " " +
+                             otcal::sparsify_mode_name(base.mode) + " value " + std::to_string(o.value.value_or(-1)) +
+                             " max_k " + std::to_string(o.max_k.value_or(0)) + " bs " + std::to_string(bs) + " staging " +
+                             std::to_string(staging));
+        }
+    }
+  }
+}
+
+TEST(GpuSparsify, DenseRaggedRowsEveryModeBitwiseCpu) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  expect_ragged_dense_bitwise<double>(seed);
+  expect_ragged_dense_bitwise<float>(seed + 1);
+}
+
+TEST(GpuSparsify, DenseNaNRowsRaiseAsOnCpu) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::int64_t n = 45, m = 77;
+  std::vector<double> t = ragged_plan<double>(n, m, rng);
+  t[static_cast<std::size_t>(40 * m + m - 1)] = std::nan("");  // second tile, ragged segment
+  const auto plan = otcal::ConstMatrix::of(t.data(), n, m);
+  const auto cpu = otcal::Context::cpu(quiet());
+  const auto gpu = otcal::Context::cuda(0, quiet());
+  for (auto o : cut_modes(n)) {
+    SCOPED_TRACE(otcal::sparsify_mode_name(o.mode));
+    EXPECT_THROW(otcal::sparsify(cpu, plan, o), otcal::NumericalError);
+    o.batch_size = 7;
+    EXPECT_THROW(otcal::sparsify(gpu, plan, o), otcal::NumericalError);
+  }
+}
+
+// The dense input's two pinned upload buffers are declared in the pinned budget: a budget that
+// holds the output's pinned pair but not them fails with BudgetTooSmall naming a sufficient
+// budget, and that budget runs (equal to the CPU).
+TEST(GpuSparsify, DensePinnedUploadBuffersInPinnedBudget) {
+  const auto seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const std::int64_t n = 45, m = 77;
+  const std::vector<double> t = ragged_plan<double>(n, m, rng);
+  const auto plan = otcal::ConstMatrix::of(t.data(), n, m);
+  SparsifyOptions o;
+  o.value = 1e-5;
+  o.staging_entries = 3 * m;  // output pair 2 x 3m x (4 + 8) bytes, upload pair 2 x 3m x 8 bytes
+  const std::size_t output_pair = 2 * otcal::align_up(static_cast<std::size_t>(3 * m) * 12);
+  const std::size_t upload_pair = 2 * otcal::align_up(static_cast<std::size_t>(3 * m) * 8);
+  auto with_pinned = [](std::size_t bytes) {
+    otcal::ContextOptions c = quiet();
+    c.pinned_budget = bytes;
+    return otcal::Context::cuda(0, c);
+  };
+  const SparsifyResult want = otcal::sparsify(otcal::Context::cpu(quiet()), plan, o);
+  try {
+    otcal::sparsify(with_pinned(output_pair + upload_pair - 1), plan, o);
+    ADD_FAILURE() << "expected BudgetTooSmall";
+  } catch (const otcal::BudgetTooSmall& e) {
+    EXPECT_NE(std::string(e.what()).find("dense"), std::string::npos) << e.what();
+    EXPECT_GE(e.required_bytes(), output_pair + upload_pair);
+    expect_bitwise(otcal::sparsify(with_pinned(e.required_bytes()), plan, o), want, "named pinned budget");
   }
 }
 
