@@ -10,7 +10,9 @@
 // every rank's record count and peak under "distributed".
 #include <algorithm>
 #include <chrono>
+#include <iostream>
 
+#include "ceilings.hpp"
 #include "cli/processes.hpp"
 #include "common.hpp"
 #include "otcal/calibration.hpp"
@@ -135,7 +137,18 @@ int main(int argc, char** argv) {
     r.extra["distributed"] = cli::ranks_json(std::max(sys.memory.peak_bytes, last.memory.peak_bytes));
     r.extra["distributed"]["records_per_rank"] =
         ctx.communicator().all_gather_word(static_cast<std::uint64_t>(sys.n_records()));
-    bench::print_record(bench::to_json(r, common, ctx, warnings));
+    r.extra["time_per_iteration_s"] = t.median_s / std::max(1, last.n_iterations);
+    // Every Newton iteration or gradient epoch streams the CSR at least once: the bandwidth ceiling
+    // of one pass (a Newton iteration makes more: the fraction is a lower bound of the pass rate).
+    const double bytes_per_nnz = 8.0 + (sys.A.indices32.empty() ? 8.0 : 4.0);
+    const bench::Machine machine = bench::measure_machine(ctx, true, common.cpu_vector_ops);
+    std::string why;
+    const auto ceilings = bench::csr_pass_ceilings(machine, bytes_per_nnz, &why);
+    r.extra["bytes_per_nnz"] = bytes_per_nnz;
+    nlohmann::json j = bench::to_json(r, common, ctx, warnings);
+    j["ceiling"] = bench::ceiling_json(j["throughput"].get<double>(), r.throughput_unit, ceilings, why, machine);
+    if (cli::writes_outputs()) std::cerr << bench::ceiling_text("otcal-bench-calibrate", j["ceiling"]) << std::endl;
+    bench::print_record(j);
     return 0;
   });
 }

@@ -37,6 +37,11 @@ void add_common_options(CLI::App& app, CommonOptions& o) {
   app.add_option("--warmup", o.warmup, "untimed runs before timing")->check(CLI::Range(0, 1000))->capture_default_str();
   app.add_option("--seed", o.seed, "input seed")->capture_default_str();
   app.add_option("--threads", o.threads, "CPU backend threads (0 = OpenMP default)")->check(CLI::NonNegativeNumber);
+  app.add_option("--cpu-vector-ops", o.cpu_vector_ops,
+                 "CPU ceiling: vector FP instructions issued per clock per core (2: the two FMA ports of AVX2 cores; "
+                 "4 on Zen 3, which adds two FP add ports)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 }
 
 DType parse_precision(const std::string& text) {

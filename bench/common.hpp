@@ -35,6 +35,7 @@ struct CommonOptions {
   int warmup = 1;                        // untimed runs first (module load, first-touch pages)
   std::uint64_t seed = 12345;            // fixed seeds: the same inputs in every process
   int threads = 0;                       // CPU backend OpenMP threads; 0 = OpenMP's default
+  double cpu_vector_ops = 2;             // ymm FP instructions per clock per core (ceilings.hpp)
 };
 void add_common_options(CLI::App& app, CommonOptions& o);
 

@@ -19,9 +19,15 @@ Checks, for every kernel of namespace otcal (cub's kernels are not ours to fix):
 Exit status 1 names each failing kernel (demangled) and its numbers; 2 when it could not compile.
 
 --instructions adds, per hot kernel, the instruction count of its innermost loop in the PTX (and
-in the SASS when nvdisasm or cuobjdump is on PATH, e.g. on the GPU machines), divided by the
-entries that loop processes (the row engine: kChunk = 32 cost terms per coordinate step), and an
-estimate per plan entry for d = 3 and d = 64 (docs/testing.md, "GPU checks without a GPU").
+in the SASS when a disassembler is found: $OTCAL_NVDISASM, nvdisasm or cuobjdump on PATH, next to
+nvcc or in $CUDA_HOME/bin), divided by the entries that loop processes, and, for the row kernels
+(row engine and lse_fast), the issued instructions per cost entry at d = 3 and d = 64: the chunk
+loop's static count plus its nested loops times their trips, over the entries of one chunk
+iteration (per_entry_model; docs/testing.md, "GPU checks without a GPU").
+
+Always (with or without --instructions): the float32 sqeuclidean lse_fast kernel for d = 3 must
+issue at most LSE_FAST_D3_BUDGET instructions per entry (skipped, with a message, when the build
+has no lse_fast kernel).
 """
 from __future__ import annotations
 
@@ -42,6 +48,15 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 MAX_REGISTERS = 255
 ROW_CHUNK = 32  # cuda/row_engine.cuh kChunk: cost terms per coordinate step of the inner loop
 SLAB = 16  # cuda/row_engine.cuh kSlab: coordinates per shared-memory slab
+ROWS_PER_BLOCK = 128  # cuda/row_engine.cuh kRowsPerBlock: threads per block
+# The issue-13 target: the float32 sqeuclidean row LSE for d = 3 (the lse_fast kernel) issues at most
+# this many SASS instructions per cost entry (PTX when no disassembler is found). Checked whenever an
+# lse_fast kernel exists, with or without --instructions; skipped, with a message, when none does.
+LSE_FAST_D3_BUDGET = 8.0
+# What the budget is checked on: "hot" (the chunk loop without the cold path's branch regions: the
+# instructions every accepted chunk issues) or "static" (every basic block of the chunk loop, the
+# cold path included: an upper bound). Both are printed.
+LSE_FAST_BUDGET_ON = "hot"
 
 # Kernels allowed to spill, with the most bytes (stores, loads) each may spill and why. A kernel
 # here that spills more fails; one that no longer spills should be taken out. nvcc 13.0, sm_90:
@@ -51,10 +66,6 @@ ALLOWED_SPILLS: dict[str, tuple[int, int, str]] = {
     # after it (not in the loop).
     r"row_engine_kernel<\(otcal::CostKind\)[34], float, otcal::detail::cuda_engine::PlanEntry<"
     r"\(otcal::CostKind\)[34], float>, otcal::detail::cuda_engine::ApplyReduction<float>": (4, 4, "outside the loop"),
-    # sparsify's dense plan rows, float32 sqeuclidean: ptxas parks a float64 exp coefficient pair on
-    # the stack around each of the 32 unrolled plan entries (inside the chunk loop). To fix.
-    r"row_engine_kernel<\(otcal::CostKind\)0, float, otcal::detail::cuda_engine::PlanEntry<"
-    r"\(otcal::CostKind\)0, float>, otcal::detail::cuda_engine::EmitReduction<float>": (104, 104, "in the loop"),
 }
 
 COSTS = ["sqeuclidean", "euclidean", "cosine", "pnorm", "sq_pnorm"]
@@ -79,7 +90,7 @@ HOT_KERNELS += [
     ("sparsify count", r"^otcal::detail::cuda_sparsify::count_kernel<"),
     ("sparsify compact", r"^otcal::detail::cuda_sparsify::compact_kernel<"),
     ("sparsify mass_cut", r"^otcal::detail::cuda_sparsify::mass_cut_kernel<"),
-    ("calibration spmv", r"^otcal::calib::\(anonymous namespace\)::spmv_rows_kernel<"),
+    ("calibration spmv", r"^otcal::calib::\(anonymous namespace\)::granule_partials_kernel<"),
     ("calibration newton_matrix", r"^otcal::calib::\(anonymous namespace\)::newton_matrix_kernel"),
     ("calibration gradient", r"^otcal::calib::\(anonymous namespace\)::gradient_kernel"),
 ]
@@ -215,39 +226,199 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 
 # --- loops and instruction counts -----------------------------------------------------------------
+# A listing is normalised to [(instruction text, index of its branch target or None)], the same for
+# PTX and SASS; a loop is a backward branch, the index range [target, branch] (its static body).
 PTX_LABEL = re.compile(r"^(\$L__BB\d+_\d+):")
 PTX_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);")
+EX2 = re.compile(r"\bMUFU\.EX2\b|\bex2\.approx\b")
+BARRIER = re.compile(r"\bBAR\.SYNC|\bbar\.sync\b|\bbarrier\.sync\b")
+
+Listing = list  # [(text, target index | None)]
 
 
-def ptx_instructions(lines: list[str]) -> list[tuple[int, str]]:
-    """(line index, text) of every PTX instruction (not labels, directives, braces, comments)."""
-    out = []
-    for i, raw in enumerate(lines):
+def ptx_listing(body: str) -> Listing:
+    """The PTX instructions of an entry (no labels, directives, braces or comments), in order."""
+    rows: list[tuple[str, str | None]] = []
+    labels: dict[str, int] = {}
+    for raw in body.splitlines():
         s = raw.split("//")[0].strip()
+        if m := PTX_LABEL.match(s):
+            labels[m.group(1)] = len(rows)
+            continue
         if not s or s.endswith(":") or s.startswith((".", "{", "}", ")")) or not s.endswith(";"):
             continue
-        out.append((i, s))
-    return out
+        b = PTX_BRANCH.search(s)
+        rows.append((s, b.group(1) if b else None))
+    return [(s, labels.get(t) if t else None) for s, t in rows]
 
 
-def innermost_loops(labels: dict[str, int], branches: list[tuple[int, str]]) -> list[tuple[int, int]]:
-    """[start, end] index ranges of the loops (a backward branch) that hold no other loop."""
-    loops = sorted({(labels[t], i) for i, t in branches if t in labels and labels[t] <= i})
+def loops_of(insns: Listing) -> list[tuple[int, int]]:
+    return sorted({(t, n) for n, (_, t) in enumerate(insns) if t is not None and t <= n})
+
+
+def innermost(loops: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in loops if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
 
 
-def loop_of_ptx(body: str) -> dict | None:
-    lines = body.splitlines()
-    labels = {m.group(1): i for i, l in enumerate(lines) if (m := PTX_LABEL.match(l.strip()))}
-    branches = [(i, m.group(1)) for i, l in enumerate(lines) if (m := PTX_BRANCH.search(l))]
-    instrs = ptx_instructions(lines)
-    loops = innermost_loops(labels, branches)
-    if not loops:
+def parent_of(loop: tuple[int, int], loops: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The smallest loop that strictly holds `loop`."""
+    outer = [(c, d) for c, d in loops if (c, d) != loop and c <= loop[0] and loop[1] <= d]
+    return min(outer, key=lambda cd: cd[1] - cd[0]) if outer else None
+
+
+def children_of(loop: tuple[int, int], loops: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The loops directly inside `loop`, in address order."""
+    inner = [(c, d) for c, d in loops if (c, d) != loop and loop[0] <= c and d <= loop[1]]
+    return sorted(l for l in inner if parent_of(l, inner + [loop]) == loop)
+
+
+def size(insns: Listing, loop: tuple[int, int]) -> int:
+    return sum(1 for s, _ in insns[loop[0]:loop[1] + 1] if not s.startswith("NOP"))
+
+
+def issued(insns: Listing, loop: tuple[int, int], loops, trips) -> float:
+    """Instructions one iteration of `loop` issues: its own instructions once (every basic block,
+    rarely taken branches included: a static upper bound) plus each nested loop's issued count
+    times trips(nested loop) (1 unless the caller knows better)."""
+    kids = children_of(loop, loops)
+    own = size(insns, loop) - sum(size(insns, k) for k in kids)
+    return own + sum(trips(k) * issued(insns, k, loops, trips) for k in kids)
+
+
+def innermost_hot_loop(insns: Listing) -> dict | None:
+    """The innermost loop with the most instructions (the unrolled one): the figure the report
+    always had (per coordinate step for the row engine, per element elsewhere)."""
+    loops = loops_of(insns)
+    inner = innermost(loops)
+    if not inner:
         return None
-    # The hot loop: the innermost loop with the most instructions (the unrolled one).
-    best = max(loops, key=lambda ab: sum(1 for i, _ in instrs if ab[0] <= i <= ab[1]))
-    body_instrs = [s for i, s in instrs if best[0] <= i <= best[1]]
-    return {"instructions": len(body_instrs), "total": len(instrs), "body": body_instrs}
+    best = max(inner, key=lambda ab: size(insns, ab))
+    return {"loop": best, "instructions": size(insns, best), "total": len(insns)}
+
+
+# Entries per chunk iteration and the loop model, per kernel family, keyed on the demangled name.
+#  * row engine (cuda/row_engine.cuh): one thread owns a row; the chunk loop walks kChunk = 32
+#    columns per iteration. Inside it: the slab loop (ceil(d / kSlab) trips), holding the staging
+#    of the chunk's coordinates (kSlab*kChunk / kRowsPerBlock = 4 trips per thread), the staging of
+#    its potentials and norms (at most 1) and the coordinate loop (d / slabs trips: a runtime loop,
+#    one coordinate over the 32 columns per trip); after it, the fold (formula + reduction,
+#    unrolled). Found as: coordinate loop = the largest innermost loop; slab loop = its parent;
+#    chunk loop = the slab loop's parent.
+#  * lse_fast (cuda/lse_fast.cuh, issue 13): R rows x C columns per thread per chunk, D a
+#    template parameter (the coordinate loop fully unrolled). Found as: chunk loop = the innermost
+#    loop that holds an ex2 (MUFU.EX2 / ex2.approx); entries = R x C from the header's constants
+#    (LSE_FAST_CONSTANTS below), else the number of ex2 in that loop (one per entry, the design's
+#    hot path); nested loops counted once.
+# Other hot kernels (sparsify, calibration): one element per innermost-loop iteration.
+ROW_ENGINE = re.compile(r"row_engine_kernel<")
+# A branch with no predicate (PTX bra / bra.uni, SASS BRA), or an exit: no fall-through.
+UNCONDITIONAL = re.compile(r"^(?:bra(?:\.uni)?\s|BRA\s|EXIT\b|ret\b|RET\b)")
+LSE_FAST = re.compile(r"lse_fast")
+ROW_STAGING_TRIPS = [ROW_CHUNK * SLAB // ROWS_PER_BLOCK, 1]  # the slab loop's other loops, in order
+LSE_FAST_CONSTANTS = (r"constexpr\s+int\s+(k\w*Rows\w*)\s*=\s*(\d+)", r"constexpr\s+int\s+(k\w*(?:Col|Chunk)\w*)\s*=\s*(\d+)")
+
+
+def lse_fast_shape(root: Path) -> tuple[int | None, str]:
+    """R x C of cuda/lse_fast.cuh's constants, when it names them (rows / columns per thread)."""
+    src = root / "cuda" / "lse_fast.cuh"
+    if not src.exists():
+        return None, "no cuda/lse_fast.cuh"
+    text = src.read_text()
+    rows, cols = (re.search(p, text) for p in LSE_FAST_CONSTANTS)
+    where = "cuda/lse_fast.cuh"
+    engine = root / "cuda" / "row_engine.cuh"
+    if rows and not cols and re.search(r"\bkChunk\b", text) and engine.exists():
+        cols = re.search(r"constexpr\s+int\s+(kChunk)\s*=\s*(\d+)", engine.read_text())  # the engine's chunk
+        where = "cuda/lse_fast.cuh and cuda/row_engine.cuh"
+    if rows and cols:
+        return int(rows.group(2)) * int(cols.group(2)), f"{rows.group(1)} x {cols.group(1)} of {where}"
+    return None, "constants not found in cuda/lse_fast.cuh"
+
+
+def per_entry_model(kernel: str, insns: Listing, d_values=(3, 64), root: Path | None = None) -> dict:
+    """Issued instructions per cost entry for each d, the chunk loop's static size, the entries
+    per chunk iteration and how they were derived."""
+    loops = loops_of(insns)
+    out: dict = {"model": None, "chunk_loop": None, "entries_per_chunk": None, "per_entry": {}}
+    if LSE_FAST.search(kernel):
+        # The chunk loop: the loop with the most ex2 in its own body (the unrolled hot loop's R x C);
+        # the cold path's loops, nested in it, hold one each.
+        def ex2s(l):
+            return sum(1 for t, _ in insns[l[0]:l[1] + 1] if EX2.search(t))
+
+        own = {l: ex2s(l) - sum(ex2s(k) for k in children_of(l, loops)) for l in loops}
+        if own and max(own.values()) > 0:
+            chunk = max(own, key=lambda l: (own[l], -size(insns, l)))
+        else:  # float64: a software exp2, no ex2; the chunk loop is the innermost one with a barrier
+            bars = [l for l in loops if any(BARRIER.search(t) for t, _ in insns[l[0]:l[1] + 1])]
+            bars = [l for l in bars if not any(k != l and l[0] <= k[0] and k[1] <= l[1] for k in bars)]
+            if not bars:
+                out["model"] = "lse_fast: no loop with an ex2 or a barrier"
+                return out
+            chunk = max(bars, key=lambda ab: size(insns, ab))
+            own = {chunk: 0}
+        entries, basis = lse_fast_shape(root) if root else (None, "")
+        if entries is None:
+            entries = own[chunk]
+            basis = "ex2 instructions in the chunk loop's own body (" + basis + ")"
+        static = issued(insns, chunk, loops, lambda _: 1)
+        # The hot path: the chunk loop less every region a forward branch skips that holds a loop
+        # (the cold path: the rows' chunk recomputation, the only loops inside; the hot loop is
+        # fully unrolled).
+        cold = set()
+        for n in range(chunk[0], chunk[1] + 1):
+            t = insns[n][1]
+            if t is not None and n < t <= chunk[1] and any(n < a and b < t for a, b in loops):
+                cold.update(range(n + 1, t))
+        # Then only what the loop head reaches without entering that region: code the compiler
+        # places after the accept block but enters only from the cold path (the cold merge) is cold.
+        hot_set, todo = set(), [chunk[0]]
+        while todo:
+            n = todo.pop()
+            if n in hot_set or n in cold or not (chunk[0] <= n <= chunk[1]):
+                continue
+            hot_set.add(n)
+            text, target = insns[n]
+            if target is not None:
+                todo.append(target)
+            if not UNCONDITIONAL.search(text):
+                todo.append(n + 1)
+        hot = sum(1 for n in hot_set if not insns[n][0].startswith("NOP"))
+        out.update(model="lse_fast", chunk_loop=static, hot_path=hot, entries_per_chunk=entries, entries_basis=basis)
+        out["per_entry"] = {d: round(static / entries, 2) for d in d_values}  # D unrolled: same loop
+        out["hot_per_entry"] = {d: round(hot / entries, 2) for d in d_values}
+        return out
+    if ROW_ENGINE.search(kernel):
+        # The slab loop is the innermost loop that synchronises the block; its largest nested loop
+        # is the coordinate loop (pow's own loops in pnorm sit inside that one).
+        bars = [l for l in loops if any(BARRIER.search(t) for t, _ in insns[l[0]:l[1] + 1])]
+        bars = [l for l in bars if not any(k != l and l[0] <= k[0] and k[1] <= l[1] for k in bars)]
+        slab = max(bars, key=lambda ab: size(insns, ab)) if bars else None
+        kids = children_of(slab, loops) if slab else []
+        coord = max(kids, key=lambda ab: size(insns, ab)) if kids else None
+        chunk = parent_of(slab, loops) if slab else None
+        if chunk is None or coord is None:
+            out["model"] = "row engine: loop nest not found"
+            return out
+        staging = [k for k in children_of(slab, loops) if k != coord]
+        for d in d_values:
+            slabs = -(-d // SLAB)
+
+            def trips(l, d=d, slabs=slabs):
+                if l == slab:
+                    return slabs
+                if l == coord:
+                    return d / slabs
+                if l in staging:
+                    i = staging.index(l)
+                    return ROW_STAGING_TRIPS[i] if i < len(ROW_STAGING_TRIPS) else 1
+                return 1
+            out["per_entry"][d] = round(issued(insns, chunk, loops, trips) / ROW_CHUNK, 2)
+        out.update(model="row engine", chunk_loop=issued(insns, chunk, loops, lambda _: 1),
+                   coordinate_loop=issued(insns, coord, loops, lambda _: 1), entries_per_chunk=ROW_CHUNK,
+                   entries_basis="kChunk = 32 columns per thread (cuda/row_engine.cuh)")
+        return out
+    return out
 
 
 SASS_FUNC = re.compile(r"^\s*(?:\.text\.(\S+?):|Function : (\S+))\s*$")
@@ -255,15 +426,25 @@ SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 SASS_INSN = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 
 
-def sass_listing(cubin: Path) -> dict[str, list[tuple[int, str, int | None]]] | None:
-    """Kernel -> [(address, instruction, branch target address)] from nvdisasm or cuobjdump
-    (the GPU machines' toolkits have them), None without either."""
-    if tool := shutil.which("nvdisasm"):
-        cmd = [tool, "-c", str(cubin)]
-    elif tool := shutil.which("cuobjdump"):
-        cmd = [tool, "-sass", str(cubin)]
-    else:
+def disassembler(nvcc: str | None = None) -> list[str] | None:
+    """nvdisasm or cuobjdump: $OTCAL_NVDISASM, then PATH, then next to nvcc and in $CUDA_HOME/bin
+    (CI's toolkit has neither: the counts are then PTX only)."""
+    if (env := os.environ.get("OTCAL_NVDISASM")) and Path(env).is_file():
+        return [env, "-c"]
+    dirs = [Path(nvcc).parent] if nvcc else []
+    dirs += [Path(os.environ[v]) / "bin" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    for name, args in (("nvdisasm", ["-c"]), ("cuobjdump", ["-sass"])):
+        tool = shutil.which(name) or next((str(d / name) for d in dirs if (d / name).is_file()), None)
+        if tool:
+            return [tool] + args
+    return None
+
+
+def sass_listing(cubin: Path, tool: list[str] | None) -> dict[str, list[tuple[int, str, int | None]]] | None:
+    """Kernel -> [(address, instruction, branch target address)], None without a disassembler."""
+    if not tool:
         return None
+    cmd = tool + [str(cubin)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         return None
@@ -297,16 +478,9 @@ def sass_listing(cubin: Path) -> dict[str, list[tuple[int, str, int | None]]] | 
     return out
 
 
-def loop_of_sass(insns: list[tuple[int, str, int | None]]) -> dict | None:
-    """The longest innermost backward-branch loop of a SASS listing."""
-    index = {a: n for n, (a, _, _) in enumerate(insns)}
-    loops = {(index[t], n) for n, (a, _, t) in enumerate(insns) if t is not None and t in index and t <= a}
-    if not loops:
-        return None
-    inner = [(a, b) for a, b in loops if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
-    best = max(inner, key=lambda ab: ab[1] - ab[0])
-    body = [t for _, t, _ in insns[best[0]:best[1] + 1] if not t.startswith("NOP")]
-    return {"instructions": len(body), "total": len(insns), "body": body}
+def sass_as_listing(rows: list[tuple[int, str, int | None]]) -> Listing:
+    index = {a: n for n, (a, _, _) in enumerate(rows)}
+    return [(t, index.get(target) if target is not None else None) for _, t, target in rows]
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -346,6 +520,10 @@ def main() -> int:
                     help="compile only the sources whose name contains this (repeatable; skips the hot-kernel check)")
     ap.add_argument("--instructions", action="store_true", help="also count instructions per entry")
     ap.add_argument("--reuse", action="store_true", help="read the last compile in --work again, compile nothing")
+    ap.add_argument("--source", type=Path, help="the source tree of the build (default: this script's checkout), "
+                    "for cuda/lse_fast.cuh's constants and the commit")
+    ap.add_argument("--commit", help="the commit to record (default: git rev-parse of --source), e.g. for a "
+                    "`git archive` export")
     ap.add_argument("--json", type=Path, help="write the records here")
     ap.add_argument("--markdown", type=Path, help="write the tables here")
     args = ap.parse_args()
@@ -399,17 +577,37 @@ def main() -> int:
         table.append(f"| `{r['kernel']}` | {r['source']} | {r['registers']} | {r['register_limit']} | "
                      f"{r['stack']} | {r['spill_stores']} | {r['spill_loads']} |")
 
+    # The SASS (when a disassembler is found) of what is counted: every kernel with --instructions,
+    # else only the lse_fast kernels of the budget check (few, so the check stays cheap).
+    tool = disassembler(next(a for a in next(iter(cmds.values())) if Path(a).name == "nvcc"))
+    sass: dict[str, list] = {}
+    if tool and (args.instructions or lse_fast_kernels(records)):
+        for cubin in cubins.values():
+            sass.update(sass_listing(cubin, tool) or {})
+    root = Path(__file__).resolve().parent.parent if args.source is None else args.source.resolve()
+    if args.commit:
+        COMMIT_OVERRIDE.append(args.commit)
+    budget_problems, budget_note = lse_fast_budget(records, ptx, sass, root)
+    problems += budget_problems
+    if budget_note:
+        print(f"cuda_resource_check: {budget_note}")
     loops = []
     if args.instructions:
-        loops = instruction_table(records, ptx, cubins, names)
+        loops = instruction_table(records, ptx, sass, root)
+        if not tool:
+            print("cuda_resource_check: no nvdisasm or cuobjdump (OTCAL_NVDISASM, PATH, next to nvcc, $CUDA_HOME/bin): "
+                  "PTX counts only")
     if args.json:
-        args.json.write_text(json.dumps({"arch": arch, "nvcc": nvcc_version(cmds), "commit": git_commit(),
+        args.json.write_text(json.dumps({"arch": arch, "nvcc": nvcc_version(cmds), "commit": git_commit(root),
                                          "date": datetime.date.today().isoformat(), "kernels": ours,
-                                         "loops": loops, "problems": problems}, indent=1) + "\n")
+                                         "loops": loops, "lse_fast_budget": budget_note, "problems": problems},
+                                        indent=1) + "\n")
     if args.markdown:
-        args.markdown.write_text(markdown(arch, cmds, table, loops, problems))
+        args.markdown.write_text(markdown(arch, cmds, table, loops, problems, root, budget_note))
     if args.instructions:
         print("\n".join(loop_table(loops)))
+        print()
+        print("\n".join(entry_table(loops)))
     if problems:
         print(f"cuda_resource_check: FAILED, {len(problems)} problem(s):")
         for p in problems:
@@ -421,30 +619,124 @@ def main() -> int:
     return 0
 
 
-def instruction_table(records, ptx, cubins, names) -> list[dict]:
-    sass: dict[str, list] = {}
-    for cubin in cubins.values():
-        listing = sass_listing(cubin)
-        if listing:
-            sass.update(listing)
+def template_args(name: str, kernel: str) -> list[str]:
+    """The top-level template arguments of the function named `kernel` in a demangled name."""
+    at = name.find(kernel)
+    lt = name.find("<", at) if at >= 0 else -1
+    if lt < 0:
+        return []
+    args, depth, cur = [], 0, ""
+    for ch in name[lt + 1:]:
+        if ch in "<(":
+            depth += 1
+        elif ch in ">)":
+            if depth == 0:
+                break
+            depth -= 1
+        if ch == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return args + [cur.strip()] if cur.strip() else args
+
+
+def lse_fast_kernels(records: list[dict]) -> list[dict]:
+    """The lse_fast kernels, each with dtype, cost and d (the template argument that varies most
+    across the float sqeuclidean instantiations; None when nothing varies)."""
     out = []
     for r in records:
-        if "hot" not in r:
+        m = re.search(r"\b(\w*lse_fast\w*)<", r["kernel"])
+        if not m:
             continue
-        body = ptx.get(r["mangled"], {}).get("body", "")
-        loop = loop_of_ptx(body)
-        row = {"kernel": r["hot"], "registers": r["registers"], "spill_bytes": r["spill_stores"] + r["spill_loads"],
-               "ptx_loop": loop["instructions"] if loop else None, "ptx_total": loop["total"] if loop else None}
-        s = loop_of_sass(sass[r["mangled"]]) if r["mangled"] in sass else None
-        row["sass_loop"] = s["instructions"] if s else None
-        if r["hot"].startswith(("lse", "apply")):
-            # The innermost loop is one coordinate step over a chunk: kChunk cost terms.
-            row["entries_per_iteration"] = ROW_CHUNK
-        else:
-            row["entries_per_iteration"] = 1  # one element (nonzero, entry) per iteration
+        args = template_args(r["kernel"], m.group(1))
+        dtype = next((a for a in args if a in ("float", "double")), None)
+        cost = next((int(c.group(1)) for a in args if (c := re.match(r"^\(otcal::CostKind\)(\d+)$", a))), 0)
+        ints = [int(re.sub(r"[uUlL]+$", "", a)) if re.match(r"^-?\d+[uUlL]*$", a) else None for a in args]
+        out.append({"record": r, "dtype": dtype, "cost": cost, "ints": ints})
+    f32 = [k for k in out if k["dtype"] == "float" and k["cost"] == 0]
+    positions = {len(k["ints"]) for k in f32}
+    d_pos = None
+    if len(positions) == 1:
+        width = positions.pop()
+        spread = [len({k["ints"][i] for k in f32 if k["ints"][i] is not None}) for i in range(width)]
+        if spread and max(spread) > 1:
+            d_pos = spread.index(max(spread))
+    for k in out:
+        k["d"] = k["ints"][d_pos] if d_pos is not None and d_pos < len(k["ints"]) else None
+        k["label"] = f"lse_fast {k['dtype'] or '?'} {COSTS[k['cost']] if k['cost'] < len(COSTS) else k['cost']}" + \
+            (f" D={k['d']}" if k["d"] is not None else "")
+    return out
+
+
+def lse_fast_budget(records, ptx, sass, root: Path) -> tuple[list[str], str]:
+    """The issue-13 acceptance check: the float32 sqeuclidean lse_fast kernel used for d = 3 issues
+    at most LSE_FAST_D3_BUDGET instructions per cost entry (SASS; PTX without a disassembler)."""
+    kernels = [k for k in lse_fast_kernels(records) if k["dtype"] == "float" and k["cost"] == 0]
+    if not kernels:
+        return [], "lse_fast budget: skipped, no lse_fast kernel (cuda/lse_fast.cuh) in this build"
+    if any(k["d"] is not None for k in kernels):
+        kernels = [k for k in kernels if k["d"] == 3]
+        if not kernels:
+            return [f"lse_fast: no float32 sqeuclidean instantiation with D = 3"], ""
+    problems, lines = [], []
+    for k in kernels:
+        r = k["record"]
+        listing = sass_as_listing(sass[r["mangled"]]) if r["mangled"] in sass else None
+        kind = "SASS" if listing else "PTX"
+        listing = listing or ptx_listing(ptx.get(r["mangled"], {}).get("body", ""))
+        model = per_entry_model(r["kernel"], listing, (3,), root)
+        static, hot = model["per_entry"].get(3), model.get("hot_per_entry", {}).get(3)
+        if static is None or hot is None:
+            problems.append(f"lse_fast: cannot count {r['kernel'][:120]}: {model['model']}")
+            continue
+        v = hot if LSE_FAST_BUDGET_ON == "hot" else static
+        lines.append(f"{k['label']}: {hot} {kind} instructions per entry at d = 3 on the hot path "
+                     f"({model['hot_path']} / {model['entries_per_chunk']} entries), {static} static upper bound "
+                     f"(chunk loop {model['chunk_loop']}, cold path included; entries: {model['entries_basis']}); "
+                     f"checked: {LSE_FAST_BUDGET_ON} <= {LSE_FAST_D3_BUDGET}")
+        if v > LSE_FAST_D3_BUDGET:
+            problems.append(f"{r['kernel']} ({r['source']}): {v} {kind} instructions per entry at d = 3 "
+                            f"({LSE_FAST_BUDGET_ON}) > {LSE_FAST_D3_BUDGET} (issue 13 target)")
+    return problems, "lse_fast budget: " + "; ".join(lines) if lines else ""
+
+
+def instruction_table(records, ptx, sass, root: Path) -> list[dict]:
+    fast = {k["record"]["mangled"]: k for k in lse_fast_kernels(records)}
+    out = []
+    for r in records:
+        label = r.get("hot") or (fast[r["mangled"]]["label"] if r["mangled"] in fast else None)
+        if label is None:
+            continue
+        listings = {"ptx": ptx_listing(ptx.get(r["mangled"], {}).get("body", ""))}
+        if r["mangled"] in sass:
+            listings["sass"] = sass_as_listing(sass[r["mangled"]])
+        row = {"kernel": label, "registers": r["registers"], "spill_bytes": r["spill_stores"] + r["spill_loads"]}
+        for key in ("ptx", "sass"):
+            loop = innermost_hot_loop(listings[key]) if key in listings else None
+            row[f"{key}_loop"] = loop["instructions"] if loop else None
+            row[f"{key}_total"] = loop["total"] if loop else None
+        # The innermost loop alone: the row engine's is one coordinate step over kChunk columns.
+        row["entries_per_iteration"] = ROW_CHUNK if label.startswith(("lse", "apply")) else 1
         for key in ("ptx", "sass"):
             v = row[f"{key}_loop"]
             row[f"{key}_per_entry"] = round(v / row["entries_per_iteration"], 2) if v else None
+        # Per cost entry, the whole chunk iteration (row LSE and apply kernels); an lse_fast kernel
+        # with D as a template parameter counts for its own D only.
+        own_d = fast[r["mangled"]]["d"] if r["mangled"] in fast else None
+        d_values = (own_d,) if own_d is not None else (3, 64)
+        for key in ("ptx", "sass"):
+            model = per_entry_model(r["kernel"], listings[key], d_values, root) if key in listings else None
+            if model and model["model"]:
+                row["model"] = model["model"]
+                row["entries_per_chunk"] = model["entries_per_chunk"]
+                row["entries_basis"] = model.get("entries_basis")
+                row[f"{key}_chunk_loop"] = model["chunk_loop"]
+                row[f"{key}_coordinate_loop"] = model.get("coordinate_loop")
+                for d, v in model["per_entry"].items():
+                    row[f"{key}_per_entry_d{d}"] = v
+                for d, v in model.get("hot_per_entry", {}).items():
+                    row[f"{key}_hot_per_entry_d{d}"] = v
         out.append(row)
     return out
 
@@ -454,11 +746,39 @@ def loop_table(loops: list[dict]) -> list[str]:
              "| SASS loop instr | SASS instr/entry/coord |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in loops:
-        parts = r["kernel"].split()
-        kind, dtype, cost = (parts + ["", ""])[:3] if parts[0] in ("lse", "apply") else (r["kernel"], "", "")
+        kind, dtype, cost = split_label(r["kernel"])
         lines.append(f"| {kind} | {dtype} | {cost} | {r['registers']} | {r['spill_bytes']} | {r['ptx_loop']} | "
                      f"{r['entries_per_iteration']} | {r['ptx_per_entry']} | {r['sass_loop'] or 'n/a'} | "
                      f"{r['sass_per_entry'] or 'n/a'} |")
+    return lines
+
+
+def split_label(label: str) -> tuple[str, str, str]:
+    parts = label.split()
+    if parts[0] in ("lse", "apply", "lse_fast"):
+        return parts[0], parts[1] if len(parts) > 1 else "", " ".join(parts[2:])
+    return label, "", ""
+
+
+def entry_table(loops: list[dict]) -> list[str]:
+    """Issued instructions per cost entry of the row kernels: the chunk loop's static count (every
+    basic block once, rarely taken ones included: an upper bound) with the nested loops times
+    their trips at that d, over the entries one chunk iteration processes."""
+    lines = ["| kernel | dtype | cost | chunk loop PTX | chunk loop SASS | coord loop SASS | entries/chunk "
+             "| PTX/entry d=3 | SASS/entry d=3 | PTX/entry d=64 | SASS/entry d=64 | PTX/entry hot path (lse_fast) "
+             "| SASS/entry hot path (lse_fast) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    na = lambda v: "n/a" if v is None else v  # noqa: E731
+    for r in loops:
+        if not r.get("model"):
+            continue
+        kind, dtype, cost = split_label(r["kernel"])
+        lines.append(f"| {kind} | {dtype} | {cost} | {na(r.get('ptx_chunk_loop'))} | {na(r.get('sass_chunk_loop'))} | "
+                     f"{na(r.get('sass_coordinate_loop'))} | {r['entries_per_chunk']} | "
+                     f"{na(r.get('ptx_per_entry_d3'))} | {na(r.get('sass_per_entry_d3'))} | "
+                     f"{na(r.get('ptx_per_entry_d64'))} | {na(r.get('sass_per_entry_d64'))} | "
+                     f"{na(next((v for k, v in r.items() if k.startswith('ptx_hot_per_entry_d')), None))} | "
+                     f"{na(next((v for k, v in r.items() if k.startswith('sass_hot_per_entry_d')), None))} |")
     return lines
 
 
@@ -468,20 +788,35 @@ def nvcc_version(cmds) -> str:
     return res.stdout.strip().splitlines()[-1] if res.stdout else "unknown"
 
 
-def git_commit() -> str:
-    res = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+COMMIT_OVERRIDE: list[str] = []
+
+
+def git_commit(root: Path) -> str:
+    if COMMIT_OVERRIDE:
+        return COMMIT_OVERRIDE[0]
+    res = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False)
     return res.stdout.strip() or "unknown"
 
 
-def markdown(arch, cmds, table, loops, problems) -> str:
+def markdown(arch, cmds, table, loops, problems, root: Path, budget_note: str) -> str:
     head = [f"# CUDA resource report ({arch})", "",
-            f"nvcc: {nvcc_version(cmds)}; commit {git_commit()}; {datetime.date.today().isoformat()}; "
-            "from `scripts/cuda_resource_check.py --instructions` (compiler output only, no GPU).", ""]
+            f"nvcc: {nvcc_version(cmds)}; source {root} (commit {git_commit(root)}); "
+            f"{datetime.date.today().isoformat()}; from `scripts/cuda_resource_check.py --instructions` "
+            "(compiler output only, no GPU).", ""]
     if problems:
         head += ["Problems:", ""] + [f"- {p}" for p in problems] + [""]
+    if budget_note:
+        head += [budget_note, ""]
     body = ["## Kernels", ""] + table + [""]
     if loops:
+        body += ["## Issued instructions per cost entry (row kernels)", "",
+                 "The chunk loop's instructions, every basic block counted once per iteration (rarely taken "
+                 "branches included, so a static upper bound), plus each nested loop times its trips at that d "
+                 "(row engine: the coordinate loop d times over ceil(d/16) slabs, the coordinate staging "
+                 "4 times per slab), over the entries one chunk iteration processes (row engine: 32 per thread; "
+                 "lse_fast: R x C). `n/a`: no disassembler, PTX only.", ""]
+        body += entry_table(loops) + [""]
         body += ["## Innermost loops", ""] + loop_table(loops) + [""]
     return "\n".join(head + body)
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -97,6 +98,31 @@ void expect_common_fields(const json& j, const std::string& bench) {
   EXPECT_GT(j["host_peak_rss_bytes"].get<std::size_t>(), 0u);
 }
 
+// The ceiling object (bench/README.md "Ceilings"): the achieved rate is the record's throughput,
+// the binding ceiling is the smallest known candidate and has the expected name, and the fraction
+// is achieved / ceiling. Returns the object (empty on failure).
+json expect_ceiling(const json& j, const std::string& binding) {
+  EXPECT_TRUE(j.contains("ceiling")) << j.dump();
+  if (!j.contains("ceiling")) return json::object();
+  const json& c = j["ceiling"];
+  for (const char* key : {"achieved_rate", "unit", "candidates", "binding", "ceiling_rate", "fraction", "why", "machine"})
+    EXPECT_TRUE(c.contains(key)) << "missing ceiling field " << key << " in " << c.dump();
+  if (::testing::Test::HasFailure()) return json::object();
+  EXPECT_EQ(c["machine"]["kind"], "cpu");
+  EXPECT_EQ(c["unit"], j["throughput_unit"]);
+  EXPECT_DOUBLE_EQ(c["achieved_rate"].get<double>(), j["throughput"].get<double>());
+  EXPECT_EQ(c["binding"], binding) << c.dump();
+  if (c["binding"].is_null()) return json::object();
+  double smallest = 0;
+  for (const json& k : c["candidates"])
+    if (!k["rate"].is_null() && (smallest == 0 || k["rate"].get<double>() < smallest)) smallest = k["rate"].get<double>();
+  EXPECT_GT(smallest, 0.0);
+  EXPECT_DOUBLE_EQ(c["ceiling_rate"].get<double>(), smallest);
+  EXPECT_DOUBLE_EQ(c["fraction"].get<double>(), c["achieved_rate"].get<double>() / smallest);
+  EXPECT_FALSE(c["why"].get<std::string>().empty());
+  return c;
+}
+
 TEST(BenchSmoke, SinkhornRecordIsCompleteAndWithinBudget) {
   const std::string bin = bench_path("sinkhorn");
   if (bin.empty()) GTEST_SKIP() << "otcal-bench-sinkhorn not found (OTCAL_BENCH_DIR unset or bench not built)";
@@ -129,6 +155,19 @@ TEST(BenchSmoke, SinkhornRecordIsCompleteAndWithinBudget) {
   EXPECT_NEAR(j["throughput"].get<double>(), expected, 1e-9 * expected);
   // The bounded-memory point: the peak is far below the dense plan once the tile is small.
   EXPECT_LT(j["alloc_peak_bytes"].get<double>(), j["dense_equivalent_bytes"].get<double>());
+#if defined(__x86_64__)
+  // The CPU kernel's ceiling: cores x measured clock x 2 vector ops per clock over its vector FP
+  // instructions per entry (136 / 32 float32, 318 / 32 float64 at d <= 3, + 2 per vector and
+  // coordinate above 3).
+  const json c = expect_ceiling(j, "CPU vector unit");
+  if (c.empty()) return;
+  const json& machine = c["machine"];
+  EXPECT_GT(machine["clock_hz"].get<double>(), 1e8);  // a real clock, not a preempted wall time
+  const double lanes = precision == "float32" ? 8 : 4;
+  const double ops = (precision == "float32" ? 136.0 : 318.0) / 32.0 + (d > 3 ? 2.0 * (d - 3) / lanes : 0.0);
+  const double rate = machine["cores"].get<double>() * machine["clock_hz"].get<double>() * 2.0 / ops;
+  EXPECT_NEAR(c["ceiling_rate"].get<double>(), rate, 1e-9 * rate);
+#endif
 }
 
 TEST(BenchSmoke, SinkhornRefusesATooSmallBudgetWithAClearError) {
@@ -161,6 +200,11 @@ TEST(BenchSmoke, SparsifyRecordIsCompleteAndWithinBudget) {
   // Mass mode keeps between 1 and max_k entries per row.
   EXPECT_GE(j["nnz"].get<long>(), n);
   EXPECT_LE(j["nnz"].get<long>(), static_cast<long>(n) * max_k);
+#if defined(__x86_64__)
+  // Mass mode is one sweep over the plan: the ceiling is the Sinkhorn pass's.
+  EXPECT_EQ(j["sweeps"], 1.0);
+  expect_ceiling(j, "CPU vector unit");
+#endif
 }
 
 TEST(BenchSmoke, CalibrateRecordIsCompleteAndWithinBudget) {
@@ -185,6 +229,16 @@ TEST(BenchSmoke, CalibrateRecordIsCompleteAndWithinBudget) {
     // Each record falls in exactly one category of each of targets / categories margin columns.
     EXPECT_EQ(j["nnz"].get<long>(), static_cast<long>(records) * (targets / categories));
     EXPECT_EQ(j["dense_equivalent_bytes"].get<double>(), 8.0 * records * targets);
+    // Memory bound: the measured copy bandwidth over the bytes one non-zero streams (float64 value
+    // and 32-bit column index).
+    const json c = expect_ceiling(j, "memory bandwidth");
+    if (c.empty()) return;
+    EXPECT_EQ(j["bytes_per_nnz"], 12.0);
+    const double bw = c["machine"]["bandwidth_Bps"].get<double>();
+    EXPECT_GT(bw, 1e8);
+    EXPECT_NEAR(c["ceiling_rate"].get<double>(), bw / 12.0, 1e-9 * bw);
+    EXPECT_NEAR(j["time_per_iteration_s"].get<double>(),
+                j["time_s"].get<double>() / std::max(1, j["iters"].get<int>()), 1e-12);
   }
 }
 
