@@ -21,28 +21,17 @@
 #include "calibration/workspace_layouts.hpp"
 #include "otcal/calibration.hpp"
 #include "otcal/errors.hpp"
+#include "support/calibration_fixtures.hpp"
+#include "support/process.hpp"
 
 namespace {
 
 using otcal::index_t;
 
-otcal::ContextOptions quiet(std::size_t budget = std::size_t{256} << 20) {
-  otcal::ContextOptions o;
-  o.memory_budget = budget;
-  o.on_warning = [](const std::string&) {};
-  return o;
-}
+otcal::ContextOptions quiet(std::size_t budget = std::size_t{256} << 20) { return testsupport::quiet_options(budget); }
 
-std::uint64_t fresh_seed() { return (static_cast<std::uint64_t>(std::random_device{}()) << 20) ^ std::random_device{}(); }
-
-// max |a - b| / max(1, |b|)
-double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
-    worst = std::max(worst, std::fabs(a[i] - b[i]) / std::max(1.0, std::fabs(b[i])));
-  return worst;
-}
+using testsupport::fresh_seed;
+using testsupport::max_rel_diff;
 
 otcal::ConstraintSystem build(index_t n, int margins, int categories, int continuous, std::uint64_t seed) {
   const auto s = otcal::make_synthetic_survey(n, margins, categories, continuous, seed);
