@@ -163,7 +163,7 @@ bool DeviceNewtonSolve::cholesky(double* T, const double* b, double* delta) {
   int info = 0;
   OTCAL_CUDA_CHECK(cudaMemcpyAsync(&info, info_, sizeof(int), cudaMemcpyDeviceToHost, s));
   OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
-  if (info < 0) throw InvalidArgument("calibration: cusolverDnXpotrf rejected argument " + std::to_string(-info));
+  if (info < 0) throw DeviceError("calibration: cusolverDnXpotrf rejected argument " + std::to_string(-info));
   if (info > 0) return false;  // a non-positive (or NaN) pivot: singular T
   diagonal_kernel<<<grid_for(n), kThreads, 0, s>>>(T, diagonal_, ka_);
   OTCAL_CUDA_CHECK_LAUNCH("diagonal_kernel");
@@ -182,7 +182,7 @@ bool DeviceNewtonSolve::cholesky(double* T, const double* b, double* delta) {
   OTCAL_CUDA_CHECK(cudaMemcpyAsync(delta, rhs_, nn * sizeof(double), cudaMemcpyDeviceToHost, s));
   OTCAL_CUDA_CHECK(cudaMemcpyAsync(&info, info_, sizeof(int), cudaMemcpyDeviceToHost, s));
   OTCAL_CUDA_CHECK(cudaStreamSynchronize(s));
-  if (info != 0) throw InvalidArgument("calibration: cusolverDnXpotrs rejected argument " + std::to_string(-info));
+  if (info != 0) throw DeviceError("calibration: cusolverDnXpotrs rejected argument " + std::to_string(-info));
   return true;
 }
 
