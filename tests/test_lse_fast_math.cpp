@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "otcal/detail/lse_fast_math.hpp"
+#include "support/process.hpp"
 
 namespace {
 
@@ -38,10 +39,7 @@ using namespace otcal::detail;
 constexpr int kChunk = 32;  // the kernel's chunk (cuda/row_engine.cuh kChunk)
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
+using testsupport::fresh_seed;  // OTCAL_TEST_SEED replays a reported seed
 
 template <class T>
 constexpr double unit_roundoff() {
