@@ -801,7 +801,7 @@ def git_commit(root: Path) -> str:
 
 def markdown(arch, cmds, table, loops, problems, root: Path, budget_note: str) -> str:
     head = [f"# CUDA resource report ({arch})", "",
-            f"nvcc: {nvcc_version(cmds)}; source {root} (commit {git_commit(root)}); "
+            f"nvcc: {nvcc_version(cmds)}; sources of commit {git_commit(root)}; "
             f"{datetime.date.today().isoformat()}; from `scripts/cuda_resource_check.py --instructions` "
             "(compiler output only, no GPU).", ""]
     if problems:
